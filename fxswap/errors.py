@@ -1,0 +1,25 @@
+"""Errors fxswap raises. Each says what was wrong and what is accepted."""
+
+
+class FxswapError(Exception):
+    """Base class of every error fxswap raises on bad input."""
+
+
+class SpecError(FxswapError, ValueError):
+    """A block spec string (or plan) that fxswap cannot parse or apply."""
+
+
+class TraceError(FxswapError, RuntimeError):
+    """torch.fx could not trace the model; the message names the module and the fix."""
+
+
+class NoBlocksError(FxswapError, ValueError):
+    """The model has no residual block with a convolution on its branch."""
+
+
+class BudgetError(FxswapError, ValueError):
+    """No candidate configuration can meet the requested budget."""
+
+
+class DistillError(FxswapError, RuntimeError):
+    """Distillation could not go on (e.g. a loss term became NaN or inf)."""
