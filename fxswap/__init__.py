@@ -1,0 +1,7 @@
+"""fxswap: model surgery for PyTorch CNNs with torch.fx."""
+from .blocks import Block, find_blocks
+from .errors import BudgetError, DistillError, FxswapError, NoBlocksError, SpecError, TraceError
+from .spec import BlockSpec, parse_spec
+from .trace import trace
+
+__version__ = "0.1.0"

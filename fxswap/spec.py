@@ -1,0 +1,245 @@
+"""The block-spec grammar: what a residual block becomes.
+
+The forms are Moonshine's cheap blocks (seed 000, Table 1 and §4.1) plus the
+depth reduction of LIT / Urban et al.:
+
+========== ==================================================================
+``S``        keep the block as it is (the *standard* block)
+``S-2x2``    every full k×k conv → 2×2 conv, dilated to cover the same extent
+``G(g)``     every full k×k conv → grouped k×k conv (g groups) + BN-act + 1×1
+``G(N/d)``   the same with groups = N/d, N = the conv's input channels
+``B(b)``     the branch → 1×1 down to M = N/b, k×k, 1×1 up (a bottleneck)
+``BG(b,g)``  the bottleneck with its k×k conv grouped in g groups
+``BG(b,M/d)`` the same with groups = M/d, M = N/b the bottleneck width
+``I``        remove the residual branch, keep the shortcut
+========== ==================================================================
+
+Specs are parsed by a small regular grammar, never ``eval``'d::
+
+    spec  := NAME | NAME "(" arg ("," arg)* ")"
+    arg   := INT | ("N" | "M") ["/" INT]
+
+>>> parse_spec("G(N/4)")
+BlockSpec('G(N/4)')
+>>> str(parse_spec(" bg( 2 , m/8 ) "))
+'BG(2,M/8)'
+>>> parse_spec("G(N/4)").groups.resolve(64)
+16
+
+User-registered substitutes (see :func:`fxswap.register_substitute`) extend the
+grammar with their own names.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Union
+
+from .errors import SpecError
+
+__all__ = ["Ratio", "BlockSpec", "parse_spec", "register_form", "spec_forms"]
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """A channel count relative to a width: ``N``, ``N/4``, ``M/8``.
+
+    ``base`` is ``"N"`` (the conv's own input width) or ``"M"`` (the
+    bottleneck width inside ``BG``).
+
+    >>> Ratio("N", 4).resolve(64)
+    16
+    >>> str(Ratio("M", 1))
+    'M'
+    """
+
+    base: str
+    divisor: int = 1
+
+    def resolve(self, channels: int) -> int:
+        """The group count this ratio gives for ``channels`` (exact division)."""
+        if channels % self.divisor:
+            raise SpecError(
+                f"{self} needs the width to be divisible by {self.divisor}, "
+                f"but it is {channels}"
+            )
+        return channels // self.divisor
+
+    def __str__(self) -> str:
+        return self.base if self.divisor == 1 else f"{self.base}/{self.divisor}"
+
+
+Arg = Union[int, Ratio]
+
+
+def _resolve_groups(arg: Arg, channels: int) -> int:
+    return arg.resolve(channels) if isinstance(arg, Ratio) else arg
+
+
+@dataclass(frozen=True)
+class Groups:
+    """The group argument of ``G`` or ``BG``: a fixed count or a :class:`Ratio`.
+
+    >>> Groups(4).resolve(64), Groups(Ratio("N", 8)).resolve(64)
+    (4, 8)
+    """
+
+    value: Arg
+
+    def resolve(self, channels: int) -> int:
+        """Number of groups for a conv with ``channels`` input channels."""
+        return _resolve_groups(self.value, channels)
+
+    def __str__(self) -> str:
+        return str(self.value)
+
+
+@dataclass(frozen=True)
+class BlockSpec:
+    """A parsed spec: its ``kind`` (``"G"``, ``"BG"``, ...) and arguments.
+
+    ``str(spec)`` is the canonical form and parses back to an equal spec.
+
+    >>> s = parse_spec("BG(2,M/4)")
+    >>> s.kind, s.bottleneck, str(s.groups)
+    ('BG', 2, 'M/4')
+    >>> parse_spec(str(s)) == s
+    True
+    """
+
+    kind: str
+    args: tuple = ()
+
+    @property
+    def bottleneck(self) -> int | None:
+        """The contraction ``b`` of ``B(b)`` / ``BG(b,g)``, else ``None``."""
+        return self.args[0] if self.kind in ("B", "BG") else None
+
+    @property
+    def groups(self) -> Groups | None:
+        """The group argument of ``G``/``BG``, else ``None``."""
+        if self.kind == "G":
+            return Groups(self.args[0])
+        if self.kind == "BG":
+            return Groups(self.args[1])
+        return None
+
+    def __str__(self) -> str:
+        if not self.args:
+            return self.kind
+        return f"{self.kind}({','.join(str(a) for a in self.args)})"
+
+    def __repr__(self) -> str:
+        return f"BlockSpec({str(self)!r})"
+
+
+# Each form: its parameter kinds, in order. "int" is a positive integer;
+# "N"/"M" accept an int or a Ratio on that base.
+_FORMS: dict[str, tuple[str, ...]] = {
+    "S": (),
+    "S-2x2": (),
+    "I": (),
+    "G": ("N",),
+    "B": ("int",),
+    "BG": ("int", "M"),
+}
+_EXAMPLES = "S, S-2x2, G(4), G(N/4), G(N), B(2), BG(2,4), BG(2,M/8), BG(2,M), I"
+
+
+def register_form(name: str, params: tuple[str, ...] = ()) -> None:
+    """Add a spec form to the grammar (used by :func:`fxswap.register_substitute`).
+
+    ``params`` lists each argument's kind: ``"int"``, ``"N"`` or ``"M"``.
+
+    >>> register_form("DW", ())
+    >>> str(parse_spec("DW"))
+    'DW'
+    """
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", name):
+        raise SpecError(f"spec name {name!r} must start with a letter and use letters, digits, '_' or '-'")
+    for p in params:
+        if p not in ("int", "N", "M"):
+            raise SpecError(f"parameter kind {p!r} of {name!r} must be 'int', 'N' or 'M'")
+    _FORMS[name] = tuple(params)
+
+
+def spec_forms() -> dict[str, tuple[str, ...]]:
+    """The forms the grammar accepts now, with their parameter kinds.
+
+    >>> spec_forms()["BG"]
+    ('int', 'M')
+    """
+    return dict(_FORMS)
+
+
+_SPEC_RE = re.compile(r"([A-Za-z][A-Za-z0-9_\-]*)(?:\((.*)\))?")
+_ARG_RE = re.compile(r"(\d+)|([NM])(?:/(\d+))?")
+
+
+def _accepted() -> str:
+    extra = sorted(set(_FORMS) - {"S", "S-2x2", "I", "G", "B", "BG"})
+    more = f"; registered: {', '.join(extra)}" if extra else ""
+    return f"accepted forms: {_EXAMPLES}{more}"
+
+
+def _canonical_name(name: str) -> str | None:
+    for known in _FORMS:
+        if known.lower() == name.lower():
+            return known
+    return None
+
+
+def parse_spec(text: str | BlockSpec) -> BlockSpec:
+    """Parse a spec string such as ``"G(N/4)"`` into a :class:`BlockSpec`.
+
+    Case and spaces are forgiven; the result's ``str`` is canonical. Anything
+    else raises :class:`fxswap.SpecError` listing the accepted forms.
+
+    >>> parse_spec("g(n/4)")
+    BlockSpec('G(N/4)')
+    >>> parse_spec("G(3.5)")
+    Traceback (most recent call last):
+    ...
+    fxswap.errors.SpecError: invalid spec 'G(3.5)': argument '3.5' is not an integer or N, N/d, M, M/d; accepted forms: S, S-2x2, G(4), G(N/4), G(N), B(2), BG(2,4), BG(2,M/8), BG(2,M), I
+    """
+    if isinstance(text, BlockSpec):
+        return text
+    if not isinstance(text, str):
+        raise SpecError(f"a spec must be a string like 'G(N/4)', got {type(text).__name__}; {_accepted()}")
+    raw = text
+    compact = re.sub(r"\s+", "", text)
+    m = _SPEC_RE.fullmatch(compact)
+    if not m:
+        raise SpecError(f"invalid spec {raw!r}; {_accepted()}")
+    name = _canonical_name(m.group(1))
+    if name is None:
+        raise SpecError(f"invalid spec {raw!r}: unknown block type {m.group(1)!r}; {_accepted()}")
+    params = _FORMS[name]
+    arg_text = m.group(2)
+    parts = [] if arg_text is None else arg_text.split(",")
+    if arg_text == "" or len(parts) != len(params):
+        want = "no arguments" if not params else f"{len(params)} argument(s)"
+        raise SpecError(f"invalid spec {raw!r}: {name} takes {want}; {_accepted()}")
+    args = []
+    for part, kind in zip(parts, params):
+        am = _ARG_RE.fullmatch(part.upper())
+        if not am:
+            raise SpecError(
+                f"invalid spec {raw!r}: argument {part!r} is not an integer or N, N/d, M, M/d; {_accepted()}"
+            )
+        if am.group(1) is not None:
+            value = int(am.group(1))
+            if value < 1:
+                raise SpecError(f"invalid spec {raw!r}: {part!r} must be a positive integer; {_accepted()}")
+            args.append(value)
+            continue
+        if kind == "int":
+            raise SpecError(f"invalid spec {raw!r}: {part!r} must be a positive integer here; {_accepted()}")
+        base, div = am.group(2), int(am.group(3) or 1)
+        if base != kind:
+            hint = "N is a conv's width; M (= N/b) is the bottleneck width in BG"
+            raise SpecError(f"invalid spec {raw!r}: {name} takes {kind}, not {base} ({hint}); {_accepted()}")
+        if div < 1:
+            raise SpecError(f"invalid spec {raw!r}: divisor in {part!r} must be positive; {_accepted()}")
+        args.append(Ratio(base, div))
+    return BlockSpec(name, tuple(args))

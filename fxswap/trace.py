@@ -1,0 +1,238 @@
+"""Tracing models into torch.fx graphs that name nodes by module path.
+
+``trace`` is ``torch.fx.symbolic_trace`` with three additions:
+
+* timm's not-traceable modules and functions (``timm.layers.get_notrace_*``)
+  are kept as leaves / wrapped calls, so timm models trace out of the box;
+* each node gets ``node.meta["qualname"]``: the module path a user recognises
+  (``layer2.0.conv1``, ``layer2.0.add`` for the residual add inside
+  ``layer2.0``; repeats get ``_1``, ``_2``, as in torchvision's
+  ``get_graph_node_names``);
+* a failure raises :class:`fxswap.TraceError` naming the module being traced
+  and the fix (``leaf_modules=``), instead of a stack trace from deep inside fx.
+
+>>> import torchvision
+>>> gm = trace(torchvision.models.resnet18())
+>>> [n.meta["qualname"] for n in gm.graph.nodes][5:8]
+['layer1.0.conv1', 'layer1.0.bn1', 'layer1.0.relu']
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Callable, Iterable, Sequence
+
+import torch
+import torch.fx as fx
+from torch import nn
+
+from .errors import TraceError
+
+__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes"]
+
+
+def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
+    try:
+        from timm.layers import get_notrace_functions, get_notrace_modules
+    except Exception:  # timm is optional at import time
+        return (), ()
+    return tuple(get_notrace_modules()), tuple(get_notrace_functions())
+
+
+class FxswapTracer(fx.Tracer):
+    """An ``fx.Tracer`` that knows timm's leaves and records the module being traced.
+
+    ``leaf_modules``: extra module classes (or instances) to keep as leaves.
+    ``leaf_paths``: module paths to keep as leaves (used when rewriting a block
+    so that everything outside it stays an opaque call).
+    ``trace_paths``: if given, every submodule is a leaf except those whose
+    path is in this set (and the standard torch.nn leaves stay leaves).
+    """
+
+    def __init__(
+        self,
+        leaf_modules: Sequence[type | nn.Module] = (),
+        autowrap_functions: Sequence[Callable] = (),
+        trace_paths: set[str] | None = None,
+    ):
+        timm_modules, timm_functions = _timm_notrace()
+        super().__init__(
+            autowrap_functions=tuple(timm_functions) + tuple(autowrap_functions),
+            param_shapes_constant=True,
+        )
+        self._leaf_types = tuple(m for m in tuple(timm_modules) + tuple(leaf_modules) if isinstance(m, type))
+        self._leaf_instances = {id(m) for m in leaf_modules if isinstance(m, nn.Module)}
+        self._trace_paths = trace_paths
+        self.path_stack: list[tuple[str, type]] = []
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if id(m) in self._leaf_instances or isinstance(m, self._leaf_types):
+            return True
+        if self._trace_paths is not None and qualname not in self._trace_paths:
+            return True
+        return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m, forward, args, kwargs):
+        self.path_stack.append((self.path_of_module(m), type(m)))
+        try:
+            return super().call_module(m, forward, args, kwargs)
+        finally:
+            self.path_stack.pop()
+
+
+def node_scope(node: fx.Node) -> str:
+    """Path of the module in whose ``forward`` the node was recorded.
+
+    For a ``call_module`` node this is the *caller* (``layer2.0`` for
+    ``layer2.0.conv1``); for any other node it is the module it ran in.
+    """
+    stack = list(node.meta.get("nn_module_stack", {}).keys())
+    if node.op == "call_module" and stack and stack[-1] == node.target:
+        stack = stack[:-1]
+    return stack[-1] if stack else ""
+
+
+def _short_op_name(node: fx.Node) -> str:
+    if node.op == "call_module":
+        return str(node.target).rsplit(".", 1)[-1]
+    if node.op == "call_method":
+        return str(node.target)
+    if node.op == "call_function":
+        t = node.target
+        if t in (operator.add, operator.iadd):
+            return "add"
+        return getattr(t, "__name__", str(t)).strip("_")
+    return node.name
+
+
+def _assign_qualnames(gm: fx.GraphModule) -> None:
+    seen: dict[str, int] = {}
+    for node in gm.graph.nodes:
+        if node.op in ("placeholder", "output"):
+            name = node.name
+        elif node.op == "call_module":
+            name = str(node.target)
+        elif node.op == "get_attr":
+            name = str(node.target)
+        else:
+            scope = node_scope(node)
+            name = f"{scope}.{_short_op_name(node)}" if scope else _short_op_name(node)
+        count = seen.get(name, 0)
+        seen[name] = count + 1
+        node.meta["qualname"] = name if count == 0 else f"{name}_{count}"
+
+
+def _describe(module: nn.Module, path: str) -> str:
+    return f"'{path or '<root>'}' ({type(module).__name__})"
+
+
+def trace(
+    model: nn.Module,
+    leaf_modules: Iterable[type | nn.Module] = (),
+    autowrap_functions: Iterable[Callable] = (),
+    concrete_args: dict[str, Any] | None = None,
+    *,
+    _trace_paths: set[str] | None = None,
+) -> fx.GraphModule:
+    """Trace ``model`` into a ``GraphModule`` whose nodes carry module paths.
+
+    Never mutates ``model``. ``leaf_modules`` are module classes or instances
+    to keep as opaque calls (the usual fix for data-dependent control flow);
+    ``autowrap_functions`` are functions to record as calls, not trace into.
+
+    >>> from fxswap.models import wrn
+    >>> gm = trace(wrn(16, 1))
+    >>> "layer2.0.conv1" in [n.meta["qualname"] for n in gm.graph.nodes]
+    True
+    """
+    if not isinstance(model, nn.Module):
+        raise TraceError(f"fxswap.trace needs a torch.nn.Module, got {type(model).__name__}")
+    tracer = FxswapTracer(tuple(leaf_modules), tuple(autowrap_functions), _trace_paths)
+    try:
+        graph = tracer.trace(model, concrete_args=concrete_args)
+    except TraceError:
+        raise
+    except Exception as exc:  # fx raises many kinds; we add where and how to fix
+        where = tracer.path_stack[-1] if tracer.path_stack else ("", type(model))
+        path, cls = where
+        sub = model.get_submodule(path) if path else model
+        raise TraceError(
+            f"torch.fx could not trace module {_describe(sub, path)}: {type(exc).__name__}: {exc}\n"
+            f"Fix: keep it as an opaque leaf, e.g. fxswap.trace(model, leaf_modules=[{cls.__name__}]) "
+            f"(the same leaf_modules= argument works for find_blocks, cheapen and probe); "
+            f"functions that branch on tensor values can be passed as autowrap_functions=[...]."
+        ) from exc
+    name = type(model).__name__
+    gm = fx.GraphModule(tracer.root, graph, name)
+    _assign_qualnames(gm)
+    return gm
+
+
+class ModeSwitch(nn.Module):
+    """Runs one graph in training mode and another in eval mode.
+
+    torch.fx freezes ``self.training`` at trace time (``F.dropout(x,
+    training=self.training)``, ``if self.training:``). A rewritten module keeps
+    the user's train/eval behaviour by tracing both modes; when the two graphs
+    differ, this module holds both. Both graphs call the *same* submodule
+    objects, registered here under their own names, so parameters exist once
+    and state-dict keys are those of the module that was rewritten.
+    """
+
+    def __init__(self, train_graph: fx.GraphModule, eval_graph: fx.GraphModule):
+        super().__init__()
+        for gm in (eval_graph, train_graph):
+            for name, child in gm.named_children():
+                self.add_module(name, child)
+            for name, p in gm.named_parameters(recurse=False):
+                self.register_parameter(name, p)
+            for name, b in gm.named_buffers(recurse=False):
+                self.register_buffer(name, b)
+        self.__dict__["_graphs"] = (train_graph, eval_graph)
+
+    def forward(self, *args, **kwargs):
+        train_graph, eval_graph = self.__dict__["_graphs"]
+        return (train_graph if self.training else eval_graph)(*args, **kwargs)
+
+    def _apply(self, fn, recurse=True):
+        super()._apply(fn, recurse)
+        # Root-level tensors may have been replaced: point both graphs at ours.
+        for gm in self.__dict__["_graphs"]:
+            for name, _ in list(gm.named_parameters(recurse=False)):
+                setattr(gm, name, getattr(self, name))
+            for name, _ in list(gm.named_buffers(recurse=False)):
+                gm._buffers[name] = getattr(self, name)
+        return self
+
+
+def retrace_both_modes(
+    module: nn.Module,
+    edit: Callable[[fx.GraphModule], None],
+    leaf_modules: Sequence[type | nn.Module] = (),
+    trace_paths: set[str] | None = None,
+) -> nn.Module:
+    """Trace ``module`` in train and eval mode, apply ``edit`` to each graph.
+
+    Returns one GraphModule when both modes trace to the same code, else a
+    :class:`ModeSwitch`. ``module`` is restored to its original mode.
+    """
+    was_training = module.training
+    graphs = []
+    try:
+        for mode in (True, False):
+            module.train(mode)
+            gm = trace(module, leaf_modules, _trace_paths=trace_paths)
+            edit(gm)
+            gm.graph.eliminate_dead_code()
+            gm.graph.lint()
+            gm.recompile()
+            gm.delete_all_unused_submodules()
+            graphs.append(gm)
+    finally:
+        module.train(was_training)
+    train_gm, eval_gm = graphs
+    if train_gm.code == eval_gm.code:
+        train_gm.train(was_training)
+        return train_gm
+    switch = ModeSwitch(train_gm, eval_gm)
+    switch.train(was_training)
+    return switch
