@@ -5,3 +5,6 @@ from .spec import BlockSpec, parse_spec
 from .trace import trace
 
 __version__ = "0.1.0"
+from . import models
+from .rewrite import cheapen, resolve_plan
+from .substitutes import register_substitute

@@ -1,0 +1,438 @@
+"""CIFAR data: datasets, the papers' augmentation, and loaders.
+
+Two sources are accepted:
+
+* a ``.npz`` file holding ``x_train, y_train, x_test, y_test`` (uint8 images
+  N×H×W×C, integer labels) — loaded with ``allow_pickle=False`` — e.g. the
+  project's ``cifar10_subset.npz``;
+* a folder in torchvision's CIFAR-10/100 format (``cifar-10-batches-py/`` or
+  ``cifar-100-python/``), downloaded only when ``download=True``.
+
+Either way the images are held in memory as one uint8 (N, C, H, W) tensor and
+every sample is produced as a float (C, H, W) tensor in [0, 1]; augmentation runs
+on tensors (no PIL round trip). The transforms here are small ``nn.Module`` s of
+our own rather than ``torchvision.transforms.v2``: on a single 3×32×32 tensor
+they do the same work about four times faster, which matters for CIFAR where the
+per-sample overhead dominates.
+
+The augmentation is the one all the seed papers use (Moonshine §4: "padded by
+4×4 zeros, and then a random 32×32 crop was taken. Each image was left-right
+flipped with a probability of a half"), then per-channel normalisation, plus an
+optional Cutout (DeVries & Taylor 2017).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset
+
+from fxswap.errors import FxswapError
+
+__all__ = [
+    "CIFAR10_MEAN",
+    "CIFAR10_STD",
+    "CIFAR100_MEAN",
+    "CIFAR100_STD",
+    "RandomCropPad",
+    "RandomHorizontalFlip",
+    "Normalize",
+    "Cutout",
+    "cifar_transforms",
+    "ArrayDataset",
+    "NpzDataset",
+    "cifar_loaders",
+]
+
+# The normalisation constants of the reference code (BayesWatch/pytorch-moonshine
+# main.py, also used by the SRRL reproduction). The CIFAR-10 "std" here is the
+# widely copied (0.2023, 0.1994, 0.2010); the true per-pixel std of the training
+# set is about (0.247, 0.243, 0.261). We keep the reference values.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2023, 0.1994, 0.2010)
+CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)
+CIFAR100_STD = (0.2009, 0.1984, 0.2023)
+
+_DATASETS = {
+    "cifar10": {"num_classes": 10, "mean": CIFAR10_MEAN, "std": CIFAR10_STD},
+    "cifar100": {"num_classes": 100, "mean": CIFAR100_MEAN, "std": CIFAR100_STD},
+}
+
+
+# ---------------------------------------------------------------------------
+# transforms (tensors in, tensors out)
+# ---------------------------------------------------------------------------
+
+
+def _check_image(x: Tensor, who: str) -> None:
+    if not isinstance(x, Tensor) or x.ndim < 3:
+        raise FxswapError(
+            f"{who} needs a (C, H, W) image tensor, got "
+            f"{tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__}"
+        )
+
+
+class RandomCropPad(nn.Module):
+    """Zero-pad every side by ``padding`` pixels, then take a random ``size``×``size`` crop.
+
+    >>> RandomCropPad(32, 4)(torch.rand(3, 32, 32)).shape
+    torch.Size([3, 32, 32])
+    """
+
+    def __init__(self, size: int = 32, padding: int = 4):
+        super().__init__()
+        if size < 1 or padding < 0:
+            raise FxswapError(f"RandomCropPad needs size >= 1 and padding >= 0, got {size}, {padding}")
+        self.size = int(size)
+        self.padding = int(padding)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_image(x, "RandomCropPad")
+        p = self.padding
+        if p:
+            x = F.pad(x, (p, p, p, p))
+        h, w = x.shape[-2:]
+        if h < self.size or w < self.size:
+            raise FxswapError(f"RandomCropPad: padded image {h}×{w} is smaller than the crop {self.size}")
+        i = int(torch.randint(0, h - self.size + 1, ()))
+        j = int(torch.randint(0, w - self.size + 1, ()))
+        return x[..., i : i + self.size, j : j + self.size]
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}, padding={self.padding}"
+
+
+class RandomHorizontalFlip(nn.Module):
+    """Flip left-right with probability ``p``."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise FxswapError(f"RandomHorizontalFlip: p must be in [0, 1], got {p}")
+        self.p = float(p)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_image(x, "RandomHorizontalFlip")
+        if float(torch.rand(())) < self.p:
+            return x.flip(-1)
+        return x
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+class Normalize(nn.Module):
+    """Per-channel ``(x - mean) / std`` on a (C, H, W) tensor."""
+
+    def __init__(self, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        if len(mean) != len(std) or any(s <= 0 for s in std):
+            raise FxswapError(f"Normalize needs as many means as stds, all stds > 0; got {mean}, {std}")
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(-1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_image(x, "Normalize")
+        if x.shape[-3] != self.mean.shape[0]:
+            raise FxswapError(
+                f"Normalize has {self.mean.shape[0]} channel means but the image has {x.shape[-3]} channels"
+            )
+        return (x - self.mean) / self.std
+
+    def extra_repr(self) -> str:
+        return f"mean={tuple(round(v, 4) for v in self.mean.flatten().tolist())}, std={tuple(round(v, 4) for v in self.std.flatten().tolist())}"
+
+
+class Cutout(nn.Module):
+    """Cutout (DeVries & Taylor 2017): zero a ``size``×``size`` square at a random place.
+
+    The square's centre is drawn uniformly over all pixels and the square is
+    clipped at the image border (as in the original Cutout code), so near the
+    edges less than a full square may be zeroed. ``size=0`` is the identity. It
+    returns a new tensor; the input is not modified.
+
+    >>> torch.manual_seed(0) and None
+    >>> out = Cutout(8)(torch.ones(3, 32, 32))
+    >>> bool((out == 0).any()), bool((out[0] == out[1]).all())  # same square on every channel
+    (True, True)
+    """
+
+    def __init__(self, size: int):
+        super().__init__()
+        if size < 0:
+            raise FxswapError(f"Cutout: size must be >= 0, got {size}")
+        self.size = int(size)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_image(x, "Cutout")
+        if self.size == 0:
+            return x
+        h, w = x.shape[-2:]
+        cy = int(torch.randint(0, h, ()))
+        cx = int(torch.randint(0, w, ()))
+        y0, y1 = max(0, cy - self.size // 2), min(h, cy - self.size // 2 + self.size)
+        x0, x1 = max(0, cx - self.size // 2), min(w, cx - self.size // 2 + self.size)
+        out = x.clone()
+        out[..., y0:y1, x0:x1] = 0
+        return out
+
+    def extra_repr(self) -> str:
+        return f"size={self.size}"
+
+
+def cifar_transforms(
+    train: bool,
+    cutout: int = 0,
+    mean: Sequence[float] = CIFAR10_MEAN,
+    std: Sequence[float] = CIFAR10_STD,
+) -> nn.Sequential:
+    """The papers' CIFAR transform, on float (C, H, W) tensors in [0, 1].
+
+    ``train=True``: zero-pad 4 → random 32×32 crop → horizontal flip (p = ½) →
+    normalise → Cutout(``cutout``) if ``cutout > 0`` (after normalisation, so
+    the cut square is the dataset mean, as in DeVries & Taylor).
+    ``train=False``: normalise only; ``cutout`` is ignored.
+
+    >>> cifar_transforms(train=False)
+    Sequential(
+      (0): Normalize(mean=(0.4914, 0.4822, 0.4465), std=(0.2023, 0.1994, 0.201))
+    )
+    >>> cifar_transforms(train=True, cutout=16)(torch.rand(3, 32, 32)).shape
+    torch.Size([3, 32, 32])
+    """
+    if cutout < 0:
+        raise FxswapError(f"cifar_transforms: cutout must be >= 0 (0 = off), got {cutout}")
+    steps: list[nn.Module] = []
+    if train:
+        steps += [RandomCropPad(32, 4), RandomHorizontalFlip(0.5)]
+    steps.append(Normalize(mean, std))
+    if train and cutout > 0:
+        steps.append(Cutout(cutout))
+    return nn.Sequential(*steps)
+
+
+# ---------------------------------------------------------------------------
+# datasets
+# ---------------------------------------------------------------------------
+
+
+class ArrayDataset(Dataset):
+    """In-memory image dataset from uint8 N×H×W×C images and integer labels.
+
+    Items are ``(image, label)``: a float32 (C, H, W) tensor in [0, 1] passed
+    through ``transform`` (if any), and an ``int`` label. ``limit`` keeps the
+    first ``limit`` samples.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray | Sequence[int],
+        transform: Callable[[Tensor], Tensor] | None = None,
+        classes: Sequence[str] | None = None,
+        limit: int | None = None,
+        source: str = "arrays",
+    ):
+        images = np.asarray(images)
+        labels = np.asarray(labels)
+        if images.ndim != 4 or images.shape[-1] not in (1, 3):
+            raise FxswapError(
+                f"{source}: images must be N×H×W×C (channels last, C = 1 or 3), got shape {images.shape}"
+            )
+        if images.dtype != np.uint8:
+            raise FxswapError(f"{source}: images must be uint8 (0–255), got dtype {images.dtype}")
+        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
+            raise FxswapError(
+                f"{source}: labels must be a 1-D array with one label per image "
+                f"({images.shape[0]}), got shape {labels.shape}"
+            )
+        if labels.size and not np.issubdtype(labels.dtype, np.integer):
+            raise FxswapError(f"{source}: labels must be integers, got dtype {labels.dtype}")
+        if labels.size and labels.min() < 0:
+            raise FxswapError(f"{source}: labels must be >= 0, found {int(labels.min())}")
+        if limit is not None:
+            if limit < 1:
+                raise FxswapError(f"{source}: limit must be >= 1 or None, got {limit}")
+            images, labels = images[:limit], labels[:limit]
+        # one copy: channels-first, contiguous, still uint8 (4× smaller than float)
+        self.images = torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
+        self.targets = torch.from_numpy(labels.astype(np.int64))
+        self.transform = transform
+        self.classes = list(classes) if classes is not None else None
+
+    @property
+    def num_classes(self) -> int:
+        """``len(classes)`` when class names are known, else ``max(label) + 1``."""
+        if self.classes is not None:
+            return len(self.classes)
+        return int(self.targets.max()) + 1 if len(self.targets) else 0
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[Tensor, int]:
+        img = self.images[index].float().div_(255.0)
+        if self.transform is not None:
+            img = self.transform(img)
+        return img, int(self.targets[index])
+
+
+class NpzDataset(ArrayDataset):
+    """A split of an ``.npz`` file with ``x_train, y_train, x_test, y_test``.
+
+    The file is read with ``np.load(path, allow_pickle=False)``; only the two
+    arrays of the requested ``split`` (``"train"`` or ``"test"``) are loaded.
+    Images must be uint8 N×H×W×C, labels integer N. An optional
+    ``class_names`` array becomes :attr:`classes`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        split: str = "train",
+        transform: Callable[[Tensor], Tensor] | None = None,
+        limit: int | None = None,
+    ):
+        path = Path(path)
+        if split not in ("train", "test"):
+            raise FxswapError(f"NpzDataset: split must be 'train' or 'test', got {split!r}")
+        if not path.is_file():
+            raise FxswapError(f"NpzDataset: no file at {path}")
+        x_key, y_key = f"x_{split}", f"y_{split}"
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                present = list(z.files)
+                missing = [k for k in (x_key, y_key) if k not in present]
+                if missing:
+                    raise FxswapError(
+                        f"{path} lacks the array(s) {', '.join(missing)}. An fxswap .npz must hold "
+                        "x_train, y_train, x_test, y_test (uint8 images N×H×W×C and integer labels "
+                        f"N; optional class_names); this file has: {', '.join(present) or '(nothing)'}"
+                    )
+                images, labels = z[x_key], z[y_key]
+                classes = [str(c) for c in z["class_names"]] if "class_names" in present else None
+        except FxswapError:
+            raise
+        except (OSError, ValueError) as e:  # not a zip / pickled object arrays / corrupt
+            raise FxswapError(f"cannot read {path} as a .npz of plain arrays (allow_pickle=False): {e}") from e
+        super().__init__(
+            images, labels, transform=transform, classes=classes, limit=limit, source=f"{path} [{split}]"
+        )
+        self.path = path
+        self.split = split
+
+
+# ---------------------------------------------------------------------------
+# loaders
+# ---------------------------------------------------------------------------
+
+
+def _torchvision_split(root: Path, dataset: str, train: bool, download: bool, transform, limit):
+    import torchvision
+
+    cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
+    try:
+        ds = cls(root=str(root), train=train, download=download)
+    except RuntimeError as e:
+        raise FxswapError(
+            f"no {dataset} in torchvision's format under {root} ({e}). Pass download=True to "
+            "fetch it there, or give the path of a .npz file with x_train, y_train, x_test, y_test"
+        ) from e
+    return ArrayDataset(
+        ds.data,
+        np.asarray(ds.targets),
+        transform=transform,
+        classes=getattr(ds, "classes", None),
+        limit=limit,
+        source=f"{root} [{dataset} {'train' if train else 'test'}]",
+    )
+
+
+def cifar_loaders(
+    path: str | os.PathLike,
+    batch_size: int = 128,
+    num_workers: int = 2,
+    cutout: int = 0,
+    download: bool = False,
+    dataset: str = "cifar10",
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+) -> tuple[DataLoader, DataLoader]:
+    """``(train_loader, val_loader)`` for CIFAR-10/100.
+
+    ``path`` ending in ``.npz``: an :class:`NpzDataset` file (train = ``x_train``,
+    validation = ``x_test``). Otherwise a folder for torchvision's
+    ``CIFAR10``/``CIFAR100`` (``dataset``), downloaded there only if
+    ``download=True``. ``limit`` keeps the first N samples of *each* split
+    (quick runs). The training loader shuffles (reproducibly if ``seed`` is
+    given) and augments with :func:`cifar_transforms` (``cutout`` > 0 adds
+    Cutout); the validation loader keeps file order and only normalises.
+    Memory is pinned when the target ``device`` is CUDA (default: when CUDA is
+    available). The datasets are at ``loader.dataset`` (with ``.classes`` and
+    ``.num_classes``).
+    """
+    if dataset not in _DATASETS:
+        raise FxswapError(f"dataset must be one of {', '.join(map(repr, _DATASETS))}, got {dataset!r}")
+    if batch_size < 1:
+        raise FxswapError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise FxswapError(f"num_workers must be >= 0, got {num_workers}")
+    if limit is not None and limit < 1:
+        raise FxswapError(f"limit must be >= 1 or None, got {limit}")
+    info = _DATASETS[dataset]
+    train_tf = cifar_transforms(True, cutout=cutout, mean=info["mean"], std=info["std"])
+    val_tf = cifar_transforms(False, mean=info["mean"], std=info["std"])
+
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        if not path.is_file():
+            raise FxswapError(
+                f"no .npz file at {path}; give an existing .npz (x_train, y_train, x_test, y_test) "
+                "or a folder for torchvision's CIFAR"
+            )
+        train_ds: ArrayDataset = NpzDataset(path, "train", transform=train_tf, limit=limit)
+        val_ds: ArrayDataset = NpzDataset(path, "test", transform=val_tf, limit=limit)
+    else:
+        if not path.exists() and not download:
+            raise FxswapError(
+                f"{path} does not exist. Give a .npz file (x_train, y_train, x_test, y_test), a "
+                f"folder holding {dataset} in torchvision's format, or pass download=True"
+            )
+        if path.exists() and not path.is_dir():
+            raise FxswapError(f"{path} is neither a .npz file nor a folder")
+        train_ds = _torchvision_split(path, dataset, True, download, train_tf, limit)
+        val_ds = _torchvision_split(path, dataset, False, download, val_tf, limit)
+
+    for ds in (train_ds, val_ds):
+        if len(ds) and int(ds.targets.max()) >= info["num_classes"]:
+            raise FxswapError(
+                f"{getattr(ds, 'path', path)}: labels go up to {int(ds.targets.max())} but "
+                f"dataset={dataset!r} has {info['num_classes']} classes; pass the right dataset "
+                f"({', '.join(map(repr, _DATASETS))})"
+            )
+        if ds.classes is None:
+            ds.classes = [str(i) for i in range(info["num_classes"])]
+
+    if device is not None:
+        pin = torch.device(device).type == "cuda" and torch.cuda.is_available()
+    else:
+        pin = torch.cuda.is_available()
+    common: dict[str, Any] = dict(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+    )
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    train_loader = DataLoader(train_ds, shuffle=True, drop_last=False, generator=generator, **common)
+    val_loader = DataLoader(val_ds, shuffle=False, drop_last=False, **common)
+    return train_loader, val_loader
