@@ -8,3 +8,4 @@ __version__ = "0.1.0"
 from . import models
 from .rewrite import cheapen, resolve_plan
 from .substitutes import register_substitute
+from .accounting import compare, count

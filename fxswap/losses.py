@@ -797,7 +797,7 @@ def lit_loss(
     if beta == 0.0:
         return ir / 2
     kd = lit_kd_loss(student_logits, teacher_logits, targets, alpha=alpha, T=T)
-    return (beta * kd + (1.0 - beta) * ir) / 2
+    return beta * kd + (1.0 - beta) * ir
 
 
 for _name, _fn in (

@@ -170,7 +170,11 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
                 unchanged.append(block.name)
             for path in targets:
                 old = student.get_submodule(path)
-                _set_module(student, path, _like(sub.build(spec, old, block), old))
+                try:
+                    new = sub.build(spec, old, block)
+                except SpecError as exc:
+                    raise SpecError(f"{exc} (the conv is {path!r})") from None
+                _set_module(student, path, _like(new, old))
         elif sub.level in ("branch", "remove"):
             if block.region_problem and sub.level == "branch":
                 raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {block.region_problem}")

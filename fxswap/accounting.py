@@ -1,0 +1,197 @@
+"""Parameter and MAC counts, per block and in total.
+
+Two parameter conventions are reported, because the seeds use both:
+
+* ``params``: trainable parameters (BlockSwap Table 2; ``sum(p.numel())``);
+* ``params_bn``: parameters plus BatchNorm running mean and variance (the
+  convention of Moonshine Tables 3–4: WRN-40-2 has 2,243,546 trainable
+  parameters and 2,248,954 counted this way).
+
+MACs are fvcore's count for one input (fvcore counts one multiply-add of a
+convolution or linear layer as one "flop"; it also counts normalisation).
+
+>>> from fxswap.models import wrn
+>>> r = count(wrn(40, 2), (3, 32, 32))
+>>> r.params, r.params_bn
+(2243546, 2248954)
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from .blocks import Block, find_blocks
+from .errors import FxswapError, NoBlocksError
+
+__all__ = ["count", "compare", "CostReport", "BlockCost", "Comparison", "bn_running_stats"]
+
+
+@dataclass(frozen=True)
+class BlockCost:
+    """Costs of one block (the modules under its name)."""
+
+    name: str
+    params: int
+    params_bn: int
+    macs: int
+
+
+@dataclass(frozen=True)
+class CostReport:
+    """Totals and per-block costs of one model; ``table()`` renders them."""
+
+    params: int
+    params_bn: int
+    macs: int
+    input_shape: tuple[int, ...]
+    blocks: tuple[BlockCost, ...] = field(default=())
+
+    def table(self) -> str:
+        """A fixed-width table: one row per block, then the total."""
+        rows = [(b.name, b.params, b.params_bn, b.macs) for b in self.blocks]
+        rows.append(("total", self.params, self.params_bn, self.macs))
+        return _render(["block", "params", "params+BN stats", "MACs"], rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Teacher vs student costs, from :func:`compare`."""
+
+    teacher: CostReport
+    student: CostReport
+
+    def table(self) -> str:
+        """Per block: params and MACs before and after, with the ratio."""
+        s_blocks = {b.name: b for b in self.student.blocks}
+        rows = []
+        for b in self.teacher.blocks:
+            s = s_blocks.get(b.name, BlockCost(b.name, 0, 0, 0))
+            rows.append((b.name, b.params, s.params, _ratio(s.params, b.params), b.macs, s.macs, _ratio(s.macs, b.macs)))
+        t, s = self.teacher, self.student
+        rows.append(("total", t.params, s.params, _ratio(s.params, t.params), t.macs, s.macs, _ratio(s.macs, t.macs)))
+        rows.append(("total+BN stats", t.params_bn, s.params_bn, _ratio(s.params_bn, t.params_bn), "", "", ""))
+        return _render(["block", "params", "→ params", "ratio", "MACs", "→ MACs", "ratio"], rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def _ratio(a: int, b: int) -> str:
+    return f"{a / b:.3f}" if b else "-"
+
+
+def _render(header: list[str], rows: list[tuple]) -> str:
+    cells = [header] + [[f"{c:,}" if isinstance(c, int) else str(c) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for k, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if k == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def bn_running_stats(module: nn.Module) -> int:
+    """Number of BatchNorm running-mean and running-variance entries in ``module``.
+
+    >>> bn_running_stats(nn.BatchNorm2d(16))
+    32
+    """
+    total = 0
+    for m in module.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats:
+            total += m.running_mean.numel() + m.running_var.numel()
+    return total
+
+
+@contextlib.contextmanager
+def _quiet_fvcore():
+    """fvcore traces with torch.jit, which warns that it is deprecated; that
+    warning (and fvcore's own skipped-op log lines) is noise for our users."""
+    logger = logging.getLogger("fvcore")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=DeprecationWarning)
+        warnings.filterwarnings("ignore", message=r".*torch\.jit.*deprecated", category=FutureWarning)
+        warnings.filterwarnings("ignore", message=r".*TorchScript.*deprecated")
+        try:
+            yield
+        finally:
+            logger.setLevel(level)
+
+
+def _macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, int]:
+    ref = next(model.parameters(), None)
+    x = torch.zeros((1, *input_shape), device=ref.device if ref is not None else "cpu",
+                    dtype=ref.dtype if ref is not None else torch.float32)
+    was_training = model.training
+    model.eval()
+    try:
+        with _quiet_fvcore(), torch.no_grad():
+            from fvcore.nn import FlopCountAnalysis
+
+            fca = FlopCountAnalysis(model, x)
+            fca.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+            return dict(fca.by_module())
+    except Exception as exc:
+        raise FxswapError(f"fvcore could not count MACs of {type(model).__name__} on input {tuple(x.shape)}: {exc}") from exc
+    finally:
+        model.train(was_training)
+
+
+def _block_cost(model: nn.Module, name: str, macs: dict[str, int]) -> BlockCost:
+    try:
+        sub = model.get_submodule(name)
+    except AttributeError:
+        return BlockCost(name, 0, 0, 0)
+    params = sum(p.numel() for p in sub.parameters())
+    return BlockCost(name, params, params + bn_running_stats(sub), int(macs.get(name, 0)))
+
+
+def count(model: nn.Module, input_shape: tuple[int, ...], blocks: list[Block] | None = None) -> CostReport:
+    """Parameters (both conventions) and MACs of ``model`` for one input of ``input_shape`` (C, H, W).
+
+    Per-block rows cover the blocks :func:`fxswap.find_blocks` finds (none
+    if the model has no residual block). Never mutates ``model``.
+
+    >>> from fxswap.models import wrn
+    >>> print(count(wrn(16, 1), (3, 32, 32)).table().splitlines()[0])
+    block     params  params+BN stats        MACs
+    """
+    input_shape = tuple(input_shape)
+    if blocks is None:
+        try:
+            blocks = find_blocks(model)
+        except NoBlocksError:
+            blocks = []
+    macs = _macs_by_module(model, input_shape)
+    params = sum(p.numel() for p in model.parameters())
+    return CostReport(
+        params=params,
+        params_bn=params + bn_running_stats(model),
+        macs=int(macs.get("", 0)),
+        input_shape=input_shape,
+        blocks=tuple(_block_cost(model, b.name, macs) for b in blocks if "." in b.name or b.name in dict(model.named_modules())),
+    )
+
+
+def compare(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...]) -> Comparison:
+    """Before/after costs, block by block (blocks keep their names in the student).
+
+    >>> import fxswap
+    >>> t = fxswap.models.wrn(16, 2)
+    >>> c = compare(t, fxswap.cheapen(t, "G(N/4)"), (3, 32, 32))
+    >>> c.student.params < c.teacher.params
+    True
+    """
+    t_blocks = find_blocks(teacher)
+    return Comparison(count(teacher, input_shape, t_blocks), count(student, input_shape, t_blocks))
