@@ -321,7 +321,7 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=()) -> list[Bloc
     :class:`fxswap.NoBlocksError` if there is none.
 
     >>> from fxswap.models import wrn
-    >>> blocks = find_blocks(wrn(16, 2))
+    >>> blocks = find_blocks(wrn(10, 2))
     >>> [(b.name, b.in_channels, b.out_channels, b.stride, b.order) for b in blocks]
     [('layer1.0', 16, 32, 1, 'pre'), ('layer2.0', 32, 64, 2, 'pre'), ('layer3.0', 64, 128, 2, 'pre')]
     """

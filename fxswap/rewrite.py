@@ -49,7 +49,7 @@ def resolve_plan(blocks: Sequence[Block], plan: Plan) -> dict[str, BlockSpec]:
 
     >>> from fxswap.models import wrn
     >>> from fxswap import find_blocks
-    >>> plan = resolve_plan(find_blocks(wrn(16, 1)), {"layer1.*": "G(2)"})
+    >>> plan = resolve_plan(find_blocks(wrn(10, 1)), {"layer1.*": "G(2)"})
     >>> {k: str(v) for k, v in plan.items()}
     {'layer1.0': 'G(2)', 'layer2.0': 'S', 'layer3.0': 'S'}
     """

@@ -200,7 +200,7 @@ def parse_spec(text: str | BlockSpec) -> BlockSpec:
     >>> parse_spec("G(3.5)")
     Traceback (most recent call last):
     ...
-    fxswap.errors.SpecError: invalid spec 'G(3.5)': argument '3.5' is not an integer or N, N/d, M, M/d; accepted forms: S, S-2x2, G(4), G(N/4), G(N), B(2), BG(2,4), BG(2,M/8), BG(2,M), I
+    fxswap.errors.SpecError: invalid spec 'G(3.5)': argument '3.5' is not an integer or N, N/d, M, M/d; accepted forms: S, S-2x2, ...
     """
     if isinstance(text, BlockSpec):
         return text

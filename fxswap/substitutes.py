@@ -209,7 +209,7 @@ def conv_params(spec: BlockSpec | str, n: int, k: int = 3) -> int:
     ``BG(b,g)``: N²(k²/(g b²) + 2/b); ``S-2x2``: 2·4N²; ``I``: 0.
 
     >>> conv_params("G(N/4)", 64), conv_params("BG(2,M/8)", 64)
-    (9216, 4672)
+    (12800, 6400)
     """
     from .spec import parse_spec
 

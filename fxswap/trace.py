@@ -63,6 +63,7 @@ class FxswapTracer(fx.Tracer):
         self._leaf_instances = {id(m) for m in leaf_modules if isinstance(m, nn.Module)}
         self._trace_paths = trace_paths
         self.path_stack: list[tuple[str, type]] = []
+        self.failed_at: tuple[str, type] | None = None  # innermost module whose trace raised
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if id(m) in self._leaf_instances or isinstance(m, self._leaf_types):
@@ -75,6 +76,10 @@ class FxswapTracer(fx.Tracer):
         self.path_stack.append((self.path_of_module(m), type(m)))
         try:
             return super().call_module(m, forward, args, kwargs)
+        except Exception:
+            if self.failed_at is None:
+                self.failed_at = self.path_stack[-1]
+            raise
         finally:
             self.path_stack.pop()
 
@@ -152,7 +157,7 @@ def trace(
     except TraceError:
         raise
     except Exception as exc:  # fx raises many kinds; we add where and how to fix
-        where = tracer.path_stack[-1] if tracer.path_stack else ("", type(model))
+        where = tracer.failed_at or ("", type(model))
         path, cls = where
         sub = model.get_submodule(path) if path else model
         raise TraceError(

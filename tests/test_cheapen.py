@@ -1,0 +1,188 @@
+import copy
+import warnings
+
+import pytest
+import torch
+from torch import nn
+
+import fxswap
+from fxswap import SpecError, cheapen, find_blocks
+from fxswap.accounting import bn_running_stats
+from fxswap.models import cifar_resnet, wrn
+
+# Moonshine (seed 000) Table 3, "No. Params" of WRN-40-2 students on CIFAR-10, counting BN running
+# statistics as the paper does. BG(2,M/16) is misprinted there as 234704: its CIFAR-100 twin in Table 4
+# (255316) is 11610 = 128*90 + 90 (the wider classifier) above the true CIFAR-10 count, as for every other row.
+TABLE_3 = {
+    "S": 2248954, "S-2x2": 1012474, "G(2)": 1369530, "G(4)": 825210, "G(8)": 553050, "G(16)": 416970,
+    "G(N/16)": 651834, "G(N/8)": 466362, "G(N/4)": 373626, "G(N/2)": 327258, "G(N)": 304074,
+    "B(2)": 437242, "B(4)": 155002, "BG(2,2)": 292090, "BG(2,4)": 219514, "BG(2,8)": 183226,
+    "BG(2,16)": 165082, "BG(2,M/16)": 255316 - 11610, "BG(2,M/8)": 195322, "BG(2,M/4)": 171130,
+    "BG(2,M/2)": 159034, "BG(2,M)": 152986, "BG(4,M)": 85450,
+}
+TABLE_4_TEACHER = 2260564
+
+
+def params_bn(m):
+    return sum(p.numel() for p in m.parameters()) + bn_running_stats(m)
+
+
+@pytest.fixture(scope="module")
+def wrn402():
+    return wrn(40, 2)
+
+
+@pytest.mark.parametrize("spec", list(TABLE_3))
+def test_moonshine_table3_parameter_counts(wrn402, spec):
+    student = cheapen(wrn402, spec)
+    assert params_bn(student) == TABLE_3[spec]
+
+
+def test_table4_teacher_on_cifar100():
+    assert params_bn(wrn(40, 2, num_classes=100)) == TABLE_4_TEACHER
+
+
+def test_teacher_never_mutated_and_shares_nothing(wrn402):
+    before = {k: v.clone() for k, v in wrn402.state_dict().items()}
+    tree = [(n, type(m)) for n, m in wrn402.named_modules()]
+    for spec in ["G(N/4)", "B(2)", "BG(2,M/4)", "I", "S-2x2"]:
+        student = cheapen(wrn402, spec)
+        t_ptrs = {p.data_ptr() for p in wrn402.parameters()}
+        assert not t_ptrs & {p.data_ptr() for p in student.parameters()}
+    assert [(n, type(m)) for n, m in wrn402.named_modules()] == tree
+    after = wrn402.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_all_s_reproduces_teacher_exactly():
+    t = cifar_resnet(20).eval()
+    s = cheapen(t, "S").eval()
+    x = torch.randn(4, 3, 32, 32)
+    assert torch.equal(t(x), s(x))
+
+
+def test_student_keeps_class_methods_and_untouched_keys():
+    t = wrn(16, 2)
+    s = cheapen(t, {"layer3.*": "B(2)"})
+    assert type(s) is type(t) and hasattr(s, "forward_features")
+    t_keys = set(t.state_dict())
+    s_keys = set(s.state_dict())
+    kept = {k for k in t_keys if not k.startswith("layer3.")}
+    assert kept <= s_keys
+    for k in kept:
+        assert torch.equal(t.state_dict()[k], s.state_dict()[k])
+    assert any(k.startswith("layer3.0.substitute.") for k in s_keys)
+
+
+def test_train_eval_behaviour_kept_with_dropout():
+    t = wrn(16, 2, dropout=0.5)
+    s = cheapen(t, {"layer1.*": "B(2)"})
+    x = torch.randn(2, 3, 32, 32)
+    s.eval()
+    assert torch.equal(s(x), s(x))  # eval: deterministic
+    s.train()
+    torch.manual_seed(0)
+    a = s(x)
+    torch.manual_seed(1)
+    assert not torch.equal(a, s(x))  # train: dropout still active in the untouched blocks
+    bn = s.layer1[0].substitute.bn1
+    before = bn.running_mean.clone()
+    s(x)
+    assert not torch.equal(before, bn.running_mean)
+
+
+def test_deepcopy_and_reinit():
+    t = wrn(16, 1)
+    s = cheapen(t, "BG(2,M/2)")
+    c = copy.deepcopy(s)
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(c.eval()(x), s.eval()(x))
+    r = cheapen(t, "S", reinit=True)
+    assert not torch.equal(r.conv1.weight, t.conv1.weight)
+
+
+def test_identity_spec_removes_branch():
+    t = cifar_resnet(20)
+    s = cheapen(t, {"layer2.1": "I"})
+    assert not any(k.startswith("layer2.1.conv") for k in s.state_dict())
+    assert s(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert len(find_blocks(s)) == len(find_blocks(t)) - 1
+
+
+def test_dict_key_matching_nothing_is_an_error():
+    with pytest.raises(SpecError, match="match no block"):
+        cheapen(wrn(16, 1), {"layr2.*": "G(2)"})
+
+
+def test_list_plan_length_checked():
+    with pytest.raises(SpecError, match="one spec per block"):
+        cheapen(wrn(16, 1), ["S", "G(2)"])
+
+
+def test_groups_not_dividing_name_block_and_channels():
+    with pytest.raises(SpecError) as err:
+        cheapen(wrn(16, 1), "G(3)")
+    assert "layer1.0" in str(err.value) and "16" in str(err.value)
+    with pytest.raises(SpecError, match="bottleneck"):
+        cheapen(wrn(16, 1), "BG(2,3)")
+
+
+def test_spec_that_changes_nothing_warns_once_naming_blocks():
+    import torchvision
+
+    m = torchvision.models.mobilenet_v2()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cheapen(m, "G(2)")
+    msgs = [str(w.message) for w in caught if "changes nothing" in str(w.message)]
+    assert len(msgs) == 1 and "features.3" in msgs[0]
+
+
+def test_no_blocks_error():
+    with pytest.raises(fxswap.NoBlocksError):
+        find_blocks(nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 8, 3)))
+
+
+def test_untraceable_model_raises_trace_error_naming_module():
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+        def forward(self, x):
+            if x.sum() > 0:  # data-dependent control flow
+                return self.conv(x)
+            return x
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = Branchy()
+
+        def forward(self, x):
+            return self.body(x) + x
+
+    with pytest.raises(fxswap.TraceError) as err:
+        cheapen(Net(), "G(N)")
+    assert "'body' (Branchy)" in str(err.value) and "leaf_modules" in str(err.value)
+
+
+def test_user_registered_substitute():
+    from fxswap.substitutes import register_substitute
+
+    @register_substitute("Half", level="conv")
+    def half(spec, conv, block):
+        return nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                         groups=2, bias=False)
+
+    t = wrn(16, 2)
+    s = cheapen(t, "Half")
+    assert s.layer2[0].conv2.groups == 2
+    assert s(torch.randn(1, 3, 32, 32)).shape == (1, 10)
+
+
+def test_export_works_on_student():
+    s = cheapen(cifar_resnet(20), {"layer1.*": "B(2)", "layer2.*": "G(N/4)", "layer3.2": "I"}).eval()
+    x = torch.randn(2, 3, 32, 32)
+    ep = torch.export.export(s, (x,))
+    assert torch.allclose(ep.module()(x), s(x), atol=1e-5)

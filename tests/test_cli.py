@@ -1,0 +1,32 @@
+import json
+
+from fxswap.cli import main
+
+
+def test_cheapen_prints_tables_and_forward_check(capsys):
+    assert main(["cheapen", "wrn-16-2", "G(N/4)"]) == 0
+    out = capsys.readouterr().out
+    assert "layer3.1" in out and "forward check" in out and "OK" in out
+
+
+def test_cheapen_accepts_plan_json(tmp_path, capsys):
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"plan": {"layer1.*": "B(2)", "*": "G(2)"}}))
+    assert main(["cheapen", "wrn-16-1", str(plan)]) == 0
+
+
+def test_bad_spec_is_a_clear_error(capsys):
+    assert main(["cheapen", "wrn-16-1", "G(7)"]) == 2
+    assert "fxswap: error" in capsys.readouterr().err
+
+
+def test_unknown_model(capsys):
+    assert main(["blocks", "no-such-model-xyz"]) == 2
+    assert "accepted" in capsys.readouterr().err
+
+
+def test_count_and_blocks(capsys):
+    assert main(["count", "resnet-20"]) == 0
+    assert main(["blocks", "tv:resnet18", "--input", "3,64,64"]) == 0
+    out = capsys.readouterr().out
+    assert "layer4.1" in out
