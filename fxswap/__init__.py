@@ -9,3 +9,4 @@ from . import models
 from .rewrite import cheapen, resolve_plan
 from .substitutes import register_substitute
 from .accounting import compare, count
+from .probes import probe
