@@ -184,7 +184,8 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor | None, what: s
 def _check_targets(targets: Tensor | None, logits: Tensor, what: str) -> None:
     if targets is None:
         raise FxswapError(f"{what}: targets (class indices) are needed when the hard-label weight is > 0")
-    if targets.shape != logits.shape[:1] or targets.dtype not in (torch.int64, torch.int32, torch.uint8):
+    integer = not (targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool)
+    if targets.shape != logits.shape[:1] or not integer:
         raise FxswapError(
             f"{what}: targets must be integer class indices of shape ({logits.shape[0]},), got "
             f"shape {tuple(targets.shape)} dtype {targets.dtype}"
@@ -353,7 +354,7 @@ def kd_loss(
     if alpha == 1.0:
         return soft
     _check_targets(targets, student_logits, what)
-    return soft + F.cross_entropy(student_logits, targets) * (1.0 - alpha)
+    return soft + F.cross_entropy(student_logits, targets.long()) * (1.0 - alpha)
 
 
 # ---------------------------------------------------------------------------
@@ -613,7 +614,7 @@ def srrl_loss(
     _check_logits(student_logits, None, "srrl_loss")
     _check_targets(targets, student_logits, "srrl_loss")
     l_fm, l_sr = srrl_losses(student_feat_map, teacher_feat_map, teacher_classifier, teacher_logits, connector)
-    return F.cross_entropy(student_logits, targets) + alpha * l_fm + beta * l_sr
+    return F.cross_entropy(student_logits, targets.long()) + alpha * l_fm + beta * l_sr
 
 
 class SRRLLoss(nn.Module):
@@ -761,7 +762,7 @@ def lit_kd_loss(
     if alpha == 0.0:
         return loss
     _check_targets(targets, student_logits, what)
-    return loss + alpha * F.cross_entropy(student_logits, targets)
+    return loss + alpha * F.cross_entropy(student_logits, targets.long())
 
 
 def lit_loss(
@@ -797,7 +798,7 @@ def lit_loss(
     if beta == 0.0:
         return ir / 2
     kd = lit_kd_loss(student_logits, teacher_logits, targets, alpha=alpha, T=T)
-    return beta * kd + (1.0 - beta) * ir
+    return (beta * kd + (1.0 - beta) * ir) / 2
 
 
 for _name, _fn in (

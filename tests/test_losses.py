@@ -37,6 +37,11 @@ from fxswap.losses import (
 HYP = settings(max_examples=40, deadline=None)
 
 
+def _f(x) -> float:
+    """float() of a tensor (detached) or a number."""
+    return float(x.detach()) if isinstance(x, torch.Tensor) else float(x)
+
+
 def _np(x: torch.Tensor) -> np.ndarray:
     return x.detach().double().numpy()
 
@@ -64,7 +69,7 @@ def ref_softmax(z: np.ndarray) -> np.ndarray:
 
 
 def ref_ce(s: np.ndarray, y: np.ndarray) -> float:
-    return float(np.mean([-math.log(ref_softmax(s[b])[y[b]]) for b in range(len(y))]))
+    return _f(np.mean([-math.log(ref_softmax(s[b])[y[b]]) for b in range(len(y))]))
 
 
 def ref_kl_elements(s: np.ndarray, t: np.ndarray, T: float) -> np.ndarray:
@@ -96,11 +101,11 @@ def test_attention_transfer_matches_reference_weighting():
     expected = 0.0
     for a, b in zip(s, t):
         d = ref_attention_map(_np(a)) - ref_attention_map(_np(b))
-        expected += float(np.mean(d**2))
+        expected += _f(np.mean(d**2))
     expected *= beta * 3 / len(s)
     got = attention_transfer(s, t, beta=beta)
     assert got.shape == ()
-    assert float(got) == pytest.approx(expected, rel=1e-5)
+    assert _f(got) == pytest.approx(expected, rel=1e-5)
 
 
 def test_attention_transfer_weight_is_beta_times_3_over_n():
@@ -109,8 +114,8 @@ def test_attention_transfer_weight_is_beta_times_3_over_n():
     one = attention_transfer([s], [t], beta=1.0)
     # the same point three times: 3/3 · 3 · term == 3 · term == the single-point value
     three = attention_transfer([s, s, s], [t, t, t], beta=1.0)
-    assert float(three) == pytest.approx(float(one), rel=1e-6)
-    assert float(attention_transfer([s], [t], beta=10.0)) == pytest.approx(10 * float(one), rel=1e-6)
+    assert _f(three) == pytest.approx(_f(one), rel=1e-6)
+    assert _f(attention_transfer([s], [t], beta=10.0)) == pytest.approx(10 * _f(one), rel=1e-6)
 
 
 def test_attention_transfer_dicts_match_by_key_not_order():
@@ -119,7 +124,7 @@ def test_attention_transfer_dicts_match_by_key_not_order():
     c, d = torch.randn(2, 3, 4, 4), torch.randn(2, 3, 2, 2)
     as_list = attention_transfer([a, b], [c, d])
     as_dict = attention_transfer({"x": a, "y": b}, {"y": d, "x": c})
-    assert float(as_dict) == pytest.approx(float(as_list), rel=1e-6)
+    assert _f(as_dict) == pytest.approx(_f(as_list), rel=1e-6)
 
 
 def test_attention_transfer_missing_key_is_named():
@@ -168,7 +173,7 @@ def test_attention_transfer_gradients_student_only():
 def test_attention_transfer_zero_when_proportional(seed, scale, cs, hw):
     g = torch.Generator().manual_seed(seed)
     t = torch.randn(2, cs, hw, hw, generator=g, dtype=torch.float64)
-    assert float(attention_transfer([scale * t], [t])) == pytest.approx(0.0, abs=1e-9)
+    assert _f(attention_transfer([scale * t], [t])) == pytest.approx(0.0, abs=1e-9)
 
 
 @HYP
@@ -177,10 +182,10 @@ def test_attention_transfer_scale_invariant_and_symmetric(seed, a, b):
     g = torch.Generator().manual_seed(seed)
     s = torch.randn(2, 3, 3, 3, generator=g, dtype=torch.float64)
     t = torch.randn(2, 2, 3, 3, generator=g, dtype=torch.float64)
-    base = float(attention_transfer([s], [t]))
+    base = _f(attention_transfer([s], [t]))
     assert base >= 0
-    assert float(attention_transfer([a * s], [b * t])) == pytest.approx(base, rel=1e-9, abs=1e-12)
-    assert float(attention_transfer([t], [s])) == pytest.approx(base, rel=1e-9, abs=1e-12)
+    assert _f(attention_transfer([a * s], [b * t])) == pytest.approx(base, rel=1e-9, abs=1e-12)
+    assert _f(attention_transfer([t], [s])) == pytest.approx(base, rel=1e-9, abs=1e-12)
 
 
 # ---------------------------------------------------------------------------
@@ -195,7 +200,7 @@ def test_kd_reference_form_matches_hand_computation(alpha, T):
     y = torch.tensor([0, 6, 3, 3, 1])
     kl = ref_kl_elements(_np(s), _np(t), T)
     expected = kl.mean() * 2 * T * T * alpha + ref_ce(_np(s), y.numpy()) * (1 - alpha)
-    assert float(kd_loss(s, t, y, alpha=alpha, T=T)) == pytest.approx(expected, rel=1e-5)
+    assert _f(kd_loss(s, t, y, alpha=alpha, T=T)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_kd_batchmean_form_matches_hand_computation():
@@ -206,7 +211,7 @@ def test_kd_batchmean_form_matches_hand_computation():
     kl = ref_kl_elements(_np(s), _np(t), T)
     expected = kl.sum() / 4 * T * T * alpha + ref_ce(_np(s), y.numpy()) * (1 - alpha)
     got = kd_loss(s, t, y, alpha=alpha, T=T, reduction="batchmean")
-    assert float(got) == pytest.approx(expected, rel=1e-5)
+    assert _f(got) == pytest.approx(expected, rel=1e-5)
 
 
 @pytest.mark.parametrize("classes", [2, 10, 100])
@@ -215,7 +220,7 @@ def test_kd_reference_is_two_over_c_times_batchmean(classes):
     s, t = torch.randn(6, classes), torch.randn(6, classes)
     ref = kd_loss(s, t, None, alpha=1.0, T=4.0)
     bm = kd_loss(s, t, None, alpha=1.0, T=4.0, reduction="batchmean")
-    assert float(ref) == pytest.approx(float(bm) * 2 / classes, rel=1e-5)
+    assert _f(ref) == pytest.approx(_f(bm) * 2 / classes, rel=1e-5)
 
 
 def test_kd_matches_torch_old_default_kl_div():
@@ -243,11 +248,11 @@ def test_kd_kl_term_minimised_at_teacher(seed, T, shift):
     g = torch.Generator().manual_seed(seed)
     t = torch.randn(3, 6, generator=g, dtype=torch.float64)
     s = torch.randn(3, 6, generator=g, dtype=torch.float64)
-    at_t = float(kd_loss(t.clone(), t, None, alpha=1.0, T=T))
+    at_t = _f(kd_loss(t.clone(), t, None, alpha=1.0, T=T))
     assert at_t == pytest.approx(0.0, abs=1e-12)
-    assert float(kd_loss(s, t, None, alpha=1.0, T=T)) >= at_t - 1e-12
+    assert _f(kd_loss(s, t, None, alpha=1.0, T=T)) >= at_t - 1e-12
     # softmax is shift invariant: s = t + const is also a minimiser
-    assert float(kd_loss(t + shift, t, None, alpha=1.0, T=T)) == pytest.approx(0.0, abs=1e-10)
+    assert _f(kd_loss(t + shift, t, None, alpha=1.0, T=T)) == pytest.approx(0.0, abs=1e-10)
 
 
 def test_kd_gradient_zero_at_teacher_and_not_into_teacher():
@@ -279,6 +284,10 @@ def test_kd_shape_and_target_errors():
         kd_loss(torch.randn(2, 3), torch.randn(2, 3), None, alpha=0.5)
     with pytest.raises(FxswapError, match="targets"):
         kd_loss(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0, 1, 2]))
+    with pytest.raises(FxswapError, match="integer class indices"):
+        kd_loss(torch.randn(2, 3), torch.randn(2, 3), torch.tensor([0.0, 1.0]))
+    s, y = torch.randn(2, 3), torch.tensor([0, 2])
+    assert torch.allclose(kd_loss(s, s, y.int()), kd_loss(s, s, y))  # any integer dtype
     with pytest.raises(FxswapError, match="batch, classes"):
         kd_loss(torch.randn(2, 3, 1), torch.randn(2, 3, 1), None, alpha=1.0)
 
@@ -293,7 +302,7 @@ def test_mimic_matches_loops():
     s, t = torch.randn(4, 10), torch.randn(4, 10)
     sn, tn = _np(s), _np(t)
     expected = sum(sum((sn[b, k] - tn[b, k]) ** 2 for k in range(10)) for b in range(4)) / 4
-    assert float(mimic_loss(s, t)) == pytest.approx(expected, rel=1e-5)
+    assert _f(mimic_loss(s, t)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_mimic_grad_and_errors():
@@ -303,7 +312,7 @@ def test_mimic_grad_and_errors():
     # d/ds (1/B) Σ ||s - t||² = 2 (s - t) / B
     assert torch.allclose(s.grad, 2 * (s - t).detach() / 3, atol=1e-6)
     assert t.grad is None
-    assert float(mimic_loss(t.detach(), t)) == 0.0
+    assert _f(mimic_loss(t.detach(), t)) == 0.0
     with pytest.raises(FxswapError):
         mimic_loss(torch.randn(3, 4), torch.randn(3, 5))
 
@@ -335,7 +344,7 @@ def test_hint_loss_with_connector_matches_hand_computation():
                     r = sum(w[o, c] * sn[b, c, i, j] for c in range(3)) + bias[o]
                     total += (r - tn[b, o, i, j]) ** 2
     expected = total / t.numel()
-    assert float(hint_loss(s, t, conn)) == pytest.approx(expected, rel=1e-5)
+    assert _f(hint_loss(s, t, conn)) == pytest.approx(expected, rel=1e-5)
 
 
 def test_hint_loss_grads_reach_connector_not_teacher():
@@ -403,26 +412,26 @@ def test_srrl_connector_structure():
     assert conn.conv.kernel_size == (1, 1) and conn.conv.out_channels == 4
     assert isinstance(conn.bn, nn.BatchNorm2d)
     out = conn(torch.randn(2, 3, 5, 5))
-    assert out.shape == (2, 4, 5, 5) and float(out.min()) >= 0  # ReLU at the end
+    assert out.shape == (2, 4, 5, 5) and _f(out.min()) >= 0  # ReLU at the end
 
 
 def test_srrl_losses_match_hand_computation():
     conn, fc, fs, ft, t_logits = _srrl_setup()
     l_fm, l_sr = srrl_losses(fs, ft, fc, t_logits, conn)
     e_fm, e_sr = ref_srrl(conn, fc, fs, ft, t_logits)
-    assert float(l_fm) == pytest.approx(e_fm, rel=1e-4)
-    assert float(l_sr) == pytest.approx(e_sr, rel=1e-4)
+    assert _f(l_fm) == pytest.approx(e_fm, rel=1e-4)
+    assert _f(l_sr) == pytest.approx(e_sr, rel=1e-4)
 
 
 def test_srrl_spatial_sizes_may_differ_because_of_pooling():
     conn, fc, fs, ft, t_logits = _srrl_setup(spatial_t=2)
     l_fm, l_sr = srrl_losses(fs, ft, fc, t_logits, conn)
     e_fm, e_sr = ref_srrl(conn, fc, fs, ft, t_logits)
-    assert float(l_fm) == pytest.approx(e_fm, rel=1e-4)
-    assert float(l_sr) == pytest.approx(e_sr, rel=1e-4)
+    assert _f(l_fm) == pytest.approx(e_fm, rel=1e-4)
+    assert _f(l_sr) == pytest.approx(e_sr, rel=1e-4)
     # an already pooled teacher feature gives the same result
     l_fm2, _ = srrl_losses(fs, ft.mean((2, 3)), fc, t_logits, conn)
-    assert float(l_fm2) == pytest.approx(float(l_fm), rel=1e-6)
+    assert _f(l_fm2) == pytest.approx(_f(l_fm), rel=1e-6)
 
 
 def test_srrl_gradients_frozen_classifier_trainable_connector():
@@ -467,7 +476,7 @@ def test_srrl_loss_is_eq8_and_defaults_are_one():
     l_fm, l_sr = srrl_losses(fs, ft, fc, t_logits, conn)
     ce = ref_ce(_np(s_logits), y.numpy())
     got = srrl_loss(s_logits, y, fs, ft, fc, t_logits, conn, alpha=2.0, beta=0.5)
-    assert float(got) == pytest.approx(ce + 2 * float(l_fm) + 0.5 * float(l_sr), rel=1e-5)
+    assert _f(got) == pytest.approx(ce + 2 * _f(l_fm) + 0.5 * _f(l_sr), rel=1e-5)
     sig = inspect.signature(srrl_loss)
     assert sig.parameters["alpha"].default == 1.0 and sig.parameters["beta"].default == 1.0
 
@@ -500,8 +509,8 @@ def test_lit_ir_loss_matches_loops():
     for a, b in zip(s, t):
         an, bn = _np(a).ravel(), _np(b).ravel()
         expected += sum((x - z) ** 2 for x, z in zip(an, bn)) / an.size
-    assert float(lit_ir_loss(s, t)) == pytest.approx(expected, rel=1e-5)
-    assert float(lit_ir_loss({"a": s[0], "b": s[1]}, {"b": t[1], "a": t[0]})) == pytest.approx(expected, rel=1e-5)
+    assert _f(lit_ir_loss(s, t)) == pytest.approx(expected, rel=1e-5)
+    assert _f(lit_ir_loss({"a": s[0], "b": s[1]}, {"b": t[1], "a": t[0]})) == pytest.approx(expected, rel=1e-5)
 
 
 def test_lit_ir_loss_grads_and_errors():
@@ -527,7 +536,7 @@ def test_lit_kd_loss_matches_reference_form():
         soft = -sum(pt[k] * math.log(ps[k]) for k in range(4))
         hard = -math.log(ref_softmax(sn[b])[y[b]])
         total += alpha * hard + (1 - alpha) * T * T * soft
-    assert float(lit_kd_loss(s, t, y)) == pytest.approx(total / 5, rel=1e-5)
+    assert _f(lit_kd_loss(s, t, y)) == pytest.approx(total / 5, rel=1e-5)
 
 
 def test_lit_loss_combines_as_reference():
@@ -536,11 +545,11 @@ def test_lit_loss_combines_as_reference():
     y = torch.tensor([0, 1, 2, 1])
     s_irs = [torch.randn(4, 2, 3, 3), torch.randn(4, 5)]
     t_irs = [torch.randn(4, 2, 3, 3), torch.randn(4, 5)]
-    kd = float(lit_kd_loss(s, t, y, alpha=0.95, T=6.0))
-    ir = float(lit_ir_loss(s_irs, t_irs))
-    assert float(lit_loss(s, t, y, s_irs, t_irs)) == pytest.approx((0.75 * kd + 0.25 * ir) / 2, rel=1e-6)
-    assert float(lit_loss(s, t, y, s_irs, t_irs, beta=1.0)) == pytest.approx(kd / 2, rel=1e-6)
-    assert float(lit_loss(s, t, None, s_irs, t_irs, beta=0.0)) == pytest.approx(ir / 2, rel=1e-6)
+    kd = _f(lit_kd_loss(s, t, y, alpha=0.95, T=6.0))
+    ir = _f(lit_ir_loss(s_irs, t_irs))
+    assert _f(lit_loss(s, t, y, s_irs, t_irs)) == pytest.approx((0.75 * kd + 0.25 * ir) / 2, rel=1e-6)
+    assert _f(lit_loss(s, t, y, s_irs, t_irs, beta=1.0)) == pytest.approx(kd / 2, rel=1e-6)
+    assert _f(lit_loss(s, t, None, s_irs, t_irs, beta=0.0)) == pytest.approx(ir / 2, rel=1e-6)
     sig = inspect.signature(lit_loss)
     assert sig.parameters["beta"].default == 0.75
     assert sig.parameters["T"].default == 6.0
@@ -577,7 +586,7 @@ def test_register_loss_decorator_duplicates_and_overwrite():
             return (s - t).abs().mean()
 
         assert LOSSES[name] is l1
-        assert float(get_loss(name)(torch.ones(2), torch.zeros(2))) == 1.0
+        assert _f(get_loss(name)(torch.ones(2), torch.zeros(2))) == 1.0
         with pytest.raises(FxswapError, match="already registered"):
             register_loss(name, lambda s, t: s)
         other = register_loss(name, lambda s, t: s, overwrite=True)
