@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import copy
 import fnmatch
+import operator
 import warnings
 from typing import Mapping, Sequence, Union
 
@@ -133,10 +134,27 @@ def _remove_branch(gm: fx.GraphModule, block: Block, owner: str) -> None:
         a, b = add.args[0], add.args[1]
         on_a, on_b = (_bits(view, a) >> f) & 1, (_bits(view, b) >> f) & 1
         if on_a != on_b:
-            add.replace_all_uses_with(b if on_a else a)
+            keep = b if on_a else a
+            if any(_in_place(gm, u) for u in add.users):
+                # the add made a fresh tensor; an in-place consumer (ReLU(inplace=True))
+                # must not overwrite the shortcut that autograd or later blocks still need
+                with gm.graph.inserting_before(add):
+                    keep = gm.graph.call_method("clone", (keep,))
+            add.replace_all_uses_with(keep)
             gm.graph.erase_node(add)
             return
     raise SpecError(f"block {block.name!r}: cannot find its residual add when removing the branch")
+
+
+def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
+    if node.op == "call_module":
+        return bool(getattr(gm.get_submodule(node.target), "inplace", False))
+    if node.op == "call_method":
+        return str(node.target).endswith("_")
+    if node.op == "call_function":
+        in_place_operator = node.target in (operator.iadd, operator.isub, operator.imul, operator.itruediv)
+        return bool(node.kwargs.get("inplace", False)) or in_place_operator
+    return False
 
 
 def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=()) -> nn.Module:

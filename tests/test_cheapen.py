@@ -186,3 +186,10 @@ def test_export_works_on_student():
     x = torch.randn(2, 3, 32, 32)
     ep = torch.export.export(s, (x,))
     assert torch.allclose(ep.module()(x), s(x), atol=1e-5)
+
+
+def test_identity_on_post_activation_blocks_trains():
+    # ReLU(inplace=True) after the removed add must not overwrite a tensor autograd needs
+    s = cheapen(cifar_resnet(20), {"layer*.2": "I", "layer3.1": "I"})
+    s(torch.randn(2, 3, 32, 32)).sum().backward()
+    assert all(p.grad is not None for p in s.layer3[0].parameters())
