@@ -1,12 +1,26 @@
-"""fxswap: model surgery for PyTorch CNNs with torch.fx."""
+"""fxswap: model surgery for PyTorch CNNs with torch.fx.
+
+>>> import fxswap
+>>> student = fxswap.cheapen(fxswap.models.wrn(40, 2), "G(N/4)")
+>>> fxswap.count(student, (3, 32, 32)).params_bn     # Moonshine Table 3, G(N/4)
+373626
+"""
+from . import models
+from .accounting import compare, count
 from .blocks import Block, find_blocks
+from .distill import Distiller, LITDistiller
 from .errors import BudgetError, DistillError, FxswapError, NoBlocksError, SpecError, TraceError
+from .probes import probe
+from .rewrite import cheapen, resolve_plan
+from .sections import split_sections
 from .spec import BlockSpec, parse_spec
+from .substitutes import register_substitute
 from .trace import trace
 
 __version__ = "0.1.0"
-from . import models
-from .rewrite import cheapen, resolve_plan
-from .substitutes import register_substitute
-from .accounting import compare, count
-from .probes import probe
+
+__all__ = [
+    "models", "compare", "count", "Block", "find_blocks", "Distiller", "LITDistiller", "BudgetError",
+    "DistillError", "FxswapError", "NoBlocksError", "SpecError", "TraceError", "probe", "cheapen",
+    "resolve_plan", "split_sections", "BlockSpec", "parse_spec", "register_substitute", "trace",
+]
