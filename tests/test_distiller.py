@@ -114,3 +114,29 @@ def test_lit_sections_receive_the_teacher_irs():
 def test_lit_needs_matching_stages():
     with pytest.raises(fxswap.DistillError, match="as many stages"):
         LITDistiller(cifar_resnet(20), wrn(10, 1).layer1)
+
+
+def test_channels_last_and_autocast():
+    t = wrn(10, 2).to(memory_format=torch.channels_last)
+    s = fxswap.cheapen(t, "B(2)").to(memory_format=torch.channels_last)
+    d = Distiller(t, s, {"at": 1000.0, "kd": 0.9, "srrl": 1.0})
+    x, y = batch(4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss, logs = d(x.to(memory_format=torch.channels_last), y)
+    loss.backward()
+    assert torch.isfinite(loss) and all(v == v for v in logs.values())
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_distiller_on_cuda_with_autocast():
+    t = wrn(10, 2)
+    s = fxswap.cheapen(t, "G(N/4)")
+    d = Distiller(t, s, {"at": 1000.0, "kd": 0.9, "hint": 1.0}).cuda()
+    assert d.teacher is not None and next(d.teacher.parameters()).is_cuda
+    x, y = batch(8)
+    with torch.autocast("cuda", dtype=torch.float16):
+        loss, logs = d(x.cuda(non_blocking=True), y.cuda(non_blocking=True))
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is None for p in t.parameters())
