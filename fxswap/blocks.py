@@ -92,6 +92,8 @@ class Block:
     spatial_convs: tuple[str, ...] = field(default=(), repr=False)
     #: cumulative downsampling of the block output relative to the model input
     scale: float = field(default=1.0, repr=False)
+    #: layout ops (permute back to NCHW) after ``tail`` that belong to the replaced branch
+    tail_skip: int = field(default=0, repr=False)
 
 
 
@@ -250,6 +252,17 @@ def _tensor_entry(node: fx.Node) -> fx.Node:
     return node
 
 
+def _is_layout(n: fx.Node) -> bool:
+    """A permute/transpose (function or method): moves channels, computes nothing."""
+    if n.op == "call_method":
+        return n.target in ("permute", "transpose", "contiguous")
+    return n.op == "call_function" and n.target in (torch.permute, torch.transpose)
+
+
+def _is_cat(n: fx.Node) -> bool:
+    return n.op == "call_function" and n.target in (torch.cat, torch.concat) and isinstance(n.args[0], (list, tuple))
+
+
 def _bits(view: _GraphView, n: fx.Node) -> int:
     return view.anc[view.index[n]] | (1 << view.index[n])
 
@@ -345,6 +358,16 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=()) -> list[Bloc
         order = "post" if norms_after else "pre"
         tail = norms_after[0] if norms_after else last
         region, problem, entry = _region(view, branch, convs, tail)
+        tail_skip = 0
+        if region and any(_is_layout(n) for n in region):
+            # channels-last inside the branch (ConvNeXt: permute, LayerNorm, Linear, permute back):
+            # the substitute works in NCHW, so the permute back belongs to what it replaces
+            branch_set = set(branch)
+            nxt = tail
+            while len(nxt.users) == 1 and _is_layout(next(iter(nxt.users))) and next(iter(nxt.users)) in branch_set:
+                nxt = next(iter(nxt.users))
+                tail_skip += 1
+                region = region + [nxt]
         if problem is None and (first.op != "call_module" or tail.op != "call_module"):
             problem = "its convolutions or norms are functional calls, not modules"
         conv_mods = [view.module(n) for n in convs]
@@ -354,6 +377,10 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=()) -> list[Bloc
         if split_paths:  # selective kernel: each path convolves a slice of the input
             in_ch = sum(view.module(c).in_channels for c in split_paths)
         out_ch = getattr(last_mod, "out_channels", None) or getattr(last_mod, "out_features", 0)
+        joined = [u for u in last.users if _is_cat(u)]
+        if joined and all(view.is_conv(a) and view.module(a) is not None for a in joined[0].args[0]):
+            # mixed kernels (MixConv): parallel convs on channel slices, concatenated
+            out_ch = sum(view.module(a).out_channels for a in joined[0].args[0])
         kernel = max((m.kernel_size[0] for m in conv_mods if m is not None), default=1)
         norm = next((type(view.module(n)).__name__ for n in branch if view.is_norm(n) and view.module(n) is not None), None)
         act_type = next((t for t in (view.act_type(n) for n in on_map) if t is not None), None)
@@ -380,6 +407,7 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=()) -> list[Bloc
             spatial_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
                                 if m is not None and max(m.kernel_size) > 1),
             scale=view.scale[view.index[add]],
+            tail_skip=tail_skip,
         )
         found.append(block)
     if not found:

@@ -107,6 +107,8 @@ def _find_target(gm: fx.GraphModule, target: str, block: Block) -> fx.Node:
 def _replace_branch(gm: fx.GraphModule, block: Block, owner: str, sub_name: str, sub: nn.Module) -> None:
     view = _GraphView(gm)
     tail = _find_target(gm, _relative(block.tail, owner), block)
+    for _ in range(block.tail_skip):  # a permute back to NCHW after the last Linear (ConvNeXt)
+        tail = next(iter(tail.users))
     convs = [_find_target(gm, _relative(c, owner), block) for c in block.convs]
     common = -1
     for c in convs:
@@ -176,6 +178,7 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     specs = resolve_plan(blocks, plan)
     student = copy.deepcopy(model)
     unchanged = []
+    replaced: set[str] = set()  # a conv shared by nested blocks (Res2Net, HRNet) is replaced once
     by_owner: dict[str, list[tuple[Block, BlockSpec]]] = {}
     for block in blocks:
         spec = specs[block.name]
@@ -187,6 +190,9 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
             if not targets:
                 unchanged.append(block.name)
             for path in targets:
+                if path in replaced:
+                    continue
+                replaced.add(path)
                 old = student.get_submodule(path)
                 try:
                     new = sub.build(spec, old, block)
