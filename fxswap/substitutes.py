@@ -102,8 +102,9 @@ def _init(module: nn.Module) -> nn.Module:
 
 def _check_groups(groups: int, channels: int, what: str, block: Block, spec: BlockSpec) -> None:
     if groups < 1 or channels % groups:
+        count = f"{groups} groups" if groups >= 1 else f"groups = {spec.groups}"
         raise SpecError(
-            f"{spec} on block {block.name!r}: {what} has {channels} channels, which {groups} groups do not divide; "
+            f"{spec} on block {block.name!r}: {what} has {channels} channels, which {count} do not divide; "
             f"use a group count that divides {channels}, or a ratio such as G(N/4) / BG(b,M/4)"
         )
 

@@ -149,6 +149,8 @@ def test_invalid_branch_specs_raise(key):
         fxswap.cheapen(model, "B(3)")
     with pytest.raises(fxswap.SpecError, match="groups do not divide"):
         fxswap.cheapen(model, "BG(2,5)")
+    with pytest.raises(fxswap.SpecError, match=r"groups = N/3 do not divide"):
+        fxswap.cheapen(model, "G(N/3)")
 
 
 def test_train_mode_backward_on_mixed_plan():
