@@ -1,0 +1,567 @@
+"""BlockSwap (seed 003): sample mixed-block students under a budget, rank them by Fisher potential.
+
+Three steps (seed 003 §4, Fig. 1):
+
+1. *candidates*: each block may become any spec of a list, by default the
+   paper's (``S, B(2), B(4), G(2…16), G(N/16…N/2), G(N), BG(2,2…16),
+   BG(2,M/16…M/2), BG(2,M)``, :data:`PAPER_CANDIDATES`);
+2. *sampling*: random configurations, one candidate per block drawn
+   uniformly, kept when the network's parameter count (or MACs) is within
+   ``±tolerance`` of the budget (the reference's ``var = 0.025 *
+   param_budget`` in ``model_generator.py`` ``generate_archs``);
+3. *ranking*: each sample's Fisher potential on one training minibatch at
+   a random initialisation (:func:`fxswap.fisher_potential`); the highest wins.
+
+What makes it cheap (benchmarks/blockswap_speed.py measures it):
+
+* costs are *per block*: :class:`CostModel` cheapens the teacher once per
+  candidate spec and reads each block's parameters and MACs off the result,
+  so a configuration's cost is a sum of table entries (exact to the digit:
+  ``cost(teacher) − Σ cost(replaced block) + Σ cost(its substitute)``);
+  sampling builds no model (the reference does the same with ``p_dict``);
+* scoring builds no model either: the block variants built for the cost
+  table, each probed once after its last convolution, are swapped into one
+  working network per sample (a random initialisation per (block, spec),
+  reused across samples, seeded);
+* gradients are taken for the probed activations only (no weight gradients,
+  nothing below the first probe).
+
+>>> import torch, fxswap
+>>> teacher = fxswap.models.wrn(16, 1)
+>>> x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+>>> result = blockswap(teacher, 0.5, (x, y), samples=4, candidates=["S", "G(N/4)", "B(2)"], macs=False)
+>>> abs(result.candidates[0].params - result.budget) <= 0.025 * result.budget
+True
+>>> student = fxswap.cheapen(teacher, result.best)
+>>> sum(p.numel() for p in student.parameters()) == result.candidates[0].params
+True
+"""
+from __future__ import annotations
+
+import copy
+import json
+import re
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import Block, find_blocks
+from .errors import BudgetError, FxswapError, SpecError
+from .fisher import _seeded, channel_fisher, derived_seed, random_init
+from .probes import probe
+from .rewrite import _set_module, cheapen
+from .spec import BlockSpec, parse_spec
+
+__all__ = [
+    "PAPER_CANDIDATES", "CostModel", "Candidate", "BlockSwapResult", "blockswap", "parse_budget", "sample_plans",
+]
+
+#: The candidate blocks of seed 003 §4 (the standard block ``S`` included).
+PAPER_CANDIDATES: tuple[str, ...] = (
+    "S", "B(2)", "B(4)",
+    "G(2)", "G(4)", "G(8)", "G(16)",
+    "G(N/16)", "G(N/8)", "G(N/4)", "G(N/2)", "G(N)",
+    "BG(2,2)", "BG(2,4)", "BG(2,8)", "BG(2,16)",
+    "BG(2,M/16)", "BG(2,M/8)", "BG(2,M/4)", "BG(2,M/2)", "BG(2,M)",
+)
+
+_METRICS = ("params", "macs")
+
+
+def parse_budget(budget, total: int) -> int:
+    """An absolute budget from an int (a count), a float in (0, 1] (a fraction of
+    ``total``) or a string: ``"400k"``, ``"1.2M"``, ``"25%"``, ``"0.25"``.
+
+    >>> parse_budget("400k", 2_243_546), parse_budget(0.25, 2_000_000), parse_budget("1.5M", 0)
+    (400000, 500000, 1500000)
+    """
+    if isinstance(budget, str):
+        text = budget.strip().replace("_", "").replace(",", "")
+        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG%]?)", text)
+        if not m:
+            raise BudgetError(f"budget {budget!r}: use a count (400000, 400k, 1.2M), a fraction (0.25) or a "
+                              f"percentage (25%)")
+        value, unit = float(m.group(1)), m.group(2).lower()
+        if unit == "%":
+            return parse_budget(value / 100, total)
+        if unit:
+            return int(round(value * {"k": 1e3, "m": 1e6, "g": 1e9}[unit]))
+        budget = int(value) if value == int(value) and value > 1 else value
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
+        raise BudgetError(f"budget must be positive: a count, a fraction in (0, 1] or a string like '400k'; got {budget!r}")
+    if isinstance(budget, float) and budget <= 1:
+        return int(round(budget * total))
+    return int(budget)
+
+
+def _count_params(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+class _Tapped(nn.Module):
+    """A block variant probed after its last convolution: returns the block's output and
+    leaves the probed activation in a shared ``sink`` (the scorer reads it)."""
+
+    def __init__(self, probed: nn.Module, name: str, sink: dict):
+        super().__init__()
+        self.probed = probed
+        self.block_name = name
+        self.sink = sink
+
+    def forward(self, *args, **kwargs):
+        out, feats = self.probed(*args, **kwargs)
+        for v in feats.values():
+            self.sink[self.block_name] = v
+        return out
+
+
+class CostModel:
+    """Per-block costs of every candidate spec, and the block variants to score with.
+
+    Built once per teacher and candidate list: one :func:`fxswap.cheapen`
+    per spec (a block the spec cannot apply to is tried alone, and left out
+    of that block's options if it still fails). ``options[name]`` lists the
+    specs a block may take; ``params[name][spec]`` / ``macs[name][spec]`` are
+    the costs of that block's module. A plan's cost is ``fixed + Σ block
+    costs``, equal to what ``count(cheapen(teacher, plan))`` reports.
+
+    ``reinit`` (default) re-initialises the network with ``seed``
+    (:func:`fxswap.fisher.random_init`): BlockSwap scores randomly initialised
+    networks. Each spec's substitutes are initialised from a seed derived
+    from ``(seed, spec)``.
+
+    >>> from fxswap.models import wrn
+    >>> cm = CostModel(wrn(10, 1), ["S", "G(N/4)"], macs=False)
+    >>> cm.cost({"layer1.0": "G(N/4)", "layer2.0": "S", "layer3.0": "S"})
+    74970
+    >>> from fxswap import cheapen
+    >>> sum(p.numel() for p in cheapen(wrn(10, 1), {"layer1.*": "G(N/4)"}).parameters())
+    74970
+    """
+
+    def __init__(self, teacher: nn.Module, candidates: Sequence[str | BlockSpec] | None = None, *,
+                 input_shape: tuple[int, ...] | None = None, macs: bool = True, seed: int = 0,
+                 reinit: bool = True, leaf_modules=()):
+        from .accounting import _macs_by_module
+
+        self.specs = [str(parse_spec(s)) for s in (PAPER_CANDIDATES if candidates is None else candidates)]
+        self.specs = list(dict.fromkeys(self.specs))
+        if not self.specs:
+            raise SpecError("blockswap needs at least one candidate spec")
+        self.seed = seed
+        self.leaf_modules = tuple(leaf_modules)
+        self.base = copy.deepcopy(teacher)
+        if reinit:
+            random_init(self.base, seed)
+        self.blocks: list[Block] = find_blocks(self.base, leaf_modules)
+        self.names = [b.name for b in self.blocks]
+        self._check_swappable()
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
+        self.has_macs = bool(macs)
+        if macs and self.input_shape is None:
+            from .models.registry import default_input_shape
+
+            self.input_shape = default_input_shape(self.base)
+        base_mods = {n: self.base.get_submodule(n) for n in self.names}
+        self.teacher_params = _count_params(self.base)
+        base_macs = _macs_by_module(self.base, self.input_shape) if macs else {}
+        self.teacher_macs = int(base_macs.get("", 0)) if macs else None
+        block_params = {n: _count_params(m) for n, m in base_mods.items()}
+        self.fixed_params = self.teacher_params - sum(block_params.values())
+        self.fixed_macs = (self.teacher_macs - sum(int(base_macs.get(n, 0)) for n in self.names)) if macs else None
+        self.params: dict[str, dict[str, int]] = {n: {} for n in self.names}
+        self.macs: dict[str, dict[str, int]] = {n: {} for n in self.names}
+        self.variants: dict[str, dict[str, nn.Module]] = {n: {} for n in self.names}
+        self.points: dict[str, dict[str, str | None]] = {n: {} for n in self.names}
+        self.skipped: dict[str, dict[str, str]] = {}
+        base_points = {b.name: b.last_conv for b in self.blocks}
+        for spec in self.specs:
+            if parse_spec(spec).kind == "S":
+                for n in self.names:
+                    self._add(n, spec, base_mods[n], block_params[n], int(base_macs.get(n, 0)), base_points.get(n))
+                continue
+            try:
+                built = [(self._cheapen(spec, spec), self.names)]
+            except SpecError:
+                built = []
+                for n in self.names:
+                    try:
+                        built.append((self._cheapen({n: spec}, spec), [n]))
+                    except SpecError as exc:
+                        self.skipped.setdefault(n, {})[spec] = str(exc)
+            for student, names in built:
+                s_macs = _macs_by_module(student, self.input_shape) if macs else {}
+                s_points = {b.name: b.last_conv for b in find_blocks(student, leaf_modules)}
+                expected = self.teacher_params
+                for n in names:
+                    mod = student.get_submodule(n)
+                    p = _count_params(mod)
+                    expected += p - block_params[n]
+                    self._add(n, spec, mod, p, int(s_macs.get(n, 0)), s_points.get(n))
+                if expected != _count_params(student):
+                    raise FxswapError(
+                        f"{spec} changes {type(teacher).__name__} outside its blocks' modules "
+                        f"({_count_params(student)} params, block sums give {expected}): blockswap needs each "
+                        f"block's rewrite to stay inside the block's module")
+        empty = [n for n in self.names if not self.params[n]]
+        if empty:
+            raise SpecError(f"no candidate spec applies to block(s) {empty}: "
+                            f"{ {n: self.skipped.get(n) for n in empty} }")
+        self._sink: dict[str, torch.Tensor] = {}
+        self._tapped: dict[tuple[str, str], nn.Module] = {}
+        self._working: nn.Module | None = None
+
+    def _check_swappable(self) -> None:
+        modules = dict(self.base.named_modules())
+        for n in self.names:
+            if n not in modules or not n:
+                raise FxswapError(f"block {n!r} is not a module of its own; blockswap swaps block modules "
+                                  f"(ResNet/WRN-style models whose blocks are submodules)")
+        for a in self.names:
+            for b in self.names:
+                if a != b and b.startswith(a + "."):
+                    raise FxswapError(f"blocks {a!r} and {b!r} are nested; blockswap needs disjoint block modules")
+
+    def _cheapen(self, plan, spec: str) -> nn.Module:
+        key = spec if isinstance(plan, str) else f"{spec}@{next(iter(plan))}"
+        with warnings.catch_warnings(), _seeded(derived_seed(self.seed, key)):
+            warnings.simplefilter("ignore")
+            return cheapen(self.base, plan, leaf_modules=self.leaf_modules)
+
+    def _add(self, name, spec, module, params, macs, point):
+        self.params[name][spec] = params
+        self.macs[name][spec] = macs
+        self.variants[name][spec] = module
+        rel = point[len(name) + 1:] if point and point.startswith(name + ".") else None
+        self.points[name][spec] = rel
+
+    # -- costs -----------------------------------------------------------------------------
+    def options(self, name: str) -> list[str]:
+        """The specs block ``name`` may take (those that apply to it), in candidate order."""
+        return list(self.params[name])
+
+    def cost(self, plan, metric: str = "params") -> int:
+        """Exact parameter count (or MACs) of ``cheapen(teacher, plan)``, from the table."""
+        specs = self._resolve(plan)
+        table, fixed = self._table(metric)
+        return fixed + sum(table[n][s] for n, s in specs.items())
+
+    def _table(self, metric: str):
+        if metric not in _METRICS:
+            raise BudgetError(f"budget metric must be one of {_METRICS}, got {metric!r}")
+        if metric == "macs":
+            if not self.has_macs:
+                raise BudgetError("this CostModel was built with macs=False; build it with macs=True for a MAC budget")
+            return self.macs, self.fixed_macs
+        return self.params, self.fixed_params
+
+    def total(self, metric: str = "params") -> int:
+        """The (re-initialised) teacher's parameter count or MACs."""
+        return self.teacher_params if metric == "params" else self.teacher_macs
+
+    def reachable(self, metric: str = "params") -> tuple[int, int]:
+        """(cheapest, dearest) cost over all configurations of the candidates."""
+        table, fixed = self._table(metric)
+        return (fixed + sum(min(table[n].values()) for n in self.names),
+                fixed + sum(max(table[n].values()) for n in self.names))
+
+    def _resolve(self, plan) -> dict[str, str]:
+        from .rewrite import resolve_plan
+
+        if isinstance(plan, dict) and set(plan) == set(self.names):
+            specs = {n: str(parse_spec(plan[n])) for n in self.names}
+        else:
+            specs = {n: str(s) for n, s in resolve_plan(self.blocks, plan).items()}
+        for n, s in specs.items():
+            if s not in self.params[n]:
+                why = self.skipped.get(n, {}).get(s, "it is not among the candidates")
+                raise SpecError(f"block {n!r} cannot take {s}: {why}")
+        return specs
+
+    # -- networks --------------------------------------------------------------------------
+    def build(self, plan) -> nn.Module:
+        """A standalone network for ``plan`` with exactly the weights the scorer uses."""
+        specs = self._resolve(plan)
+        model = copy.deepcopy(self.base)
+        for n in sorted(self.names, key=lambda n: -n.count(".")):
+            _set_module(model, n, copy.deepcopy(self.variants[n][specs[n]]))
+        return model
+
+    def _tap(self, name: str, spec: str) -> nn.Module:
+        key = (name, spec)
+        if key not in self._tapped:
+            variant, rel = self.variants[name][spec], self.points[name][spec]
+            if rel is None:  # no convolution left (I): nothing to probe
+                self._tapped[key] = variant
+            else:
+                probed = probe(variant, [rel], self.leaf_modules)
+                self._tapped[key] = _Tapped(probed, name, self._sink)
+        return self._tapped[key]
+
+    def score(self, plan, batch, loss_fn: Callable = F.cross_entropy) -> tuple[float, dict[str, float]]:
+        """Fisher potential of ``plan`` (total, per block), without building a network.
+
+        Equal to ``fisher_potential(self.build(plan), batch, loss_fn)``.
+        """
+        specs = self._resolve(plan)
+        if self._working is None:
+            self._working = copy.deepcopy(self.base)
+            self._working.train()
+        model = self._working
+        for n in sorted(self.names, key=lambda n: -n.count(".")):
+            _set_module(model, n, self._tap(n, specs[n]))
+        x, y = batch
+        self._sink.clear()
+        model.train()
+        with torch.enable_grad():
+            out = model(x)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            names = [n for n in self.names if n in self._sink]
+            acts = [self._sink[n] for n in names]
+            loss = loss_fn(out, y)
+            grads = torch.autograd.grad(loss, acts, allow_unused=True)
+        blocks = {}
+        for n, a, g in zip(names, acts, grads):
+            blocks[n] = float(channel_fisher(a, g if g is not None else torch.zeros_like(a)).sum())
+        self._sink.clear()
+        return float(sum(blocks.values())), blocks
+
+
+def sample_plans(cost_model: CostModel, budget: int, samples: int, *, tolerance: float = 0.025,
+                 metric: str = "params", seed: int = 0, max_draws: int = 2_000_000) -> list[dict[str, str]]:
+    """Random configurations whose cost lies within ``budget ± tolerance·budget``.
+
+    Each block's spec is drawn uniformly from its options and the draw kept
+    if the total is in the window (the reference's rejection sampling, in
+    vectorised chunks). When the window is too narrow for that to find
+    ``samples`` distinct plans within ``max_draws`` draws, the rest come from
+    the same distribution (uniform over the configurations in the window)
+    by dynamic programming over binned costs, each checked exactly. Raises
+    :class:`fxswap.BudgetError` if no configuration can meet the budget.
+
+    >>> from fxswap.models import wrn
+    >>> cm = CostModel(wrn(16, 1), ["S", "G(N/4)", "B(2)"], macs=False)
+    >>> plans = sample_plans(cm, 100_000, 3, seed=1)
+    >>> all(abs(cm.cost(p) - 100_000) <= 2_500 for p in plans), len(plans)
+    (True, 3)
+    """
+    if samples < 1:
+        raise BudgetError(f"samples must be at least 1, got {samples}")
+    if not 0 <= tolerance < 1:
+        raise BudgetError(f"tolerance is a fraction of the budget in [0, 1), got {tolerance}")
+    table, fixed = cost_model._table(metric)
+    names = cost_model.names
+    opts = [list(table[n]) for n in names]
+    costs = [np.array([table[n][s] for s in o], dtype=np.int64) for n, o in zip(names, opts)]
+    lo, hi = budget - tolerance * budget, budget + tolerance * budget
+    cheapest, dearest = cost_model.reachable(metric)
+    unit = "parameters" if metric == "params" else "MACs"
+    if hi < cheapest or lo > dearest:
+        raise BudgetError(
+            f"no configuration of the candidates meets a budget of {budget:,} {unit} ±{tolerance:.1%} "
+            f"([{int(np.ceil(lo)):,}, {int(hi):,}]): the cheapest reachable is {cheapest:,} and the dearest "
+            f"{dearest:,} (teacher: {cost_model.total(metric):,}); choose a budget in that range, widen the "
+            f"tolerance or add cheaper/dearer candidates")
+    rng = np.random.default_rng(seed)
+    found: dict[tuple, None] = {}
+    chunk = int(min(max(4 * samples, 4096), 65536))
+    draws = 0
+    while len(found) < samples and draws < max_draws:
+        idx = np.stack([rng.integers(0, len(o), size=chunk) for o in opts], axis=1)
+        totals = fixed + sum(c[idx[:, b]] for b, c in enumerate(costs))
+        ok = (totals >= lo) & (totals <= hi)
+        for row in idx[ok]:
+            found.setdefault(tuple(int(v) for v in row))
+            if len(found) >= samples:
+                break
+        draws += chunk
+    if len(found) < samples:
+        _dp_sample(costs, fixed, lo, hi, samples, found, rng)
+    if not found:
+        raise BudgetError(
+            f"no configuration of the candidates meets a budget of {budget:,} {unit} ±{tolerance:.1%}: the "
+            f"reachable costs range over [{cheapest:,}, {dearest:,}] but none falls in [{int(np.ceil(lo)):,}, "
+            f"{int(hi):,}]; widen the tolerance")
+    if len(found) < samples:
+        warnings.warn(f"only {len(found)} distinct configurations meet the budget (asked for {samples})",
+                      stacklevel=2)
+    return [{n: opts[b][i] for b, (n, i) in enumerate(zip(names, row))} for row in found]
+
+
+def _dp_sample(costs, fixed, lo, hi, samples, found, rng, tries_per_sample: int = 20) -> None:
+    """Uniform sampling over configurations in [lo, hi] by counting them per binned cost."""
+    width = max(hi - lo, 1.0)
+    step = max(1, int(width // 256))
+    binned = [np.rint(c / step).astype(np.int64) for c in costs]
+    mins = [int(b.min()) for b in binned]
+    rel = [b - m for b, m in zip(binned, mins)]
+    offset = fixed / step + sum(mins)
+    size = sum(int(r.max()) for r in rel) + 1
+    levels = [np.zeros(size)]
+    levels[0][0] = 1.0
+    for r in rel:
+        prev, cur = levels[-1], np.zeros(size)
+        for v in r:
+            cur[v:] += prev[: size - v]
+        cur /= cur.max()  # only ratios within a level matter
+        levels.append(cur)
+    slack = len(costs) // 2 + 1  # rounding errors accumulate by at most half a bin per block
+    t_lo = max(int(np.floor(lo / step - offset)) - slack, 0)
+    t_hi = min(int(np.ceil(hi / step - offset)) + slack, size - 1)
+    if t_hi < t_lo:
+        return
+    weights = levels[-1][t_lo: t_hi + 1]
+    if weights.sum() <= 0:
+        return
+    weights = weights / weights.sum()
+    for _ in range(samples * tries_per_sample):
+        if len(found) >= samples:
+            return
+        t = t_lo + int(rng.choice(len(weights), p=weights))
+        row = [0] * len(costs)
+        for b in range(len(costs) - 1, -1, -1):
+            prev = levels[b]
+            w = np.array([prev[t - v] if 0 <= t - v < size else 0.0 for v in rel[b]])
+            if w.sum() <= 0:
+                break
+            i = int(rng.choice(len(w), p=w / w.sum()))
+            row[b] = i
+            t -= int(rel[b][i])
+        else:
+            total = fixed + sum(int(c[i]) for c, i in zip(costs, row))
+            if lo <= total <= hi:
+                found.setdefault(tuple(row))
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One scored configuration: its plan (``{block: spec}``), costs and Fisher potential."""
+
+    plan: dict[str, str]
+    params: int
+    macs: int | None
+    fisher: float
+    blocks: dict[str, float] = field(default_factory=dict, repr=False)
+
+    def to_dict(self) -> dict:
+        return {"plan": dict(self.plan), "params": self.params, "macs": self.macs, "fisher": self.fisher}
+
+
+@dataclass
+class BlockSwapResult:
+    """What :func:`blockswap` found: ``best`` (a plan :func:`fxswap.cheapen` accepts),
+    ``candidates`` (every scored sample, highest Fisher potential first)."""
+
+    candidates: list[Candidate]
+    budget: int
+    metric: str = "params"
+    tolerance: float = 0.025
+    teacher_params: int | None = None
+    teacher_macs: int | None = None
+    seed: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    model: str | None = None
+
+    @property
+    def best(self) -> dict[str, str]:
+        """The winning plan: one spec per block name."""
+        return dict(self.candidates[0].plan)
+
+    def table(self, top: int = 10) -> str:
+        """The ``top`` candidates: rank, params, MACs, Fisher potential and their specs in block order."""
+        from .accounting import _render
+
+        rows = []
+        for i, c in enumerate(self.candidates[:top]):
+            rows.append((i + 1, c.params, c.macs if c.macs is not None else "-", f"{c.fisher:.5g}",
+                         " ".join(c.plan.values())))
+        head = (f"BlockSwap: {len(self.candidates)} samples within {self.budget:,} {self.metric} "
+                f"±{self.tolerance:.1%}" + (f" (teacher: {self.teacher_params:,} params)" if self.teacher_params else ""))
+        return head + "\n" + _render(["rank", "params", "MACs", "fisher", "specs (block order)"], rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+    def to_dict(self, top: int = 10) -> dict:
+        """The JSON form: ``{"plan", "params", "macs", "fisher", "budget", ...,"top": [...]}``."""
+        best = self.candidates[0]
+        return {
+            "plan": best.plan, "params": best.params, "macs": best.macs, "fisher": best.fisher,
+            "budget": self.budget, "metric": self.metric, "tolerance": self.tolerance,
+            "teacher_params": self.teacher_params, "teacher_macs": self.teacher_macs, "seed": self.seed,
+            "samples": self.samples, "seconds": round(self.seconds, 3), "model": self.model,
+            "top": [c.to_dict() for c in self.candidates[:top]],
+        }
+
+    def to_json(self, path: str | Path, top: int = 10) -> Path:
+        """Save :meth:`to_dict` as JSON (``fxswap cheapen MODEL path.json`` reads it)."""
+        path = Path(path)
+        path.write_text(json.dumps(self.to_dict(top), indent=2) + "\n")
+        return path
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "BlockSwapResult":
+        """Load a result saved by :meth:`to_json` (its ``top`` candidates)."""
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or "plan" not in data:
+            raise FxswapError(f"{path} is not a saved BlockSwap result (no 'plan' key)")
+        tops = data.get("top") or [{k: data.get(k) for k in ("plan", "params", "macs", "fisher")}]
+        cands = [Candidate(dict(t["plan"]), t.get("params"), t.get("macs"), t.get("fisher")) for t in tops]
+        return cls(cands, data.get("budget"), data.get("metric", "params"), data.get("tolerance", 0.025),
+                   data.get("teacher_params"), data.get("teacher_macs"), data.get("seed", 0),
+                   data.get("samples", len(cands)), data.get("seconds", 0.0), data.get("model"))
+
+
+def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
+              candidates: Sequence[str | BlockSpec] | None = None, tolerance: float = 0.025,
+              metric: str = "params", loss_fn: Callable = F.cross_entropy, seed: int = 0, reinit: bool = True,
+              macs: bool = True, input_shape: tuple[int, ...] | None = None, progress: bool = False,
+              leaf_modules=(), cost_model: CostModel | None = None) -> BlockSwapResult:
+    """BlockSwap: the best of ``samples`` random configurations within ``budget``, by Fisher potential.
+
+    ``budget``: an int (parameters, or MACs with ``metric="macs"``), a float
+    in (0, 1] (a fraction of the teacher) or a string (``"400k"``);
+    ``batch``: one training minibatch ``(x, y)`` (the paper uses the training
+    batch size, 128 on CIFAR); ``candidates``: specs a block may become
+    (default :data:`PAPER_CANDIDATES`); ``seed`` fixes the sampling and the
+    random initialisation, so the same seed gives the same plan. ``macs``
+    counts MACs (with fvcore, for ``input_shape``, default ``x``'s) for the
+    table; a MAC budget needs it. A prebuilt ``cost_model`` may be reused
+    across budgets.
+
+    Returns a :class:`BlockSwapResult`; ``fxswap.cheapen(teacher, result.best)``
+    builds the student (see the module docstring for an example).
+    """
+    start = time.perf_counter()
+    x, y = batch
+    if cost_model is None:
+        shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
+        cost_model = CostModel(teacher, candidates, input_shape=shape, macs=macs or metric == "macs", seed=seed,
+                               reinit=reinit, leaf_modules=leaf_modules)
+    absolute = parse_budget(budget, cost_model.total(metric) if metric in _METRICS else 0)
+    plans = sample_plans(cost_model, absolute, samples, tolerance=tolerance, metric=metric, seed=seed)
+    ref = next(cost_model.base.parameters(), None)
+    if ref is not None:
+        x, y = x.to(ref.device), y.to(ref.device)
+    iterator = plans
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(plans, desc="BlockSwap: scoring", unit="net")
+    scored = []
+    for plan in iterator:
+        total, blocks = cost_model.score(plan, (x, y), loss_fn)
+        scored.append(Candidate(plan, cost_model.cost(plan, "params"),
+                                cost_model.cost(plan, "macs") if cost_model.has_macs else None, total, blocks))
+    scored.sort(key=lambda c: -c.fisher if np.isfinite(c.fisher) else float("inf"))
+    return BlockSwapResult(scored, absolute, metric, tolerance, cost_model.teacher_params, cost_model.teacher_macs,
+                           seed, len(scored), time.perf_counter() - start)

@@ -1,0 +1,332 @@
+"""Fisher potential (BlockSwap, seed 003 §3.3 and §4) and per-block sensitivity.
+
+The signal is Theis et al. (2018)'s second-order estimate of the loss change
+when one activation channel is removed. For a channel with activation
+``A`` (``N × H × W`` over a minibatch of ``N``) and the gradient ``g`` of the
+loss with respect to it::
+
+    Δ_c = 1/(2N) · Σ_n ( Σ_ij A_nijc · g_nijc )²
+
+BlockSwap places a probe after the last convolution of each block (before
+the residual add), passes one training minibatch through a randomly
+initialised network in train mode, back-propagates the cross-entropy and sums
+``Δ_c`` over the channels of every probe and over the blocks: the network
+with the highest total (its *Fisher potential*) wins.
+
+Details the extracted text garbles, settled from the paper's reference
+implementation (BayesWatch/pytorch-blockswap, ``models/blocks.py``
+``MaskBlock._fisher`` and ``model_generator.py`` ``one_shot_fisher``):
+
+* the probe is an identity module right after the block's second conv
+  (``conv2`` or the last 1×1 of its substitute) and before ``torch.add``
+  with the shortcut; its backward hook reads ``grad_output``;
+* per channel ``(act * grad).sum(-1).sum(-1)``, squared, ``.mean(0)``
+  over the minibatch, ``.mul(0.5)``: exactly ``1/(2N) Σ_n (Σ_ij A g)²``
+  (the squares of the *spatial sums*, not eq. 2's garbled ``Σ A² g²``);
+* block score = sum over channels (of the absolute value, a no-op as
+  every term is a square); network score = sum over blocks;
+* ``net.train()`` (BatchNorm uses minibatch statistics) and
+  ``nn.CrossEntropyLoss()`` with its default mean reduction, on one
+  training minibatch of the training batch size (128 on CIFAR).
+
+Departure: the reference calls ``loss.backward()``, computing every weight
+gradient it then ignores; here ``torch.autograd.grad(loss, activations)``
+asks only for the activation gradients, which skips the weight-gradient
+convolutions and everything below the first probe.
+
+>>> import torch
+>>> from fxswap.models import wrn
+>>> torch.manual_seed(0)  # doctest: +ELLIPSIS
+<torch._C.Generator object at ...>
+>>> x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+>>> fp = fisher_potential(wrn(10, 1), (x, y))
+>>> list(fp.blocks), fp.total == sum(fp.blocks.values()) and fp.total > 0
+(['layer1.0', 'layer2.0', 'layer3.0'], True)
+"""
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+import warnings
+import zlib
+from dataclasses import dataclass, field
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .blocks import Block, find_blocks
+from .errors import FxswapError
+from .probes import probe
+from .rewrite import cheapen
+from .spec import BlockSpec, parse_spec
+
+__all__ = ["FisherPotential", "fisher_potential", "channel_fisher", "sensitivity", "SensitivityReport",
+           "random_init"]
+
+
+@dataclass(frozen=True)
+class FisherPotential:
+    """The Fisher potential of one network on one minibatch.
+
+    ``total``: the network's score (sum over blocks); ``blocks``: each block's
+    score (sum over its probe's channels), keyed by block name;
+    ``channels``: the per-channel ``Δ_c`` of each block (a CPU tensor).
+    """
+
+    total: float
+    blocks: dict[str, float]
+    channels: dict[str, torch.Tensor] = field(repr=False, default_factory=dict)
+
+
+def channel_fisher(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor:
+    """``Δ_c = 1/(2N) Σ_n (Σ_ij A_nijc g_nijc)²`` for each channel ``c`` (dim 1).
+
+    ``activation`` and ``grad`` are ``(N, C, ...)``; any trailing dims are
+    summed like the spatial ones. As the reference's ``MaskBlock._fisher``:
+    ``(act * grad).sum(spatial).pow(2).mean(0).mul(0.5)``.
+
+    >>> a = torch.ones(2, 1, 2, 2); g = torch.full((2, 1, 2, 2), 0.5)
+    >>> channel_fisher(a, g)        # each image: (4 · 0.5)² = 4; mean 4; half 2
+    tensor([2.])
+    """
+    if activation.shape != grad.shape or activation.dim() < 2:
+        raise FxswapError(f"channel_fisher needs an activation and its gradient of one shape (N, C, ...), got "
+                          f"{tuple(activation.shape)} and {tuple(grad.shape)}")
+    prod = (activation.detach().float() * grad.detach().float())
+    per_image = prod.flatten(2).sum(-1) if prod.dim() > 2 else prod  # (N, C)
+    return per_image.pow(2).mean(0).mul(0.5)
+
+
+@contextlib.contextmanager
+def _kept_buffers(model: nn.Module):
+    """Restore BatchNorm running statistics after a train-mode forward (no side effects)."""
+    saved = [(b, b.detach().clone()) for _, b in model.named_buffers()]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for b, v in saved:
+                b.copy_(v)
+
+
+def _train_mode(model: nn.Module):
+    modes = [(m, m.training) for m in model.modules()]
+    model.train()
+    return modes
+
+
+def probe_points(model: nn.Module, blocks: Sequence[Block] | None = None, leaf_modules=()) -> dict[str, str]:
+    """``{block name: path of its last convolution}``: where BlockSwap's probes sit.
+
+    >>> from fxswap.models import wrn
+    >>> from fxswap import cheapen
+    >>> probe_points(cheapen(wrn(10, 1), {"layer2.*": "B(2)", "*": "G(N/4)"}))
+    {'layer1.0': 'layer1.0.conv2.pointwise', 'layer2.0': 'layer2.0.substitute.up', 'layer3.0': 'layer3.0.conv2.pointwise'}
+    """
+    blocks = find_blocks(model, leaf_modules) if blocks is None else blocks
+    return {b.name: b.last_conv for b in blocks if b.last_conv}
+
+
+def fisher_potential(model: nn.Module, batch, loss_fn: Callable = F.cross_entropy, *,
+                     points: dict[str, str] | None = None, leaf_modules=()) -> FisherPotential:
+    """BlockSwap's Fisher potential of ``model`` on one minibatch ``batch = (x, y)``.
+
+    A probe (a graph output, :func:`fxswap.probe`) after the last convolution
+    of each block; one forward in train mode, ``loss_fn(output, y)``
+    (cross-entropy, mean over the batch, as the paper), and gradients for the
+    probed activations only. Per channel ``Δ_c`` (:func:`channel_fisher`),
+    summed per block and over blocks. ``points`` overrides the probe points
+    (``{name: node name}``); by default :func:`probe_points`.
+
+    The model's parameters, train/eval modes and BatchNorm running statistics
+    are left as they were. Use it on a freshly initialised network, as the
+    paper does (:func:`random_init`); on a trained one it measures something
+    else.
+
+    >>> import torch
+    >>> from fxswap.models import wrn
+    >>> x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    >>> fp = fisher_potential(wrn(10, 1), (x, y))
+    >>> fp.channels["layer2.0"].shape
+    torch.Size([32])
+    """
+    x, y = batch
+    if points is None:
+        points = probe_points(model, leaf_modules=leaf_modules)
+    if not points:
+        raise FxswapError("fisher_potential found no block with a convolution to probe")
+    probed = probe(model, list(points.values()), leaf_modules)
+    ref = next(model.parameters(), None)
+    if ref is not None:
+        x, y = x.to(ref.device), y.to(ref.device)
+    modes = _train_mode(model)
+    try:
+        with _kept_buffers(model), torch.enable_grad():
+            probed.train()
+            out, feats = probed(x)
+            if isinstance(out, (tuple, list)):
+                out = out[0]
+            acts = [feats[p] for p in points.values()]
+            _check_fresh(acts, list(points))
+            loss = loss_fn(out, y)
+            grads = torch.autograd.grad(loss, acts, allow_unused=True)
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    channels, blocks = {}, {}
+    for name, a, g in zip(points, acts, grads):
+        delta = channel_fisher(a, g if g is not None else torch.zeros_like(a)).cpu()
+        channels[name] = delta
+        blocks[name] = float(delta.sum())
+    return FisherPotential(total=float(sum(blocks.values())), blocks=blocks, channels=channels)
+
+
+def _check_fresh(acts, names) -> None:
+    for name, a in zip(names, acts):
+        if not a.requires_grad:
+            raise FxswapError(f"the probe of block {name!r} does not depend on any parameter: no gradient to measure")
+        fn = type(a.grad_fn).__name__.lower() if a.grad_fn is not None else ""
+        if "conv" not in fn:
+            warnings.warn(f"the probe of block {name!r} was modified in place after its convolution "
+                          f"({type(a.grad_fn).__name__}); its Fisher is taken after that op", stacklevel=3)
+
+
+def random_init(model: nn.Module, seed: int | None = 0) -> nn.Module:
+    """Re-initialise every parameter in place, as the reference's WRN does, and return ``model``.
+
+    Convolutions: He fan-out normal ``N(0, 2/(k²·out))``; norms: weight 1,
+    bias 0; linear layers: PyTorch's default, bias 0; anything else with
+    ``reset_parameters``: that. With ``seed`` the result is reproducible
+    (the global RNG is left untouched).
+
+    >>> from fxswap.models import wrn
+    >>> a, b = random_init(wrn(10, 1), 3), random_init(wrn(10, 1), 3)
+    >>> bool(torch.equal(a.conv1.weight, b.conv1.weight))
+    True
+    """
+    with _seeded(seed):
+        for m in model.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+                if getattr(m, "weight", None) is not None:
+                    nn.init.ones_(m.weight)
+                if getattr(m, "bias", None) is not None:
+                    nn.init.zeros_(m.bias)
+                if hasattr(m, "reset_running_stats") and getattr(m, "track_running_stats", False):
+                    m.reset_running_stats()
+            elif isinstance(m, nn.Linear):
+                m.reset_parameters()
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+            elif m is not model and hasattr(m, "reset_parameters") and not list(m.children()):
+                m.reset_parameters()
+    return model
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None):
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
+
+
+def derived_seed(seed: int, *parts) -> int:
+    """A seed for one (block, spec) pair, stable across runs and candidate orders.
+
+    >>> derived_seed(0, "layer1.0", "G(4)") == derived_seed(0, "layer1.0", "G(4)")
+    True
+    """
+    return zlib.crc32(":".join(str(p) for p in (seed, *parts)).encode()) & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class SensitivityRow:
+    """One block cheapened on its own: the whole network's params and Fisher potential."""
+
+    block: str
+    stage: int
+    params: int
+    saved: int
+    fisher: float
+    block_fisher: float
+
+
+@dataclass(frozen=True)
+class SensitivityReport:
+    """:func:`sensitivity`'s result; ``table()`` renders it.
+
+    ``baseline``: the unmodified network's Fisher potential (same
+    initialisation); ``rows``: one per block, in network order.
+    """
+
+    spec: str
+    teacher_params: int
+    baseline: float
+    rows: tuple[SensitivityRow, ...]
+
+    def table(self) -> str:
+        """One row per block: params after cheapening it, params saved, Fisher (and change)."""
+        from .accounting import _render
+
+        rows = []
+        for r in self.rows:
+            change = (r.fisher - self.baseline) / self.baseline if self.baseline else float("nan")
+            rows.append((r.block, r.stage, r.params, r.saved, f"{r.fisher:.4g}", f"{change:+.1%}",
+                         f"{r.block_fisher:.4g}"))
+        rows.append(("(none)", "", self.teacher_params, 0, f"{self.baseline:.4g}", "+0.0%", ""))
+        return _render(["block", "stage", "params", "saved", "fisher", "Δfisher", "block fisher"], rows)
+
+    def __str__(self) -> str:
+        return self.table()
+
+
+def sensitivity(teacher: nn.Module, spec: str | BlockSpec, batch, loss_fn: Callable = F.cross_entropy, *,
+                seed: int = 0, reinit: bool = True, leaf_modules=(), progress: bool = False) -> SensitivityReport:
+    """Cheapen one block at a time with ``spec`` (BlockSwap appendix B, Fig. 4).
+
+    For each block: the network with only that block rewritten, its
+    parameters, the parameters saved, its Fisher potential (all blocks) and
+    that block's own score. Every variant starts from the same random
+    initialisation (``seed``; ``reinit=False`` keeps the teacher's weights
+    outside the substitute), so the differences come from the block. A block
+    whose cheapening drops the network's Fisher potential most is one to
+    protect; one that saves many parameters at little loss is one to cheapen.
+
+    >>> import torch
+    >>> from fxswap.models import wrn
+    >>> x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    >>> rep = sensitivity(wrn(10, 1), "G(N/4)", (x, y))
+    >>> [r.block for r in rep.rows], all(r.saved > 0 for r in rep.rows)
+    (['layer1.0', 'layer2.0', 'layer3.0'], True)
+    >>> print(rep.table().splitlines()[0])
+    block     stage  params  saved  fisher  Δfisher  block fisher
+    """
+    spec = parse_spec(spec)
+    base = random_init(copy.deepcopy(teacher), seed) if reinit else teacher
+    blocks = find_blocks(base, leaf_modules)
+    teacher_params = sum(p.numel() for p in base.parameters())
+    baseline = fisher_potential(base, batch, loss_fn, leaf_modules=leaf_modules).total
+    rows = []
+    iterator = blocks
+    if progress:
+        from tqdm import tqdm
+
+        iterator = tqdm(blocks, desc=f"sensitivity {spec}", unit="block")
+    for b in iterator:
+        with warnings.catch_warnings(), _seeded(derived_seed(seed, b.name, spec)):
+            warnings.simplefilter("ignore")
+            student = cheapen(base, {b.name: spec}, leaf_modules=leaf_modules)
+        fp = fisher_potential(student, batch, loss_fn, leaf_modules=leaf_modules)
+        params = sum(p.numel() for p in student.parameters())
+        rows.append(SensitivityRow(b.name, b.stage, params, teacher_params - params, fp.total,
+                                   fp.blocks.get(b.name, 0.0)))
+    return SensitivityReport(str(spec), teacher_params, baseline, tuple(rows))
