@@ -34,7 +34,7 @@ from .blocks import Block, _bits, _GraphView, _region_from, _tensor_entry, find_
 from .errors import SpecError
 from .spec import BlockSpec, parse_spec
 from .substitutes import SUBSTITUTES
-from .trace import retrace_both_modes
+from .trace import retrace_both_modes, unpassed_defaults
 
 __all__ = ["cheapen", "resolve_plan", "Plan"]
 
@@ -236,7 +236,8 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules) -> nn.Mo
                 _replace_branch(gm, block, owner, name, sub)
 
     subs = tuple(sub for *_, sub in built if sub is not None)
-    new = retrace_both_modes(owner_mod, edit, tuple(leaf_modules) + subs)
+    fixed = unpassed_defaults(student, owner, tuple(leaf_modules))
+    new = retrace_both_modes(owner_mod, edit, tuple(leaf_modules) + subs, concrete_args=fixed)
     if not owner:
         warnings.warn(f"block(s) {[b.name for b, _ in edits]} live in the model's own forward: the student is a "
                       f"GraphModule, not a {type(student).__name__}", stacklevel=3)

@@ -209,11 +209,42 @@ class ModeSwitch(nn.Module):
         return self
 
 
+def unpassed_defaults(root: nn.Module, path: str, leaf_modules: Sequence = ()) -> dict[str, Any] | None:
+    """Defaulted ``forward`` arguments that the parent never passes to submodule ``path``.
+
+    fx traces ``if shortcut is None:`` with a proxy, so a retraced module would
+    bake in the branch for a passed argument; freezing the arguments the
+    parent leaves at their default (as ``concrete_args``) keeps the one it runs.
+    """
+    import inspect
+
+    module = root.get_submodule(path) if path else root
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())
+    except (TypeError, ValueError):
+        return None
+    defaulted = [p for p in params if p.default is not inspect.Parameter.empty
+                 and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
+    if not defaulted or not path:
+        return None
+    parent_path, _, _ = path.rpartition(".")
+    parent = root.get_submodule(parent_path) if parent_path else root
+    graph = trace(parent, leaf_modules, _trace_paths=set()).graph  # every child a leaf: we only read calls
+    calls = [n for n in graph.nodes if n.op == "call_module" and
+             (f"{parent_path}.{n.target}" if parent_path else n.target) == path]
+    if len(calls) != 1:
+        return None
+    positional = [p.name for p in params[: len(calls[0].args)]]
+    passed = set(positional) | set(calls[0].kwargs)
+    return {p.name: p.default for p in defaulted if p.name not in passed} or None
+
+
 def retrace_both_modes(
     module: nn.Module,
     edit: Callable[[fx.GraphModule], None],
     leaf_modules: Sequence[type | nn.Module] = (),
     trace_paths: set[str] | None = None,
+    concrete_args: dict[str, Any] | None = None,
 ) -> nn.Module:
     """Trace ``module`` in train and eval mode, apply ``edit`` to each graph.
 
@@ -225,7 +256,7 @@ def retrace_both_modes(
     try:
         for mode in (True, False):
             module.train(mode)
-            gm = trace(module, leaf_modules, _trace_paths=trace_paths)
+            gm = trace(module, leaf_modules, concrete_args=concrete_args, _trace_paths=trace_paths)
             edit(gm)
             gm.graph.eliminate_dead_code()
             gm.graph.lint()

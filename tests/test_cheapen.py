@@ -193,3 +193,32 @@ def test_identity_on_post_activation_blocks_trains():
     s = cheapen(cifar_resnet(20), {"layer*.2": "I", "layer3.1": "I"})
     s(torch.randn(2, 3, 32, 32)).sum().backward()
     assert all(p.grad is not None for p in s.layer3[0].parameters())
+
+
+def test_block_with_optional_shortcut_argument():
+    # like timm's DLA: forward(x, shortcut=None); the parent leaves shortcut at its default
+    class Blk(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv1, self.bn1 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+            self.conv2, self.bn2 = nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8)
+
+        def forward(self, x, shortcut=None):
+            shortcut = x if shortcut is None else shortcut
+            return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x))))) + shortcut
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.blk, self.fc = nn.Conv2d(3, 8, 3, padding=1), Blk(), nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.fc(self.blk(self.stem(x)).mean((2, 3)))
+
+    x = torch.randn(2, 3, 8, 8)
+    for spec in ("B(2)", "BG(2,M/2)"):
+        s = cheapen(Net(), spec)
+        s(x).sum().backward()
+    s = cheapen(Net(), "I").eval()
+    h = s.stem(x)
+    assert torch.equal(s.blk(h), h)
