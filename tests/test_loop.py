@@ -1,0 +1,367 @@
+"""The training loop: learning, history, atomic checkpoints, exact resume, NaN handling, presets, CLI."""
+import argparse
+import json
+import math
+import os
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, TensorDataset
+
+import fxswap
+from fxswap.distill.loop import CHECKPOINT, HISTORY, distill, fit, format_history, load_checkpoint, train
+from fxswap.distill.presets import PRESETS, get_preset
+from fxswap.errors import DistillError
+
+try:
+    from fxswap.distill.distiller import Distiller
+except ImportError:  # the other half of the package is written in parallel
+    Distiller = None
+
+needs_distiller = pytest.mark.skipif(Distiller is None, reason="fxswap.distill.distiller not available")
+
+
+class CEDistiller(nn.Module):
+    """A stand-in with the Distiller interface: (x, y) -> (loss, logs), .student, .last_logits."""
+
+    def __init__(self, student, scale=1.0):
+        super().__init__()
+        self.student = student
+        self.scale = scale
+        self.last_logits = None
+
+    def forward(self, x, y):
+        out = self.student(x)
+        ce = F.cross_entropy(out, y)
+        reg = out.pow(2).mean() * 1e-3 * self.scale
+        self.last_logits = out.detach()
+        loss = ce + reg
+        return loss, {"ce": float(ce.detach()), "reg": float(reg.detach()), "loss": float(loss.detach())}
+
+
+class NoisyImages(Dataset):
+    """Label = brightest of the 4 quadrants of channel 0; per-sample noise from the global torch RNG
+    (stands in for random augmentation, so the test sees whether every epoch is reseeded)."""
+
+    def __init__(self, n=96, size=8, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.x = torch.randn(n, 3, size, size, generator=g)
+        h = size // 2
+        q = torch.stack([self.x[:, 0, :h, :h].mean((1, 2)), self.x[:, 0, :h, h:].mean((1, 2)),
+                         self.x[:, 0, h:, :h].mean((1, 2)), self.x[:, 0, h:, h:].mean((1, 2))], 1)
+        self.y = q.argmax(1)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i] + 0.05 * torch.randn(self.x[i].shape), int(self.y[i])
+
+
+def tiny_cnn(classes=4, seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Dropout(0.1),
+                         nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, classes))
+
+
+def loaders(batch=16, workers=0, seed=None, n=96):
+    gen = torch.Generator().manual_seed(seed) if seed is not None else None
+    train_ds, val_ds = NoisyImages(n), NoisyImages(48, seed=1)
+    kw = dict(num_workers=workers, persistent_workers=workers > 0)
+    return (DataLoader(train_ds, batch_size=batch, shuffle=True, generator=gen, **kw),
+            DataLoader(val_ds, batch_size=32, **kw))
+
+
+def snapshot(m):
+    return {k: v.detach().clone() for k, v in m.state_dict().items()}
+
+
+def same(a, b):
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def strip_time(history):
+    return [{k: v for k, v in h.items() if k != "seconds"} for h in history]
+
+
+# ---------------------------------------------------------------------------
+
+
+def test_loss_goes_down_and_history_is_written(tmp_path):
+    tr, va = loaders()
+    hist = fit(CEDistiller(tiny_cnn()), tr, va, epochs=4, preset="cosine", lr=0.05, out_dir=tmp_path,
+               progress=False)
+    assert [h["epoch"] for h in hist] == [1, 2, 3, 4]
+    assert hist[-1]["train_loss"] < hist[0]["train_loss"]
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"]
+    assert {"lr", "train_ce", "train_reg", "train_acc", "val_acc", "seconds"} <= set(hist[0])
+    lines = (tmp_path / HISTORY).read_text().splitlines()
+    assert [json.loads(line) for line in lines] == hist
+    assert hist[0]["lr"] == pytest.approx(0.05)
+    assert hist[1]["lr"] < hist[0]["lr"]  # cosine per step
+    table = format_history(hist)
+    assert "val_acc" in table and len(table.splitlines()) == 5
+
+
+def test_checkpoint_is_atomic_and_loads_with_weights_only(tmp_path, monkeypatch):
+    tr, va = loaders()
+    d = CEDistiller(tiny_cnn())
+    fit(d, tr, None, epochs=1, out_dir=tmp_path, progress=False)
+    assert sorted(os.listdir(tmp_path)) == [CHECKPOINT, HISTORY, "student.pt"]  # no temp files left
+    raw = torch.load(tmp_path / CHECKPOINT, weights_only=True)
+    assert raw["epoch"] == 1 and same(raw["student"], d.student.state_dict())
+    assert {"optimizer", "scheduler", "scaler", "rng", "history", "distiller"} <= set(raw)
+    assert same(torch.load(tmp_path / "student.pt", weights_only=True), d.student.state_dict())
+    before = (tmp_path / CHECKPOINT).read_bytes()
+
+    # a crash in the middle of writing leaves the old checkpoint intact and no partial file
+    def broken_save(obj, f, *a, **k):
+        f.write(b"partial")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        fit(CEDistiller(tiny_cnn()), tr, None, epochs=1, out_dir=tmp_path, progress=False)
+    assert (tmp_path / CHECKPOINT).read_bytes() == before
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".tmp")]
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 1
+
+
+class Interrupt(Exception):
+    pass
+
+
+class Crashing(nn.Module):
+    """Wraps a distiller and raises on call number ``at`` (a kill in the middle of an epoch)."""
+
+    def __init__(self, inner, at):
+        super().__init__()
+        self.inner, self.at, self.calls = inner, at, 0
+
+    @property
+    def student(self):
+        return self.inner.student
+
+    @property
+    def last_logits(self):
+        return self.inner.last_logits
+
+    def forward(self, x, y):
+        self.calls += 1
+        if self.calls == self.at:
+            raise Interrupt
+        return self.inner(x, y)
+
+    def state_dict(self, *a, **k):
+        return self.inner.state_dict(*a, **k)
+
+    def load_state_dict(self, *a, **k):
+        return self.inner.load_state_dict(*a, **k)
+
+
+def _resume_check(tmp_path, make, tr_kwargs, epochs=3, crash_at=None):
+    tr, va = loaders(**tr_kwargs)
+    full = make()
+    h_full = fit(full, tr, va, epochs=epochs, out_dir=tmp_path / "full", seed=3, progress=False)
+
+    tr, va = loaders(**tr_kwargs)
+    steps = len(tr)
+    crash_at = crash_at or steps + steps // 2 + 1  # in the middle of epoch 2
+    first = make()
+    with pytest.raises(Interrupt):
+        fit(Crashing(first, crash_at), tr, va, epochs=epochs, out_dir=tmp_path / "cut", seed=3, progress=False)
+    assert load_checkpoint(tmp_path / "cut" / CHECKPOINT)["epoch"] == 1
+    # a fresh process: new models (different init on purpose), new loaders
+    tr, va = loaders(**tr_kwargs)
+    torch.manual_seed(12345)
+    resumed = make()
+    h_res = fit(resumed, tr, va, epochs=epochs, out_dir=tmp_path / "cut", resume=True, seed=3, progress=False)
+    assert strip_time(h_res) == strip_time(h_full)
+    assert same(snapshot(resumed), snapshot(full))
+    for p, q in zip(resumed.parameters(), full.parameters()):
+        assert torch.equal(p, q)
+    lines = [json.loads(line) for line in (tmp_path / "cut" / HISTORY).read_text().splitlines()]
+    assert strip_time(lines) == strip_time(h_full)
+
+
+def test_resume_after_interrupt_is_bit_identical(tmp_path):
+    _resume_check(tmp_path, lambda: CEDistiller(tiny_cnn(seed=0)), {"seed": 7})
+
+
+def test_resume_bit_identical_with_persistent_workers(tmp_path):
+    _resume_check(tmp_path, lambda: CEDistiller(tiny_cnn(seed=0)), {"workers": 1, "n": 48}, epochs=2)
+
+
+@needs_distiller
+def test_resume_with_real_distiller_and_connectors(tmp_path):
+    teacher = fxswap.models.wrn(10, 1, num_classes=4)
+
+    def make():
+        torch.manual_seed(0)
+        student = fxswap.models.wrn(10, 1, num_classes=4)
+        return Distiller(teacher, student, {"hint": 1.0, "at": 100.0, "kd": 0.9},
+                         example_input=torch.zeros(2, 3, 8, 8))
+
+    _resume_check(tmp_path, make, {"seed": 1, "n": 48}, epochs=2)
+
+
+def test_nan_loss_names_the_term(tmp_path):
+    class NaNAt(CEDistiller):
+        def forward(self, x, y):
+            loss, logs = super().forward(x, y)
+            self.calls = getattr(self, "calls", 0) + 1
+            if self.calls == 8:
+                bad = loss * float("nan")
+                logs.update(reg=float("nan"), loss=float("nan"))
+                return bad, logs
+            return loss, logs
+
+    tr, _ = loaders()
+    d = NaNAt(tiny_cnn())
+    with pytest.raises(DistillError, match=r"epoch 2/3, step 2/6: loss term\(s\) 'reg' = nan") as e:
+        fit(d, tr, epochs=3, out_dir=tmp_path, progress=False)
+    assert "ce" in str(e.value) and str(tmp_path) in str(e.value)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["epoch"] == 1  # the last good state is kept
+
+
+def test_inf_total_without_logs_is_caught():
+    class Inf(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.student = nn.Linear(4, 2)
+
+        def forward(self, x, y):
+            return self.student(x).sum() * float("inf"), {}
+
+    data = DataLoader(TensorDataset(torch.randn(8, 4), torch.zeros(8, dtype=torch.long)), batch_size=4)
+    with pytest.raises(DistillError, match="total 'loss' = inf"):
+        fit(Inf(), data, epochs=1, progress=False)
+
+
+@needs_distiller
+def test_teacher_untouched_and_methods(tmp_path):
+    tr, va = loaders(n=32)
+    teacher = fxswap.models.wrn(10, 1, num_classes=4)
+    before = snapshot(teacher)
+    student = fxswap.cheapen(teacher, "G(N/4)", reinit=True)
+    hist = distill(teacher, student, tr, va, method="at+kd", epochs=1, progress=False, out_dir=tmp_path)
+    assert same(before, snapshot(teacher))
+    assert {"train_at", "train_kd", "train_acc", "val_acc"} <= set(hist[0])
+    assert math.isfinite(hist[0]["train_loss"])
+    with pytest.raises(DistillError, match="unknown method"):
+        distill(teacher, student, tr, method="nope", epochs=1)
+    hist = distill(teacher, student, tr, method={"mimic": 1.0}, epochs=1, progress=False)
+    assert "train_mimic" in hist[0]
+    hist = train(student, tr, va, epochs=1, progress=False)
+    assert "train_ce" in hist[0]
+
+
+@needs_distiller
+def test_lit_runs_both_stages(tmp_path):
+    try:
+        from fxswap.distill.lit import LITDistiller  # noqa: F401
+    except ImportError:
+        pytest.skip("LITDistiller not available")
+    tr, va = loaders(n=16)
+    teacher = fxswap.models.cifar_resnet(14, num_classes=4)
+    before = snapshot(teacher)
+    student = fxswap.cheapen(teacher, {"layer*.1": "I"})
+    hist = distill(teacher, student, tr, va, method="lit", epochs=1, finetune_epochs=1, progress=False,
+                   out_dir=tmp_path)
+    assert [h["stage"] for h in hist] == ["lit", "finetune"]
+    assert "train_ir" in hist[0] and "train_lit_kd" in hist[1]
+    assert hist[1]["lr"] == pytest.approx(0.01)
+    assert (tmp_path / "lit" / CHECKPOINT).exists() and (tmp_path / "finetune" / CHECKPOINT).exists()
+    assert same(before, snapshot(teacher))
+
+
+def test_bad_arguments():
+    tr, _ = loaders(n=16)
+    d = CEDistiller(tiny_cnn())
+    with pytest.raises(DistillError, match="epochs"):
+        fit(d, tr, epochs=0)
+    with pytest.raises(DistillError, match="unknown preset"):
+        fit(d, tr, epochs=1, preset="nope")
+    with pytest.raises(DistillError, match="out_dir"):
+        fit(d, tr, epochs=1, resume=True)
+    with pytest.raises(DistillError, match=".student"):
+        fit(nn.Linear(2, 2), tr, epochs=1)
+
+
+def test_resume_without_checkpoint_warns_and_starts(tmp_path):
+    tr, _ = loaders(n=16)
+    with pytest.warns(UserWarning, match="no checkpoint.pt"):
+        hist = fit(CEDistiller(tiny_cnn()), tr, epochs=1, out_dir=tmp_path, resume=True, progress=False)
+    assert len(hist) == 1
+
+
+def test_presets_match_the_papers():
+    m = get_preset("moonshine")
+    assert (m.lr, m.momentum, m.weight_decay, m.gamma) == (0.1, 0.9, 5e-4, 0.2)
+    assert m.milestones_for(200) == [60, 120, 160]
+    lit = get_preset("lit")
+    assert (lit.weight_decay, lit.milestones_for(175), lit.gamma) == (1e-4, [60, 100, 125], 0.1)
+    assert get_preset("lit-finetune").lr == 0.01
+    bs = get_preset("blockswap")
+    opt = bs.optimizer(nn.Linear(2, 2).parameters())
+    sched = bs.scheduler(opt, epochs=4, steps_per_epoch=2)
+    lrs = []
+    for _ in range(8):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    ref = [1e-10 + (0.1 - 1e-10) * (1 + math.cos(math.pi * e / 4)) / 2 for e in range(4)]
+    assert lrs == pytest.approx([v for v in ref for _ in range(2)])
+    assert set(PRESETS) >= {"moonshine", "blockswap", "lit", "lit-finetune", "cosine"}
+
+
+def test_cli_distill_on_tiny_npz(tmp_path, capsys):
+    from fxswap.cli_distill import add_distill_parser, run_distill
+
+    rng = np.random.default_rng(0)
+    npz = tmp_path / "tiny.npz"
+    np.savez(npz, x_train=rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8), y_train=rng.integers(0, 10, 24),
+             x_test=rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, 16))
+    parser = argparse.ArgumentParser()
+    add_distill_parser(parser.add_subparsers(dest="command"))
+    out = tmp_path / "run"
+    argv = ["distill", "--teacher", "wrn-10-1", "--student", "G(N/4)", "--method", "at", "--data", str(npz),
+            "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", str(out), "--no-progress",
+            "--train-teacher-epochs", "1"]
+    if Distiller is None:
+        pytest.skip("fxswap.distill.distiller not available")
+    assert run_distill(parser.parse_args(argv)) == 0
+    text = capsys.readouterr()
+    assert "val_acc" in text.out and "untrained" not in text.err
+    assert (out / "teacher" / CHECKPOINT).exists() and (out / "student" / CHECKPOINT).exists()
+    # resume: nothing left to do, same table; a model name as --student; a teacher checkpoint
+    assert run_distill(parser.parse_args(argv + ["--resume"])) == 0
+    argv2 = ["distill", "--teacher", "wrn-10-1", "--student", "wrn-10-1", "--method", "kd", "--data", str(npz),
+             "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--limit", "8",
+             "--teacher-checkpoint", str(out / "teacher" / CHECKPOINT)]
+    assert run_distill(parser.parse_args(argv2)) == 0
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_amp_on_cuda(tmp_path):
+    tr, va = loaders(n=64, seed=0)
+    d = CEDistiller(tiny_cnn())
+    hist = fit(d, tr, va, epochs=2, device="cuda", out_dir=tmp_path, progress=False)
+    assert next(d.student.parameters()).is_cuda
+    assert all(math.isfinite(h["train_loss"]) and math.isfinite(h["val_loss"]) for h in hist)
+    ckpt = load_checkpoint(tmp_path / CHECKPOINT)
+    assert ckpt["scaler"] and "scale" in ckpt["scaler"]
+    if Distiller is not None:
+        teacher = fxswap.models.wrn(10, 1, num_classes=4)
+        student = fxswap.cheapen(teacher, "G(N/4)", reinit=True)
+        before = snapshot(teacher)
+        hist = distill(teacher, student, tr, va, method="at+kd", epochs=1, device="cuda", progress=False)
+        assert math.isfinite(hist[0]["train_loss"]) and same(before, snapshot(teacher))
+        hist = fit(CEDistiller(tiny_cnn()), tr, va, epochs=1, device="cuda", amp_dtype=torch.bfloat16,
+                   progress=False)
+        assert math.isfinite(hist[0]["train_loss"])
