@@ -3,6 +3,8 @@
     fxswap blocks  MODEL                 the residual blocks found
     fxswap cheapen MODEL SPEC|PLAN.json  before/after table + a forward check
     fxswap count   MODEL                 params and MACs per block
+    fxswap search  MODEL --budget 400k   BlockSwap: the best mixed-block plan under a budget
+    fxswap distill --teacher T --student S --method at --data PATH
 
 MODEL is ``wrn-40-2``, ``resnet-20`` (CIFAR), a timm name (``resnet26d``) or a
 torchvision name (``tv:resnet18``); see :func:`fxswap.models.create_model`.
@@ -73,6 +75,11 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("model", help="wrn-40-2, resnet-20, a timm name or tv:<torchvision name>")
         p.add_argument("--num-classes", type=int, default=None)
         p.add_argument("--input", default=None, help="input shape C,H,W (default: the model's)")
+    from .cli_distill import add_distill_parser
+    from .cli_search import add_search_parser
+
+    add_search_parser(sub)
+    add_distill_parser(sub)
     # put positional 'model' before 'spec' for cheapen
     p_cheapen._actions.sort(key=lambda a: {"model": 0, "spec": 1}.get(a.dest, 2))
     args = parser.parse_args(argv)
@@ -84,6 +91,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args) -> int:
+    if args.command == "search":
+        from .cli_search import run_search
+
+        return run_search(args)
+    if args.command == "distill":
+        from .cli_distill import run_distill
+
+        return run_distill(args)
     model = create_model(args.model, args.num_classes)
     shape = _shape(args.input, model)
     if args.command == "blocks":
