@@ -156,6 +156,15 @@ def test_cli_search(tmp_path, capsys):
     assert main(["cheapen", "wrn-16-1", str(out)]) == 0
 
 
+def test_cli_impossible_budget(capsys):
+    from fxswap.cli import main
+
+    rc = main(["search", "wrn-10-1", "--budget", "1k", "--samples", "2", "--batch-size", "4", "--no-macs",
+               "--candidates", "S,G(N/4)", "--no-progress"])
+    assert rc == 2
+    assert "cheapest reachable" in capsys.readouterr().err
+
+
 def test_load_batch_normalises(tmp_path):
     npz = tmp_path / "d.npz"
     np.savez(npz, x_train=np.full((4, 32, 32, 3), 255, dtype=np.uint8), y_train=np.arange(4))
