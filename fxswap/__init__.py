@@ -5,11 +5,14 @@
 >>> fxswap.count(student, (3, 32, 32)).params_bn     # Moonshine Table 3, G(N/4)
 373626
 """
-from . import models
+from . import data, losses, models
 from .accounting import compare, count
 from .blocks import Block, find_blocks
-from .distill import Distiller, LITDistiller
+from .blockswap import BlockSwapResult, blockswap
+from .distillation import Distiller, LITDistiller
+from .distillation.loop import distill, fit, train
 from .errors import BudgetError, DistillError, FxswapError, NoBlocksError, SpecError, TraceError
+from .fisher import fisher_potential, sensitivity
 from .probes import probe
 from .rewrite import cheapen, resolve_plan
 from .sections import split_sections
@@ -20,7 +23,8 @@ from .trace import trace
 __version__ = "0.1.0"
 
 __all__ = [
-    "models", "compare", "count", "Block", "find_blocks", "Distiller", "LITDistiller", "BudgetError",
-    "DistillError", "FxswapError", "NoBlocksError", "SpecError", "TraceError", "probe", "cheapen",
-    "resolve_plan", "split_sections", "BlockSpec", "parse_spec", "register_substitute", "trace",
+    "data", "losses", "models", "compare", "count", "Block", "find_blocks", "BlockSwapResult",
+    "blockswap", "Distiller", "LITDistiller", "distill", "fit", "train", "BudgetError", "DistillError",
+    "FxswapError", "NoBlocksError", "SpecError", "TraceError", "fisher_potential", "sensitivity", "probe",
+    "cheapen", "resolve_plan", "split_sections", "BlockSpec", "parse_spec", "register_substitute", "trace",
 ]

@@ -8,7 +8,7 @@ spec, reinit=True)``, trained from scratch as in the papers) or a model name
 (``wrn-16-2``). ``--data`` is an ``.npz`` (``x_train, y_train, x_test, y_test``)
 or a torchvision CIFAR folder, see :func:`fxswap.data.cifar_loaders`. Without
 ``--teacher-checkpoint`` the teacher is untrained (a warning says so) unless
-``--train-teacher-epochs K`` trains it first with :func:`fxswap.distill.loop.train`.
+``--train-teacher-epochs K`` trains it first with :func:`fxswap.distillation.loop.train`.
 With ``--out DIR`` the teacher's run goes to ``DIR/teacher`` and the student's to
 ``DIR/student`` (``history.jsonl``, ``checkpoint.pt`` every epoch,
 ``student.pt``); ``--resume`` continues both where they stopped.
@@ -30,8 +30,8 @@ __all__ = ["add_distill_parser", "run_distill", "load_weights"]
 
 def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     """Add the ``distill`` sub-command to an ``argparse`` sub-parsers object."""
-    from .distill.loop import METHODS
-    from .distill.presets import PRESETS
+    from .distillation.loop import METHODS
+    from .distillation.presets import PRESETS
 
     p = subparsers.add_parser("distill", help="distil a teacher into a cheapened student on CIFAR",
                               description=__doc__.split("\n\n")[0],
@@ -143,8 +143,8 @@ def run_distill(args: argparse.Namespace) -> int:
     import warnings
 
     from .data import cifar_loaders
-    from .distill.loop import distill, evaluate, format_history, train
-    from .distill.presets import get_preset
+    from .distillation.loop import distill, evaluate, format_history, train
+    from .distillation.presets import get_preset
     from .models.registry import create_model
 
     if args.resume and not args.out:

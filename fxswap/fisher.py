@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import math
 import warnings
 import zlib
 from dataclasses import dataclass, field
@@ -63,7 +62,7 @@ from .probes import probe
 from .rewrite import cheapen
 from .spec import BlockSpec, parse_spec
 
-__all__ = ["FisherPotential", "fisher_potential", "channel_fisher", "sensitivity", "SensitivityReport",
+__all__ = ["FisherPotential", "fisher_potential", "channel_fisher", "probe_points", "sensitivity", "SensitivityReport",
            "random_init"]
 
 

@@ -3,7 +3,7 @@ import torch
 import timm
 
 import fxswap
-from fxswap.distill import Distiller, LITDistiller
+from fxswap.distillation import Distiller, LITDistiller
 from fxswap.models import cifar_resnet, wrn
 
 

@@ -12,16 +12,16 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import fxswap
-from fxswap.distill.loop import CHECKPOINT, HISTORY, distill, fit, format_history, load_checkpoint, train
-from fxswap.distill.presets import PRESETS, get_preset
+from fxswap.distillation.loop import CHECKPOINT, HISTORY, distill, fit, format_history, load_checkpoint, train
+from fxswap.distillation.presets import PRESETS, get_preset
 from fxswap.errors import DistillError
 
 try:
-    from fxswap.distill.distiller import Distiller
+    from fxswap.distillation.distiller import Distiller
 except ImportError:  # the other half of the package is written in parallel
     Distiller = None
 
-needs_distiller = pytest.mark.skipif(Distiller is None, reason="fxswap.distill.distiller not available")
+needs_distiller = pytest.mark.skipif(Distiller is None, reason="fxswap.distillation.distiller not available")
 
 
 class CEDistiller(nn.Module):
@@ -263,7 +263,7 @@ def test_teacher_untouched_and_methods(tmp_path):
 @needs_distiller
 def test_lit_runs_both_stages(tmp_path):
     try:
-        from fxswap.distill.lit import LITDistiller  # noqa: F401
+        from fxswap.distillation.lit import LITDistiller  # noqa: F401
     except ImportError:
         pytest.skip("LITDistiller not available")
     tr, va = loaders(n=16)
@@ -333,7 +333,7 @@ def test_cli_distill_on_tiny_npz(tmp_path, capsys):
             "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", str(out), "--no-progress",
             "--train-teacher-epochs", "1"]
     if Distiller is None:
-        pytest.skip("fxswap.distill.distiller not available")
+        pytest.skip("fxswap.distillation.distiller not available")
     assert run_distill(parser.parse_args(argv)) == 0
     text = capsys.readouterr()
     assert "val_acc" in text.out and "untrained" not in text.err

@@ -2,7 +2,7 @@
 
 Three entry points:
 
-* :func:`fit` — train a :class:`~fxswap.distill.Distiller` (or anything with
+* :func:`fit` — train a :class:`~fxswap.Distiller` (or anything with
   the same interface: a module whose forward maps a batch ``(x, y)`` to the
   total loss and a ``{term: float}`` dict, with the trained network at
   ``.student``) under one of the papers' schedules (:mod:`.presets`);
@@ -38,7 +38,7 @@ random stream would otherwise run on across epochs).
 
 >>> import torch
 >>> from torch.utils.data import DataLoader, TensorDataset
->>> from fxswap.distill import Distiller
+>>> from fxswap.distillation import Distiller
 >>> torch.manual_seed(0)  # doctest: +ELLIPSIS
 <torch._C.Generator object at ...>
 >>> x = torch.randn(64, 3, 8, 8); y = (x[:, 0].mean((1, 2)) > 0).long()
@@ -80,7 +80,7 @@ STUDENT = "student.pt"
 #: ``method`` name → the Distiller's ``losses``. The weights are the papers':
 #: Moonshine §4.1 (β = 1000 for AT; α = 0.9, T = 4 for KD), Urban et al. (mimic
 #: alone), FitNets (hint weight 1 + CE), SRRL (α = β = 1 + CE). ``"lit"`` is
-#: handled by :class:`~fxswap.distill.lit.LITDistiller`, see :func:`distill`.
+#: handled by :class:`~fxswap.distillation.lit.LITDistiller`, see :func:`distill`.
 METHODS: dict[str, dict[str, Any]] = {
     "at": {"at": 1000.0},
     "kd": {"kd": 0.9},
@@ -351,8 +351,8 @@ def fit(
     the student's last logits in ``distiller.last_logits`` the training
     accuracy is reported too.
 
-    ``preset``: a name in :data:`~fxswap.distill.presets.PRESETS` or a
-    :class:`~fxswap.distill.presets.Preset` (SGD settings and lr schedule,
+    ``preset``: a name in :data:`~fxswap.distillation.presets.PRESETS` or a
+    :class:`~fxswap.distillation.presets.Preset` (SGD settings and lr schedule,
     milestones rescaled to ``epochs``); ``lr`` overrides its initial lr.
     ``device``: default CUDA when available; the distiller is moved there.
     ``amp``: autocast (default on CUDA only) with ``amp_dtype`` (default fp16
@@ -595,7 +595,7 @@ def _lit_distiller():
     try:
         from .lit import LITDistiller
     except ImportError as e:
-        raise DistillError(f"method='lit' needs fxswap.distill.lit.LITDistiller, which could not be imported: {e}") \
+        raise DistillError(f"method='lit' needs fxswap.distillation.lit.LITDistiller, which could not be imported: {e}") \
             from e
     return LITDistiller
 
@@ -617,13 +617,13 @@ def distill(
 
     ``method`` is a name in :data:`METHODS` (``"at"``, ``"kd"``, ``"at+kd"``,
     ``"mimic"``, ``"hint"``, ``"srrl"``), ``"lit"``, or a ``losses`` dict for
-    :class:`~fxswap.distill.Distiller` (e.g. ``{"at": 500.0, "kd": {"alpha":
+    :class:`~fxswap.Distiller` (e.g. ``{"at": 500.0, "kd": {"alpha":
     0.5, "T": 2}}``). ``points`` and ``example_input`` go to the Distiller.
     The remaining keyword arguments go to :func:`fit`; the default preset is
     ``"moonshine"`` (``"lit"`` for LIT).
 
     ``"lit"`` runs LIT's two stages (seed 001 §3, appendix A): ``epochs`` of
-    LIT training (:class:`~fxswap.distill.lit.LITDistiller`, preset ``"lit"``),
+    LIT training (:class:`~fxswap.distillation.lit.LITDistiller`, preset ``"lit"``),
     then ``finetune_epochs`` of KD fine-tuning (preset ``"lit-finetune"``, lr
     0.01; default: 75/175 of ``epochs``, the appendix's ratio, rounded). With
     ``out_dir`` each stage has its own sub-folder (``lit/``, ``finetune/``);
