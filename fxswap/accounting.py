@@ -43,7 +43,14 @@ class BlockCost:
 
 @dataclass(frozen=True)
 class CostReport:
-    """Totals and per-block costs of one model; ``table()`` renders them."""
+    """Totals and per-block costs of one model; ``table()`` renders them.
+
+    >>> print(CostReport(10_000, 10_064, 1_500_000, (3, 32, 32), (BlockCost("layer1.0", 4_000, 4_032, 900_000),)))
+    block     params  params+BN stats       MACs
+    --------  ------  ---------------  ---------
+    layer1.0   4,000            4,032    900,000
+    total     10,000           10,064  1,500,000
+    """
 
     params: int
     params_bn: int
@@ -63,7 +70,12 @@ class CostReport:
 
 @dataclass(frozen=True)
 class Comparison:
-    """Teacher vs student costs, from :func:`compare`."""
+    """Teacher vs student costs, from :func:`compare`.
+
+    >>> c = Comparison(CostReport(1000, 1032, 50_000, (3, 32, 32)), CostReport(250, 282, 20_000, (3, 32, 32)))
+    >>> print(c.table().splitlines()[2])
+    total            1,000       250  0.250  50,000  20,000  0.400
+    """
 
     teacher: CostReport
     student: CostReport

@@ -98,7 +98,13 @@ class Block:
 
 
 def is_add(node: fx.Node) -> bool:
-    """True for ``a + b``, ``a += b``, ``torch.add(a, b)`` and ``a.add(b)`` on two tensors."""
+    """True for ``a + b``, ``a += b``, ``torch.add(a, b)`` and ``a.add(b)`` on two tensors.
+
+    >>> from fxswap import trace
+    >>> from fxswap.models import wrn
+    >>> [n.meta["qualname"] for n in trace(wrn(10, 1)).graph.nodes if is_add(n)]
+    ['layer1.0.add', 'layer2.0.add', 'layer3.0.add']
+    """
     if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
         pass
     elif node.op == "call_method" and node.target in ("add", "add_"):
@@ -111,7 +117,13 @@ def is_add(node: fx.Node) -> bool:
 
 
 def common_path(paths: Iterable[str]) -> str:
-    """Longest common dotted prefix: ``common_path(["a.b.c", "a.b.d"]) == "a.b"``."""
+    """Longest common dotted prefix: ``common_path(["a.b.c", "a.b.d"]) == "a.b"``.
+
+    Whole path components only (never a partial name):
+
+    >>> common_path(["layer2.0.conv1", "layer2.0.bn2"]), common_path(["layer1.0", "layer10.0"])
+    ('layer2.0', '')
+    """
     parts = None
     for p in paths:
         items = p.split(".") if p else []

@@ -443,7 +443,12 @@ def _dp_sample(costs, fixed, lo, hi, samples, found, rng, tries_per_sample: int 
 
 @dataclass(frozen=True)
 class Candidate:
-    """One scored configuration: its plan (``{block: spec}``), costs and Fisher potential."""
+    """One scored configuration: its plan (``{block: spec}``), costs and Fisher potential.
+
+    >>> c = Candidate({"layer1.0": "S", "layer2.0": "G(N/4)"}, params=64506, macs=None, fisher=0.25)
+    >>> c.to_dict()
+    {'plan': {'layer1.0': 'S', 'layer2.0': 'G(N/4)'}, 'params': 64506, 'macs': None, 'fisher': 0.25}
+    """
 
     plan: dict[str, str]
     params: int
@@ -458,7 +463,16 @@ class Candidate:
 @dataclass
 class BlockSwapResult:
     """What :func:`blockswap` found: ``best`` (a plan :func:`fxswap.cheapen` accepts),
-    ``candidates`` (every scored sample, highest Fisher potential first)."""
+    ``candidates`` (every scored sample, highest Fisher potential first).
+
+    >>> import tempfile, os
+    >>> r = BlockSwapResult([Candidate({"layer1.0": "B(2)", "layer2.0": "S"}, 50000, None, 0.5)], budget=50000)
+    >>> r.best
+    {'layer1.0': 'B(2)', 'layer2.0': 'S'}
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     BlockSwapResult.from_json(r.to_json(os.path.join(d, "plan.json"))).best == r.best
+    True
+    """
 
     candidates: list[Candidate]
     budget: int
@@ -539,7 +553,13 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     across budgets.
 
     Returns a :class:`BlockSwapResult`; ``fxswap.cheapen(teacher, result.best)``
-    builds the student (see the module docstring for an example).
+    builds the student (see the module docstring for a fuller example).
+
+    >>> import torch, fxswap
+    >>> x, y = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))  # a tiny minibatch
+    >>> r = blockswap(fxswap.models.wrn(10, 1), "66k", (x, y), samples=2, candidates=["S", "G(N/4)"], macs=False)
+    >>> r.best["layer2.0"], sorted(c.params for c in r.candidates)
+    ('G(N/4)', [64506, 67386])
     """
     start = time.perf_counter()
     x, y = batch

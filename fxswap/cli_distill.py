@@ -29,7 +29,15 @@ __all__ = ["add_distill_parser", "run_distill", "load_weights"]
 
 
 def add_distill_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``distill`` sub-command to an ``argparse`` sub-parsers object."""
+    """Add the ``distill`` sub-command to an ``argparse`` sub-parsers object.
+
+    >>> import argparse
+    >>> parser = argparse.ArgumentParser(prog="fxswap")
+    >>> _ = add_distill_parser(parser.add_subparsers(dest="command"))
+    >>> args = parser.parse_args(["distill", "--teacher", "wrn-40-2", "--student", "G(N/4)", "--data", "c.npz"])
+    >>> args.method, args.batch_size, args.epochs
+    ('at', 128, None)
+    """
     from .distillation.loop import METHODS
     from .distillation.presets import PRESETS
 
@@ -73,6 +81,14 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
 
     Accepts a raw state dict or a dict holding one under ``"student"`` (an
     fxswap checkpoint), ``"model"``, ``"state_dict"`` or ``"net"``.
+
+    >>> import os, tempfile, torch
+    >>> src, dst = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     torch.save({"student": src.state_dict()}, os.path.join(d, "ckpt.pt"))
+    ...     load_weights(dst, os.path.join(d, "ckpt.pt"))
+    >>> torch.equal(src.weight, dst.weight)
+    True
     """
     path = Path(path)
     if not path.is_file():

@@ -111,7 +111,11 @@ class RandomCropPad(nn.Module):
 
 
 class RandomHorizontalFlip(nn.Module):
-    """Flip left-right with probability ``p``."""
+    """Flip left-right with probability ``p``.
+
+    >>> RandomHorizontalFlip(p=1.0)(torch.tensor([[[0.0, 0.5, 1.0]]]))
+    tensor([[[1.0000, 0.5000, 0.0000]]])
+    """
 
     def __init__(self, p: float = 0.5):
         super().__init__()
@@ -130,7 +134,11 @@ class RandomHorizontalFlip(nn.Module):
 
 
 class Normalize(nn.Module):
-    """Per-channel ``(x - mean) / std`` on a (C, H, W) tensor."""
+    """Per-channel ``(x - mean) / std`` on a (C, H, W) tensor.
+
+    >>> Normalize(mean=(0.5, 0.0), std=(0.25, 2.0))(torch.ones(2, 1, 1)).flatten()  # (1 - 0.5) / 0.25, 1 / 2
+    tensor([2.0000, 0.5000])
+    """
 
     def __init__(self, mean: Sequence[float], std: Sequence[float]):
         super().__init__()
@@ -230,6 +238,11 @@ class ArrayDataset(Dataset):
     Items are ``(image, label)``: a float32 (C, H, W) tensor in [0, 1] passed
     through ``transform`` (if any), and an ``int`` label. ``limit`` keeps the
     first ``limit`` samples.
+
+    >>> ds = ArrayDataset(np.full((4, 32, 32, 3), 255, np.uint8), [0, 1, 2, 1])
+    >>> img, label = ds[2]
+    >>> len(ds), tuple(img.shape), float(img.max()), label, ds.num_classes
+    (4, (3, 32, 32), 1.0, 2, 3)
     """
 
     def __init__(
@@ -292,6 +305,16 @@ class NpzDataset(ArrayDataset):
     arrays of the requested ``split`` (``"train"`` or ``"test"``) are loaded.
     Images must be uint8 N×H×W×C, labels integer N. An optional
     ``class_names`` array becomes :attr:`classes`.
+
+    >>> import os, tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "tiny.npz")
+    >>> imgs = np.zeros((6, 32, 32, 3), np.uint8)
+    >>> np.savez(path, x_train=imgs, y_train=np.arange(6) % 2, x_test=imgs[:2], y_test=np.array([0, 1]),
+    ...          class_names=np.array(["cat", "dog"]))
+    >>> ds = NpzDataset(path, "test")
+    >>> len(ds), ds.classes, ds[0][0].shape
+    (2, ['cat', 'dog'], torch.Size([3, 32, 32]))
+    >>> tmp.cleanup()
     """
 
     def __init__(
@@ -379,6 +402,15 @@ def cifar_loaders(
     Memory is pinned when the target ``device`` is CUDA (default: when CUDA is
     available). The datasets are at ``loader.dataset`` (with ``.classes`` and
     ``.num_classes``).
+
+    >>> import os, tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "tiny.npz")
+    >>> imgs, labels = np.zeros((10, 32, 32, 3), np.uint8), np.arange(10)
+    >>> np.savez(path, x_train=imgs, y_train=labels, x_test=imgs[:6], y_test=labels[:6])
+    >>> train, val = cifar_loaders(path, batch_size=4, num_workers=0, seed=0)
+    >>> next(iter(train))[0].shape, len(train), len(val), train.dataset.num_classes
+    (torch.Size([4, 3, 32, 32]), 3, 2, 10)
+    >>> tmp.cleanup()
     """
     if dataset not in _DATASETS:
         raise FxswapError(f"dataset must be one of {', '.join(map(repr, _DATASETS))}, got {dataset!r}")

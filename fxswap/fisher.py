@@ -73,6 +73,11 @@ class FisherPotential:
     ``total``: the network's score (sum over blocks); ``blocks``: each block's
     score (sum over its probe's channels), keyed by block name;
     ``channels``: the per-channel ``Δ_c`` of each block (a CPU tensor).
+    Made by :func:`fisher_potential`; the repr leaves ``channels`` out.
+
+    >>> fp = FisherPotential(total=3.0, blocks={"layer1.0": 1.0, "layer2.0": 2.0})
+    >>> fp, max(fp.blocks, key=fp.blocks.get)
+    (FisherPotential(total=3.0, blocks={'layer1.0': 1.0, 'layer2.0': 2.0}), 'layer2.0')
     """
 
     total: float
@@ -265,6 +270,13 @@ class SensitivityReport:
 
     ``baseline``: the unmodified network's Fisher potential (same
     initialisation); ``rows``: one per block, in network order.
+
+    >>> rep = SensitivityReport("G(N/4)", 1000, 2.0, (SensitivityRow("layer1.0", 0, 900, 100, 1.5, 0.25),))
+    >>> print(rep.table())
+    block     stage  params  saved  fisher  Δfisher  block fisher
+    --------  -----  ------  -----  ------  -------  ------------
+    layer1.0      0     900    100     1.5   -25.0%          0.25
+    (none)            1,000      0       2    +0.0%
     """
 
     spec: str

@@ -627,6 +627,13 @@ class SRRLLoss(nn.Module):
 
     Call: ``loss(student_logits, targets, student_feat_map, teacher_feat_map,
     teacher_logits)``; :meth:`parts` gives ``(L_FM, L_SR)``.
+
+    >>> loss = SRRLLoss(torch.nn.Linear(4, 3), SRRLConnector(2, 4))
+    >>> [name for name, _ in loss.named_parameters()]  # the teacher's Linear is not among them
+    ['connector.conv.weight', 'connector.bn.weight', 'connector.bn.bias']
+    >>> fs, ft, y = torch.randn(5, 2, 3, 3), torch.rand(5, 4, 3, 3), torch.tensor([0, 1, 2, 0, 1])
+    >>> loss(torch.randn(5, 3), y, fs, ft, loss.teacher_classifier(ft.mean((2, 3)))).shape
+    torch.Size([])
     """
 
     def __init__(

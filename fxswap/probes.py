@@ -48,7 +48,17 @@ SELECTORS = ("blocks", "stages", "features", "penultimate", "logits")
 
 
 def block_output(gm: fx.GraphModule, block: Block) -> fx.Node:
-    """The node carrying the block's output out of its module (the add, or the act after it)."""
+    """The node carrying the block's output out of its module (the add, or the act after it).
+
+    >>> from fxswap import find_blocks, trace
+    >>> from fxswap.models import cifar_resnet, wrn
+    >>> gm = trace(cifar_resnet(8))                     # post-activation: add, then ReLU
+    >>> block_output(gm, find_blocks(gm)[0]).meta["qualname"]
+    'layer1.0.relu2'
+    >>> gm = trace(wrn(10, 1))                          # pre-activation: the add itself
+    >>> block_output(gm, find_blocks(gm)[0]).meta["qualname"]
+    'layer1.0.add'
+    """
     by_name = {n.meta.get("qualname"): n for n in gm.graph.nodes}
     add = by_name[block.add]
     prefix = block.name + "."

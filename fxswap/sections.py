@@ -81,6 +81,13 @@ def split_sections(model: nn.Module, points: Sequence[str], leaf_modules=()) -> 
     """Cut ``model`` at ``points`` (probe selectors naming one node each) into ``len(points)+1`` sections.
 
     Train/eval behaviour is kept as in :func:`fxswap.probe`; see the module docstring.
+
+    >>> import torch
+    >>> from fxswap.models import wrn
+    >>> head, tail = split_sections(wrn(10, 1), ["layer2.0"])
+    >>> feat = head(torch.randn(2, 3, 32, 32))
+    >>> feat.shape, tail(feat).shape
+    (torch.Size([2, 32, 16, 16]), torch.Size([2, 10]))
     """
     was = model.training
     per_mode = []

@@ -46,7 +46,13 @@ __all__ = [
 
 @dataclass(frozen=True)
 class Substitute:
-    """A registered spec kind: its name, level and builder."""
+    """A registered spec kind: its name, level and builder (see :data:`SUBSTITUTES`).
+
+    >>> SUBSTITUTES["B"]
+    Substitute(name='B', level='branch', build=<function _bottleneck at 0x...>)
+    >>> SUBSTITUTES["I"].level, SUBSTITUTES["I"].build
+    ('remove', None)
+    """
 
     name: str
     level: str

@@ -46,6 +46,12 @@ class FxswapTracer(fx.Tracer):
     so that everything outside it stays an opaque call).
     ``trace_paths``: if given, every submodule is a leaf except those whose
     path is in this set (and the standard torch.nn leaves stay leaves).
+
+    >>> from fxswap.models import wrn
+    >>> from fxswap.models.wide_resnet import PreActBlock
+    >>> graph = FxswapTracer(leaf_modules=[PreActBlock]).trace(wrn(10, 1))
+    >>> [n.target for n in graph.nodes if n.op == "call_module"]
+    ['conv1', 'layer1.0', 'layer2.0', 'layer3.0', 'bn', 'relu', 'pool', 'fc']
     """
 
     def __init__(
@@ -89,6 +95,11 @@ def node_scope(node: fx.Node) -> str:
 
     For a ``call_module`` node this is the *caller* (``layer2.0`` for
     ``layer2.0.conv1``); for any other node it is the module it ran in.
+
+    >>> from fxswap.models import wrn
+    >>> nodes = {n.meta["qualname"]: n for n in trace(wrn(10, 1)).graph.nodes}
+    >>> node_scope(nodes["layer2.0.conv1"]), node_scope(nodes["layer2.0.add"]), node_scope(nodes["fc"])
+    ('layer2.0', 'layer2.0', '')
     """
     stack = list(node.meta.get("nn_module_stack", {}).keys())
     if node.op == "call_module" and stack and stack[-1] == node.target:
@@ -181,6 +192,14 @@ class ModeSwitch(nn.Module):
     differ, this module holds both. Both graphs call the *same* submodule
     objects, registered here under their own names, so parameters exist once
     and state-dict keys are those of the module that was rewritten.
+
+    >>> import torch
+    >>> class Net(torch.nn.Module):
+    ...     def forward(self, x):
+    ...         return x * 2 if self.training else x
+    >>> m = retrace_both_modes(Net(), lambda gm: None)
+    >>> isinstance(m, ModeSwitch), m.train()(torch.ones(1)), m.eval()(torch.ones(1))
+    (True, tensor([2.]), tensor([1.]))
     """
 
     def __init__(self, train_graph: fx.GraphModule, eval_graph: fx.GraphModule):
@@ -250,6 +269,16 @@ def retrace_both_modes(
 
     Returns one GraphModule when both modes trace to the same code, else a
     :class:`ModeSwitch`. ``module`` is restored to its original mode.
+
+    >>> import torch
+    >>> from fxswap.models import wrn
+    >>> def relu6(gm):  # an edit: every ReLU module call becomes F.relu6
+    ...     for n in gm.graph.nodes:
+    ...         if n.op == "call_module" and isinstance(gm.get_submodule(n.target), torch.nn.ReLU):
+    ...             n.op, n.target = "call_function", torch.nn.functional.relu6
+    >>> m = retrace_both_modes(wrn(10, 1), relu6)
+    >>> isinstance(m, fx.GraphModule), "relu6" in m.code, m.training
+    (True, True, True)
     """
     was_training = module.training
     graphs = []

@@ -60,6 +60,15 @@ class LITDistiller(nn.Module):
     the reference's ResNet/CIFAR values (lit-code ``cifar10/main.py``; seed 001
     appendix A). ``section_inputs`` holds, after each call, the tensors fed to
     student sections 2..k (the teacher's IRs; kept for inspection).
+
+    >>> import torch, fxswap
+    >>> t = fxswap.models.wrn(10, 1); s = fxswap.cheapen(t, "G(N/4)")
+    >>> lit = LITDistiller(t, s)
+    >>> sum(p.numel() for p in lit.parameters()) == sum(p.numel() for p in s.parameters())
+    True
+    >>> loss, logs = lit(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
+    >>> [tuple(ir.shape) for ir in lit.section_inputs]  # teacher IRs fed to student sections 2 and 3
+    [(2, 16, 8, 8), (2, 32, 4, 4)]
     """
 
     def __init__(self, teacher: nn.Module, student: nn.Module, *, beta: float = 0.75, T: float = 6.0,

@@ -192,6 +192,16 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     ``preset``, ``student`` (state dict), ``distiller`` (the distiller's state
     outside the student: connectors), ``optimizer``, ``scheduler``, ``scaler``,
     ``rng``, ``history``.
+
+    >>> import os, tempfile, torch
+    >>> from fxswap.distillation.loop import train
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> loader = DataLoader(TensorDataset(torch.randn(8, 4), torch.randint(0, 2, (8,))), batch_size=4)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     _ = train(torch.nn.Linear(4, 2), loader, epochs=2, out_dir=d, progress=False)
+    ...     ckpt = load_checkpoint(os.path.join(d, "checkpoint.pt"))
+    >>> ckpt["epoch"], sorted(ckpt["student"]), len(ckpt["history"])
+    (2, ['bias', 'weight'], 2)
     """
     path = Path(path)
     if not path.is_file():
@@ -368,6 +378,16 @@ def fit(
     ``train_loss``, ``train_<term>`` for every logged term, ``train_acc`` (if
     logits are available), ``val_loss`` and ``val_acc`` (with a
     ``val_loader``), and ``seconds`` (training + validation).
+
+    >>> import os, tempfile, torch
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> from fxswap.distillation import Distiller
+    >>> loader = DataLoader(TensorDataset(torch.randn(16, 4), torch.randint(0, 2, (16,))), batch_size=8)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     hist = fit(Distiller(None, torch.nn.Linear(4, 2)), loader, epochs=2, preset="cosine", out_dir=d, progress=False)
+    ...     files = sorted(os.listdir(d))
+    >>> [h["epoch"] for h in hist], files
+    ([1, 2], ['checkpoint.pt', 'history.jsonl', 'student.pt'])
     """
     from tqdm.auto import tqdm
 

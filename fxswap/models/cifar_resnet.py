@@ -44,7 +44,12 @@ class BasicBlock(nn.Module):
 
 
 class CifarResNet(nn.Module):
-    """ResNet-d for CIFAR; see :func:`cifar_resnet`."""
+    """ResNet-d for CIFAR; see :func:`cifar_resnet`.
+
+    >>> m = CifarResNet(8)
+    >>> len(m.layer1), m.layer2[0].shortcut, m(torch.randn(1, 3, 32, 32)).shape
+    (1, PadShortcut(), torch.Size([1, 10]))
+    """
 
     def __init__(self, depth: int, num_classes: int = 10):
         super().__init__()

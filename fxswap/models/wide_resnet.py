@@ -43,7 +43,12 @@ class PreActBlock(nn.Module):
 
 
 class WideResNet(nn.Module):
-    """WRN-d-k; see :func:`wrn`."""
+    """WRN-d-k; see :func:`wrn`.
+
+    >>> m = WideResNet(16, 2)
+    >>> len(m.layer1), m.layer2[0].shortcut, m.fc
+    (2, Conv2d(32, 64, kernel_size=(1, 1), stride=(2, 2), bias=False), Linear(in_features=128, out_features=10, bias=True))
+    """
 
     def __init__(self, depth: int, width: int, num_classes: int = 10, dropout: float = 0.0):
         super().__init__()
