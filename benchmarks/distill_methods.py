@@ -28,8 +28,12 @@ from fxswap.distillation.loop import evaluate
 METHODS = ("scratch", "kd", "at", "at+kd", "mimic", "hint", "srrl", "lit")
 
 
-def _fmt(value) -> str:
-    return "–" if value is None else f"{value:.4g}"
+def _fmt(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _first(rows, key: str) -> float:
+    return next(row[key] for row in rows if key in row)
 
 
 def main() -> None:
@@ -77,10 +81,10 @@ def main() -> None:
             extra = {"finetune_epochs": 1} if method == "lit" else {}
             history = fxswap.distill(teacher, student, train_loader, val_loader, method=method, **common, **extra)
         seconds = time.perf_counter() - start
-        first, last = history[0], history[-1]
-        # LIT's rows change terms between its stages (lit, then the KD fine-tune): "–" where absent
-        terms = [k for k in {**first, **last} if k.startswith("train_") and k != "train_acc"]
-        change = ", ".join(f"{k[6:]} {_fmt(first.get(k))} → {_fmt(last.get(k))}" for k in terms)
+        last = history[-1]
+        # LIT's stages (lit, then the KD fine-tune) log different terms: each from its first to its last row
+        terms = dict.fromkeys(k for row in history for k in row if k.startswith("train_") and k != "train_acc")
+        change = ", ".join(f"{k[6:]} {_fmt(_first(history, k))} → {_fmt(_first(history[::-1], k))}" for k in terms)
         rows.append((method, change, last["val_acc"], seconds))
         print(f"{method}: {change}; val acc {last['val_acc']:.2%} ({seconds:.0f} s)", flush=True)
 
