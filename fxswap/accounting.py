@@ -33,7 +33,12 @@ __all__ = ["count", "compare", "CostReport", "BlockCost", "Comparison", "bn_runn
 
 @dataclass(frozen=True)
 class BlockCost:
-    """Costs of one block (the modules under its name)."""
+    """Costs of one block (the modules under its name).
+
+    >>> import fxswap
+    >>> fxswap.count(fxswap.models.wrn(16, 1), (3, 32, 32)).blocks[0]
+    BlockCost(name='layer1.0', params=4672, params_bn=4736, macs=4784128)
+    """
 
     name: str
     params: int

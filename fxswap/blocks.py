@@ -63,6 +63,13 @@ class Block:
     (BN-act before each conv, WRN) or ``"post"`` (conv-BN, ResNet);
     ``shortcut`` is ``"identity"`` or ``"projection"``. The remaining fields
     anchor the rewrite passes (see :mod:`fxswap.rewrite`).
+
+    >>> import fxswap
+    >>> b = fxswap.find_blocks(fxswap.models.wrn(16, 1))[3]
+    >>> b.name, b.stage, b.in_channels, b.out_channels, b.stride, b.order, b.shortcut
+    ('layer2.1', 1, 32, 32, 1, 'pre', 'identity')
+    >>> b.convs
+    ('layer2.1.conv1', 'layer2.1.conv2')
     """
 
     name: str

@@ -79,6 +79,12 @@ class Preset:
     constant within an epoch, as ``CosineAnnealingLR`` stepped per epoch) or
     ``"cosine"`` (the same per optimiser step). ``batch_size`` and
     ``paper_epochs`` record what the paper used; nothing enforces them.
+
+    >>> p = get_preset("moonshine")        # Moonshine/BlockSwap: lr 0.1, ×0.2 at epochs 60, 120, 160 of 200
+    >>> p.lr, p.schedule, p.milestones, p.gamma
+    (0.1, 'step', (60, 120, 160), 0.2)
+    >>> p.milestones_for(10)               # the same schedule squeezed into a 10-epoch run
+    [3, 6, 8]
     """
 
     name: str
