@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import fxswap
-from fxswap.distillation.loop import CHECKPOINT, HISTORY, distill, fit, format_history, load_checkpoint, train
+from fxswap.distillation import distill, fit, format_history, load_checkpoint, train
+from fxswap.distillation.checkpoint import CHECKPOINT, HISTORY
 from fxswap.distillation.presets import PRESETS, get_preset
 from fxswap.errors import DistillError
 
@@ -272,7 +273,8 @@ def test_lit_runs_both_stages(tmp_path):
     hist = distill(teacher, student, tr, va, method="lit", epochs=1, finetune_epochs=1, progress=False,
                    out_dir=tmp_path)
     assert [h["stage"] for h in hist] == ["lit", "finetune"]
-    assert "train_ir" in hist[0] and "train_lit_kd" in hist[1]
+    assert "train_lit" in hist[0] and "train_lit_kd" in hist[1]
+    assert (tmp_path / "student.pt").exists()
     assert hist[1]["lr"] == pytest.approx(0.01)
     assert (tmp_path / "lit" / CHECKPOINT).exists() and (tmp_path / "finetune" / CHECKPOINT).exists()
     assert same(before, snapshot(teacher))
