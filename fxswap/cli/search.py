@@ -133,7 +133,7 @@ def run_search(args: argparse.Namespace) -> int:
     scoring = result.seconds
     result.seconds = time.perf_counter() - start
     result.model = args.model
-    result.to_json(out, args.top)
+    result.to_json(out)
     echo(result.table(args.top))
     per = scoring / max(result.samples, 1)
     echo(f"\nbest plan ({result.candidates[0].params:,} params, Fisher {result.candidates[0].fisher:.5g}) saved to "
