@@ -27,7 +27,9 @@ Before (torchvision ``BasicBlock``, as traced)::
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import operator
 from dataclasses import dataclass, field
@@ -118,6 +120,8 @@ class Block:
     tail_skip: int = field(default=0, repr=False)
     #: the branch works on channels-last tokens (a Linear MLP on ``(B, N, C)``), not NCHW maps
     channels_last: bool = field(default=False, repr=False)
+    #: the stride inside the replaced region (a pool after the region, Xception's, is not part of it)
+    branch_stride: int = field(default=1, repr=False)
     #: whether the branch's spatial conv is depthwise (kept depthwise by ``B``)
     depthwise: bool = field(default=False, repr=False)
 
@@ -291,6 +295,8 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     depthwise = any(m.groups > 1 and m.groups == m.in_channels for m in spatial)
     width = _inner_width(kind, mixer_mods, spatial, int(out_ch))
     downsampling = view.scale[view.index[add]]
+    inner = view.scale[view.index[tail]] / view.scale[view.index[entry]] if entry is not None and view.scale[view.index[entry]] else 1.0
+    branch_stride = int(inner) if math.isfinite(inner) and inner >= 1 and inner == int(inner) else 1
     return Block(
         name=name, index=index, stage=0,
         in_channels=int(in_ch), out_channels=int(out_ch),
@@ -309,7 +315,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
         spatial_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
                             if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1),
         downsampling=downsampling if downsampling is not None and math.isfinite(downsampling) else float("inf"),
-        tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise,
+        tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise, branch_stride=branch_stride,
     )
 
 
@@ -341,7 +347,7 @@ def propagate_shapes(gm: fx.GraphModule, example_input) -> bool:
     flags = [(m, m.training) for m in gm.modules()]
     try:
         gm.eval()
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints what it re-raises
             ShapeProp(gm).propagate(example_input)
         return True
     except Exception:  # a model that cannot run on this input: shapes stay unknown

@@ -116,7 +116,8 @@ def _find_target(gm: fx.GraphModule, target: str, block: Block, spec: BlockSpec)
             return n
     raise SpecError(
         f"{spec} cannot rewrite block {block.name!r}: its layer {target!r} is not called inside the module that "
-        f"owns the branch (it is shared with another block or called from elsewhere); {_applicable(block)}"
+        f"owns the branch (it is shared with another block, called from elsewhere, or inside a nested block that "
+        f"this plan rewrites too: give the inner or the outer block 'S'); {_applicable(block)}"
     )
 
 
@@ -156,9 +157,11 @@ def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str
     view = GraphView(gm)
     first = _find_target(gm, _relative(block.first_conv, owner), block, spec)
     f = view.index[first]
-    # the block's own add: the first add downstream of the branch whose other operand does not depend on it
-    for add in view.nodes[f:]:
-        if not is_add(add):
+    # the block's own add, by its name in the owner's trace (an add inside the branch, StarReLU's
+    # ``+ bias``, must not be taken for it); else the first add downstream of the branch
+    named = [n for n in view.nodes if n.meta.get("qualname") == _relative(block.add, owner) and is_add(n)]
+    for add in named or view.nodes[f:]:
+        if not is_add(add) or any(a.op == "get_attr" for a in add.args[:2]):
             continue
         a, b = add.args[0], add.args[1]
         on_a, on_b = (ancestry(view, a) >> f) & 1, (ancestry(view, b) >> f) & 1
@@ -290,7 +293,7 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     x = _shapes_of(gm, model, example_input)
     blocks = find_blocks(gm)
     specs = resolve_plan(blocks, plan)
-    _check_kinds(blocks, specs)
+    specs = _check_kinds(blocks, specs, whole_model=isinstance(plan, (str, BlockSpec)))
     expected = _expected_shapes(gm, blocks, specs) if x is not None else {}
     del gm
     adjusted: list = []
@@ -319,15 +322,34 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     return student
 
 
-def _check_kinds(blocks, specs) -> None:
+def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
+    """Every block's spec must serve its kind. One spec for the whole model skips the blocks it does not
+    serve (attention blocks under ``B(2)``) with one warning, unless it serves none of them."""
+    out = dict(specs)
+    skipped = []
     for block in blocks:
         spec = specs[block.name]
         sub = SUBSTITUTES.get(spec.kind)
         if sub is None:
             raise SpecError(f"spec {spec} has no registered substitute; register one with fxswap.register_substitute")
-        if not sub.serves(block.kind):
-            raise SpecError(f"{spec} does not apply to block {block.name!r}, a {block.kind} block "
-                            f"({KIND_TEXT.get(block.kind, block.kind)}); {_applicable(block)}")
+        if sub.serves(block.kind) and not (sub.level == "branch" and block.region_problem and whole_model):
+            continue
+        if whole_model:
+            skipped.append(block)
+            out[block.name] = BlockSpec("S")
+            continue
+        raise SpecError(f"{spec} does not apply to block {block.name!r}, a {block.kind} block "
+                        f"({KIND_TEXT.get(block.kind, block.kind)}); {_applicable(block)}")
+    if skipped and len(skipped) == len(blocks):
+        block = skipped[0]
+        why = f": {block.region_problem}" if block.region_problem and sub.serves(block.kind) else ""
+        raise SpecError(f"{specs[block.name]} applies to none of the blocks (kinds: "
+                        f"{', '.join(sorted({b.kind for b in blocks}))}){why}; {_applicable(block)}")
+    if skipped:
+        kinds = ", ".join(sorted({b.kind for b in skipped}))
+        warnings.warn(f"{specs[skipped[0].name]} does not apply to some {kinds} blocks (docs/specs.md); kept as "
+                      f"they are: {_summarise([b.name for b in skipped], 10)}", stacklevel=3)
+    return out
 
 
 def _rewrite(model, blocks, specs, leaf_modules):
@@ -388,8 +410,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
         sub = SUBSTITUTES[spec.kind]
         if sub.level == "branch":
             name = _free_name(owner_mod, "substitute", i)
-            ref = owner_mod.get_submodule(_relative(block.first_conv, owner))
-            new = _like(sub.builder_for(block.kind)(spec, block), ref)
+            new = _like(sub.builder_for(block.kind)(spec, block), owner_mod)
             built.append((block, spec, name, new))
             places[("branch", block.name)] = (block, spec, f"{owner}.{name}" if owner else name)
         else:
@@ -457,6 +478,7 @@ def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, s
         with torch.no_grad():
             student(x)
     except Exception as exc:
+        _compare(got, expected, places)  # a wrong shape upstream is the better explanation
         if stack:
             block, spec, path = places[stack[-1]]
             where = f"block {block.name!r} ({spec}{', conv ' + repr(path) if stack[-1][0] == 'conv' else ''})"
@@ -470,6 +492,10 @@ def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, s
             h.remove()
         for m, flag in flags:
             m.training = flag
+    _compare(got, expected, places)
+
+
+def _compare(got: dict, expected: dict, places: dict) -> None:
     for key, shape in got.items():
         want = expected.get(key)
         if want is not None and shape is not None and shape != want:

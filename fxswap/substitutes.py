@@ -217,7 +217,9 @@ def _conv_like(conv: nn.Conv2d, in_channels: int, out_channels: int, kernel_size
     kernel = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
     dilation = tuple(dilation) if isinstance(dilation, (tuple, list)) else (dilation, dilation)
     padding = conv.padding
-    if not isinstance(padding, str):
+    if getattr(conv, "same_pad", False):
+        padding = "same"  # timm's Conv2dSame / StdConv2dSame pad at run time ("same" for any stride)
+    elif not isinstance(padding, str):
         old_extent = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
         new_extent = [d * (k - 1) for d, k in zip(dilation, kernel)]
         padding = tuple(p + (n - o) // 2 for p, n, o in zip(padding, new_extent, old_extent))
@@ -362,14 +364,14 @@ def _bottleneck(spec: BlockSpec, block: Block) -> nn.Module:
     if spec.kind == "BG":
         groups = fit_groups(spec.groups.value, width, f"the bottleneck (M = {block.width}//{spec.bottleneck})",
                             block, spec)
-    return create_bottleneck(block.in_channels, block.out_channels, width, block.kernel_size, int(block.stride),
+    return create_bottleneck(block.in_channels, block.out_channels, width, block.kernel_size, block.branch_stride,
                              groups, lambda: _act(block), post_norm=block.order == "post")
 
 
 @register_substitute("B", level="branch", params=("int",), kinds=("mixer",))
 def _separable(spec: BlockSpec, block: Block) -> nn.Module:
     return create_separable(block.in_channels, block.out_channels, _bottleneck_width(spec, block), block.kernel_size,
-                            int(block.stride), lambda: _act(block), post_norm=block.order == "post")
+                            block.branch_stride, lambda: _act(block), post_norm=block.order == "post")
 
 
 @register_substitute("B", level="branch", params=("int",), kinds=("mlp",))
