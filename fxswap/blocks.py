@@ -1,13 +1,14 @@
 """Finding residual blocks by graph pattern (analysis only: nothing is mutated).
 
 A residual block is an ``add`` whose two operands meet at a common ancestor
-(the block input), with at least one convolution between that ancestor and
-the add. The operand path with the convolutions is the *branch*; the other is
-the *shortcut* (identity when it is the block input itself). Matching is by
-role, not by module class: any ``nn.Conv2d`` (or ``F.conv2d``) is a
+(the block input), with at least one convolution or ``nn.Linear`` between that
+ancestor and the add. The operand path with the mixers is the *branch*; the
+other is the *shortcut* (identity when it is the block input itself). Matching
+is by role, not by module class: any ``nn.Conv2d`` (or ``F.conv2d``) is a
 convolution, any batch/group/layer norm a normalisation, so timm's fused
 ``BatchNormAct2d``, torchvision's ``Conv2dNormActivation`` and user blocks are
-all recognised.
+all recognised. Each block gets a ``kind`` (see :data:`KINDS` and docs/specs.md)
+that decides what each spec does to it.
 
 Before (torchvision ``BasicBlock``, as traced)::
 
@@ -16,20 +17,22 @@ Before (torchvision ``BasicBlock``, as traced)::
 
 ``find_blocks`` reports it as::
 
-    Block(name='layer1.0', stage=0, in_channels=64, out_channels=64, stride=1,
+    Block(name='layer1.0', kind='basic', stage=0, in_channels=64, out_channels=64, stride=1,
           order='post', shortcut='identity', convs=('layer1.0.conv1', 'layer1.0.conv2'))
 
 >>> import torchvision
 >>> blocks = find_blocks(torchvision.models.resnet18())
->>> [(b.name, b.stage, b.stride, b.shortcut) for b in blocks][1:3]
-[('layer1.1', 0, 1, 'identity'), ('layer2.0', 1, 2, 'projection')]
+>>> [(b.name, b.kind, b.stage, b.stride, b.shortcut) for b in blocks][1:3]
+[('layer1.1', 'basic', 0, 1, 'identity'), ('layer2.0', 'basic', 1, 2, 'projection')]
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
+import math
 import operator
 from dataclasses import dataclass, field
-from typing import Iterable
 
 import torch
 import torch.fx as fx
@@ -37,37 +40,49 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import NoBlocksError
+from .graph import (
+    GraphView, ancestry, common_path, is_add, is_cat, is_layout, path_between, region_from, tensor_entry,
+)
 from .trace import node_scope, trace
 
-__all__ = ["Block", "find_blocks", "is_add", "common_path"]
+__all__ = ["Block", "KINDS", "find_blocks", "propagate_shapes", "is_add", "common_path"]
 
-_ADD_FUNCTIONS = (operator.add, operator.iadd, torch.add)
-_NORM_MODULES = (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm)
-_NORM_FUNCTIONS = (F.batch_norm, F.layer_norm, F.group_norm, F.instance_norm, torch.batch_norm)
-_ACT_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Mish, nn.LeakyReLU, nn.ELU,
-    nn.PReLU, nn.Sigmoid, nn.Tanh, nn.Hardsigmoid, nn.SELU, nn.CELU,
-)
-_ACT_FUNCTIONS = (F.relu, torch.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.mish, F.leaky_relu, F.elu, torch.sigmoid)
-_ACT_METHODS = ("relu", "relu_", "sigmoid", "tanh")
-_POOL_MODULES = (nn.MaxPool2d, nn.AvgPool2d, nn.LPPool2d)
-_GLOBAL_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+# Deprecated private aliases: the graph helpers now live in fxswap.graph.
+_GraphView, _bits, _region_from, _tensor_entry = GraphView, ancestry, region_from, tensor_entry
+
+#: Host kinds, by what the branch computes (docs/specs.md says what each spec does on each).
+KINDS = {
+    "basic": "k×k convs only (ResNet/WRN basic block)",
+    "bottleneck": "1×1 reduce, full or grouped k×k, 1×1 expand (ResNet-50, ResNeXt, RegNet)",
+    "inverted": "1×1 expand, depthwise k×k, 1×1 project (MobileNetV2, MBConv, optional SE)",
+    "mixer": "depthwise or partial spatial conv, then a pointwise MLP (ConvNeXt, FasterNet, MetaFormer)",
+    "mlp": "pointwise layers only: Linear/1×1 - act - Linear/1×1 (a transformer's MLP)",
+    "attention": "self-attention (Linear/1×1 projections, matmul or softmax)",
+    "other": "any other branch with convolutions (multi-branch, nested adds)",
+}
+
+_ATTENTION_FUNCTIONS = (F.scaled_dot_product_attention, torch.matmul, torch.bmm, torch.softmax, F.softmax,
+                        operator.matmul, torch.einsum, torch.baddbmm)
+_ATTENTION_METHODS = ("softmax", "matmul", "bmm")
 
 
 @dataclass(frozen=True)
 class Block:
     """One residual block, as found in the traced graph.
 
-    ``name`` is the module path a user recognises (``layer2.0``); ``convs`` the
-    module paths of the branch's convolutions in order; ``order`` is ``"pre"``
-    (BN-act before each conv, WRN) or ``"post"`` (conv-BN, ResNet);
-    ``shortcut`` is ``"identity"`` or ``"projection"``. The remaining fields
-    anchor the rewrite passes (see :mod:`fxswap.rewrite`).
+    ``name`` is the module path a user recognises (``layer2.0``); ``kind`` the
+    host kind (:data:`KINDS`); ``convs`` the module paths of the branch's
+    convolutions (or Linear layers, for Linear-only branches) in order;
+    ``order`` is ``"pre"`` (BN-act before each conv, WRN) or ``"post"``
+    (conv-BN, ResNet); ``shortcut`` is ``"identity"`` or ``"projection"``;
+    ``width`` the branch's inner width (the k×k conv's or hidden layer's
+    channels, which ``B(b)`` divides by b). The remaining fields anchor the
+    rewrite passes (see :mod:`fxswap.rewrite`).
 
     >>> import fxswap
     >>> b = fxswap.find_blocks(fxswap.models.wrn(16, 1))[3]
-    >>> b.name, b.stage, b.in_channels, b.out_channels, b.stride, b.order, b.shortcut
-    ('layer2.1', 1, 32, 32, 1, 'pre', 'identity')
+    >>> b.name, b.kind, b.stage, b.in_channels, b.out_channels, b.stride, b.order, b.shortcut
+    ('layer2.1', 'basic', 1, 32, 32, 1, 'pre', 'identity')
     >>> b.convs
     ('layer2.1.conv1', 'layer2.1.conv2')
     """
@@ -84,6 +99,8 @@ class Block:
     shortcut: str
     norm: str | None = None
     act: str | None = None
+    kind: str = "basic"
+    width: int = 0
     # anchors for rewriting (qualnames / module paths in the traced graph)
     add: str = field(default="", repr=False)
     first_conv: str = field(default="", repr=False)
@@ -98,220 +115,40 @@ class Block:
     #: convs that ``S-2x2`` rewrites: any k×k with k > 1
     spatial_convs: tuple[str, ...] = field(default=(), repr=False)
     #: cumulative downsampling of the block output relative to the model input
-    scale: float = field(default=1.0, repr=False)
+    downsampling: float = field(default=1.0, repr=False)
     #: layout ops (permute back to NCHW) after ``tail`` that belong to the replaced branch
     tail_skip: int = field(default=0, repr=False)
+    #: the branch works on channels-last tokens (a Linear MLP on ``(B, N, C)``), not NCHW maps
+    channels_last: bool = field(default=False, repr=False)
+    #: the stride inside the replaced region (a pool after the region, Xception's, is not part of it)
+    branch_stride: int = field(default=1, repr=False)
+    #: whether the branch's spatial conv is depthwise (kept depthwise by ``B``)
+    depthwise: bool = field(default=False, repr=False)
 
 
-
-def is_add(node: fx.Node) -> bool:
-    """True for ``a + b``, ``a += b``, ``torch.add(a, b)`` and ``a.add(b)`` on two tensors.
-
-    >>> from fxswap import trace
-    >>> from fxswap.models import wrn
-    >>> [n.meta["qualname"] for n in trace(wrn(10, 1)).graph.nodes if is_add(n)]
-    ['layer1.0.add', 'layer2.0.add', 'layer3.0.add']
-    """
-    if node.op == "call_function" and node.target in _ADD_FUNCTIONS:
-        pass
-    elif node.op == "call_method" and node.target in ("add", "add_"):
-        pass
-    else:
-        return False
-    if "alpha" in node.kwargs:
-        return False
-    return len(node.args) >= 2 and all(isinstance(a, fx.Node) for a in node.args[:2])
-
-
-def common_path(paths: Iterable[str]) -> str:
-    """Longest common dotted prefix: ``common_path(["a.b.c", "a.b.d"]) == "a.b"``.
-
-    Whole path components only (never a partial name):
-
-    >>> common_path(["layer2.0.conv1", "layer2.0.bn2"]), common_path(["layer1.0", "layer10.0"])
-    ('layer2.0', '')
-    """
-    parts = None
-    for p in paths:
-        items = p.split(".") if p else []
-        if parts is None:
-            parts = items
-        else:
-            k = 0
-            while k < min(len(parts), len(items)) and parts[k] == items[k]:
-                k += 1
-            parts = parts[:k]
-    return ".".join(parts or [])
-
-
-class _GraphView:
-    """Roles and ancestry of a traced graph's nodes (ancestor sets as int bitsets)."""
-
-    def __init__(self, gm: fx.GraphModule):
-        self.gm = gm
-        self.nodes = list(gm.graph.nodes)
-        self.index = {n: i for i, n in enumerate(self.nodes)}
-        self.modules = dict(gm.named_modules())
-        self.anc: list[int] = []
-        for n in self.nodes:
-            bits = 0
-            for inp in n.all_input_nodes:
-                j = self.index[inp]
-                bits |= self.anc[j] | (1 << j)
-            self.anc.append(bits)
-        self.scale = self._scales()
-        out = [n for n in self.nodes if n.op == "output"]
-        self._live = _bits(self, out[-1]) if out else 0
-
-    def live(self, n: fx.Node) -> bool:
-        """Whether ``n`` feeds the output (``torch._assert`` chains do not)."""
-        return bool(self._live >> self.index[n] & 1)
-
-    def module(self, n: fx.Node) -> nn.Module | None:
-        return self.modules.get(n.target) if n.op == "call_module" else None
-
-    def is_conv(self, n: fx.Node) -> bool:
-        m = self.module(n)
-        if m is not None:
-            return isinstance(m, nn.Conv2d)
-        return n.op == "call_function" and n.target in (F.conv2d, torch.conv2d)
-
-    def is_mixer(self, n: fx.Node) -> bool:
-        return self.is_conv(n) or isinstance(self.module(n), nn.Linear)
-
-    def is_norm(self, n: fx.Node) -> bool:
-        m = self.module(n)
-        if m is not None:
-            return isinstance(m, _NORM_MODULES)
-        return n.op == "call_function" and n.target in _NORM_FUNCTIONS
-
-    def act_type(self, n: fx.Node) -> type | None:
-        m = self.module(n)
-        if m is not None:
-            if isinstance(m, _NORM_MODULES) and isinstance(getattr(m, "act", None), _ACT_MODULES):
-                return type(m.act)  # timm's BatchNormAct2d
-            return type(m) if isinstance(m, _ACT_MODULES) else None
-        if n.op == "call_function" and n.target in _ACT_FUNCTIONS:
-            return {F.relu: nn.ReLU, torch.relu: nn.ReLU, F.relu6: nn.ReLU6, F.silu: nn.SiLU, F.gelu: nn.GELU,
-                    F.hardswish: nn.Hardswish, F.mish: nn.Mish}.get(n.target, nn.ReLU)
-        if n.op == "call_method" and n.target in _ACT_METHODS:
-            return nn.ReLU if n.target.startswith("relu") else None
-        return None
-
-    def _stride_of(self, n: fx.Node) -> float:
-        m = self.module(n)
-        if m is not None:
-            if isinstance(m, nn.Conv2d) or isinstance(m, _POOL_MODULES):
-                s = m.stride if m.stride is not None else m.kernel_size
-                return float(s[0] if isinstance(s, tuple) else s)
-            if isinstance(m, _GLOBAL_POOLS):
-                return float("inf")
-            s = getattr(m, "stride", None)  # e.g. timm's BlurPool2d, AvgPool2dSame
-            if isinstance(s, (int, tuple)) and not isinstance(m, nn.Linear):
-                return float(s[0] if isinstance(s, tuple) else s)
-            return 1.0
-        if n.op == "call_function":
-            if n.target in (F.conv2d, torch.conv2d):
-                s = n.kwargs.get("stride", n.args[3] if len(n.args) > 3 else 1)
-                return float(s[0] if isinstance(s, (tuple, list)) else s)
-            if n.target in (F.max_pool2d, F.avg_pool2d, torch.max_pool2d):
-                k = n.kwargs.get("kernel_size", n.args[1] if len(n.args) > 1 else 1)
-                s = n.kwargs.get("stride", n.args[2] if len(n.args) > 2 else None) or k
-                return float(s[0] if isinstance(s, (tuple, list)) else s)
-            if n.target in (F.adaptive_avg_pool2d, F.adaptive_max_pool2d):
-                return float("inf")
-            if n.target in (torch.mean, torch.amax, torch.sum) and _reduces_space(n):
-                return float("inf")
-            if n.target is operator.getitem and isinstance(n.args[1], tuple):
-                steps = [sl.step for sl in n.args[1][2:] if isinstance(sl, slice) and sl.step]
-                return float(steps[0]) if steps else 1.0
-        if n.op == "call_method" and n.target in ("mean", "amax", "sum", "max") and _reduces_space(n):
-            return float("inf")
-        return 1.0
-
-    def _scales(self) -> list[float | None]:
-        """Downsampling of each node's output relative to the input; None if it
-        does not depend on the input (parameters, constants). A broadcast op
-        (SE's ``x * gate``) keeps the finer resolution, hence ``min``."""
-        out: list[float | None] = []
-        for n in self.nodes:
-            if n.op == "placeholder":
-                out.append(1.0)
-                continue
-            known = [out[self.index[i]] for i in n.all_input_nodes if out[self.index[i]] is not None]
-            out.append(min(known) * self._stride_of(n) if known else None)
-        return out
-
-    def members(self, bits: int) -> list[fx.Node]:
-        res, i = [], 0
-        while bits:
-            if bits & 1:
-                res.append(self.nodes[i])
-            bits >>= 1
-            i += 1
-        return res
-
-
-def _reduces_space(n: fx.Node) -> bool:
-    """``x.mean((2, 3))`` and friends: a global pool written as a reduction."""
-    dims = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
-    dims = set(dims) if isinstance(dims, (tuple, list)) else {dims}
-    return {2, 3} <= dims or {-1, -2} <= dims
-
-
-_TUPLE_OPS = (torch.split, torch.chunk, torch.unbind, torch.tensor_split, operator.getitem)
-
-
-def _tensor_entry(node: fx.Node) -> fx.Node:
-    """Step up from a split/chunk/getitem to the tensor it takes apart."""
-    while (node.op == "call_function" and node.target in _TUPLE_OPS) or (
-        node.op == "call_method" and node.target in ("split", "chunk", "unbind")
-    ):
-        node = node.args[0]
-    return node
-
-
-def _is_layout(n: fx.Node) -> bool:
-    """A permute/transpose (function or method): moves channels, computes nothing."""
-    if n.op == "call_method":
-        return n.target in ("permute", "transpose", "contiguous")
-    return n.op == "call_function" and n.target in (torch.permute, torch.transpose)
-
-
-def _is_cat(n: fx.Node) -> bool:
-    return n.op == "call_function" and n.target in (torch.cat, torch.concat) and isinstance(n.args[0], (list, tuple))
-
-
-def _bits(view: _GraphView, n: fx.Node) -> int:
-    return view.anc[view.index[n]] | (1 << view.index[n])
-
-
-def _path_between(view: _GraphView, src: int, operand: fx.Node) -> int:
-    """Bitset of nodes on the way from node ``src`` (exclusive) to ``operand`` (inclusive)."""
-    bits = _bits(view, operand) >> (src + 1) << (src + 1)
-    keep = 0
-    for n in view.members(bits):
-        if view.anc[view.index[n]] >> src & 1:
-            keep |= 1 << view.index[n]
-    return keep
-
-
-def _analyse_add(view: _GraphView, add: fx.Node):
+def _analyse_add(view: GraphView, add: fx.Node):
     a, b = add.args[0], add.args[1]
-    common = _bits(view, a) & _bits(view, b)
+    common = ancestry(view, a) & ancestry(view, b)
     if not common:
         return None
     src = common.bit_length() - 1
-    paths = [_path_between(view, src, a), _path_between(view, src, b)]
-    convs = [[n for n in view.members(p) if view.is_conv(n)] for p in paths]
-    if not convs[0] and not convs[1]:
+    paths = [path_between(view, src, a), path_between(view, src, b)]
+    mixers = [[n for n in view.members(p) if view.is_mixer(n)] for p in paths]
+    if not mixers[0] and not mixers[1]:
         return None
-    # the branch has more convolutions (ties: the longer path)
-    k = max((0, 1), key=lambda i: (len(convs[i]), bin(paths[i]).count("1")))
-    return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), convs[k]
+    # the branch has more mixers (ties: the longer path)
+    k = max((0, 1), key=lambda i: (len(mixers[i]), bin(paths[i]).count("1")))
+    convs = [n for n in mixers[k] if view.is_conv(n)]
+    if not convs:
+        # Linear-only: a residual only if the other operand is the input itself (not two heads summed)
+        # and the branch works on maps or tokens, not on pooled features (a classifier)
+        if mixers[1 - k] or view.scale[view.index[add]] in (None, float("inf")):
+            return None
+        convs = mixers[k]
+    return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), convs
 
 
-def _region(view: _GraphView, branch: list[fx.Node], convs: list[fx.Node], tail: fx.Node):
+def _region(view: GraphView, branch: list[fx.Node], convs: list[fx.Node], tail: fx.Node):
     """The single-entry, single-exit part of the branch from its convolutions to ``tail``.
 
     The entry is the lowest common ancestor of the convs' inputs (one tensor
@@ -323,42 +160,67 @@ def _region(view: _GraphView, branch: list[fx.Node], convs: list[fx.Node], tail:
         return None, "its first convolution has no tensor input", None
     common = -1
     for inp in inputs:
-        common &= _bits(view, inp)
+        common &= ancestry(view, inp)
     if common <= 0:
         return None, "its convolutions share no input", None
-    entry = _tensor_entry(view.nodes[common.bit_length() - 1])
-    return (*_region_from(view, branch, entry, tail), entry)
+    entry = tensor_entry(view.nodes[common.bit_length() - 1])
+    return (*region_from(view, branch, entry, tail), entry)
 
 
-def _region_from(view: _GraphView, branch: list[fx.Node], entry: fx.Node, tail: fx.Node):
-    e = view.index[entry]
-    branch_set = set(branch)
-    region = [n for n in view.members(_bits(view, tail)) if n in branch_set and view.anc[view.index[n]] >> e & 1]
-    region_set = set(region)
-    for n in region:
-        for inp in n.all_input_nodes:
-            if inp not in region_set and inp is not entry and inp.op != "get_attr":
-                return region, f"the branch takes a second input ({inp.meta.get('qualname', inp.name)}) between its convolutions"
-        # users with no users of their own are checks (torch._assert), not data flow
-        if n is not tail and any(u not in region_set and view.live(u) for u in n.users):
-            return region, f"{n.meta.get('qualname', n.name)} is used outside the branch"
-    return region, None
+def _shape(node: fx.Node | None):
+    meta = node.meta.get("tensor_meta") if node is not None else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
 
 
-def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=()) -> list[Block]:
-    """Find every residual block with a convolution on its branch, in graph order.
+def _is_attention(view: GraphView, branch: list[fx.Node]) -> bool:
+    for n in branch:
+        if n.op == "call_function" and n.target in _ATTENTION_FUNCTIONS:
+            return True
+        if n.op == "call_method" and n.target in _ATTENTION_METHODS:
+            return True
+        if n.op == "call_module" and "attn" in type(view.module(n)).__name__.lower():
+            return True
+    return False
+
+
+def _kind(view: GraphView, branch: list[fx.Node], mixers: list[nn.Module]) -> str:
+    convs = [m for m in mixers if isinstance(m, nn.Conv2d)]
+    spatial = [m for m in convs if max(m.kernel_size) > 1]
+    pointwise = [m for m in mixers if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and max(m.kernel_size) == 1)]
+    if _is_attention(view, branch):
+        return "attention"
+    if not spatial:
+        return "mlp" if pointwise else "other"
+    dw = [m for m in spatial if m.groups > 1 and m.groups == m.in_channels]
+    first_spatial = next(i for i, m in enumerate(mixers) if m in spatial)
+    if dw:
+        return "inverted" if first_spatial > 0 else "mixer"
+    if len(spatial) == len(convs) == len(mixers):
+        return "basic"
+    if first_spatial > 0 and len(mixers) >= 3 and mixers[-1] in pointwise:
+        return "bottleneck"
+    return "mixer" if first_spatial == 0 and len(spatial) == 1 and pointwise else "other"
+
+
+def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_input=None) -> list[Block]:
+    """Find every residual block (an add whose branch has a conv or Linear layer), in graph order.
 
     Accepts a model (traced with :func:`fxswap.trace`, which never mutates it)
-    or a GraphModule made by :func:`fxswap.trace`. Raises
-    :class:`fxswap.NoBlocksError` if there is none.
+    or a GraphModule made by :func:`fxswap.trace`. With ``example_input`` the
+    graph is run once (eval mode, no grad; the model's flags are restored) so
+    the channel counts come from real shapes (branches that convolve a slice
+    of their input, FasterNet's partial conv). Raises
+    :class:`fxswap.NoBlocksError` if there is no residual add at all.
 
     >>> from fxswap.models import wrn
     >>> blocks = find_blocks(wrn(10, 2))
-    >>> [(b.name, b.in_channels, b.out_channels, b.stride, b.order) for b in blocks]
-    [('layer1.0', 16, 32, 1, 'pre'), ('layer2.0', 32, 64, 2, 'pre'), ('layer3.0', 64, 128, 2, 'pre')]
+    >>> [(b.name, b.kind, b.in_channels, b.out_channels, b.stride, b.order) for b in blocks]
+    [('layer1.0', 'basic', 16, 32, 1, 'pre'), ('layer2.0', 'basic', 32, 64, 2, 'pre'), ('layer3.0', 'basic', 64, 128, 2, 'pre')]
     """
     gm = model if isinstance(model, fx.GraphModule) and _has_qualnames(model) else trace(model, leaf_modules)
-    view = _GraphView(gm)
+    if example_input is not None:
+        propagate_shapes(gm, example_input)
+    view = GraphView(gm)
     found = []
     for add in view.nodes:
         if not is_add(add):
@@ -366,86 +228,143 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=()) -> list[Bloc
         analysed = _analyse_add(view, add)
         if analysed is None:
             continue
-        src, branch, shortcut, convs = analysed
-        # gates (SE, SK attention) run on globally pooled maps: not the main path
-        on_map = [n for n in branch if view.scale[view.index[n]] not in (None, float("inf"))]
-        convs = [n for n in convs if n in on_map] or convs
-        mixers = [n for n in on_map if view.is_mixer(n)] or convs
-        first, last = convs[0], mixers[-1]
-        last_conv = convs[-1]
-        norms_after = [n for n in branch if view.is_norm(n) and view.index[n] > view.index[last]]
-        order = "post" if norms_after else "pre"
-        tail = norms_after[0] if norms_after else last
-        region, problem, entry = _region(view, branch, convs, tail)
-        tail_skip = 0
-        if region and any(_is_layout(n) for n in region):
-            # channels-last inside the branch (ConvNeXt: permute, LayerNorm, Linear, permute back):
-            # the substitute works in NCHW, so the permute back belongs to what it replaces
-            branch_set = set(branch)
-            nxt = tail
-            while len(nxt.users) == 1 and _is_layout(next(iter(nxt.users))) and next(iter(nxt.users)) in branch_set:
-                nxt = next(iter(nxt.users))
-                tail_skip += 1
-                region = region + [nxt]
-        if problem is None and (first.op != "call_module" or tail.op != "call_module"):
-            problem = "its convolutions or norms are functional calls, not modules"
-        conv_mods = [view.module(n) for n in convs]
-        first_mod, last_mod = view.module(first), view.module(last)
-        in_ch = getattr(first_mod, "in_channels", None) or getattr(first_mod, "in_features", 0)
-        split_paths = [c for c in convs if entry is not None and c.args[0] is not entry and _tensor_entry(c.args[0]) is entry]
-        if split_paths:  # selective kernel: each path convolves a slice of the input
-            in_ch = sum(view.module(c).in_channels for c in split_paths)
-        out_ch = getattr(last_mod, "out_channels", None) or getattr(last_mod, "out_features", 0)
-        joined = [u for u in last.users if _is_cat(u)]
-        if joined and all(view.is_conv(a) and view.module(a) is not None for a in joined[0].args[0]):
-            # mixed kernels (MixConv): parallel convs on channel slices, concatenated
-            out_ch = sum(view.module(a).out_channels for a in joined[0].args[0])
-        kernel = max((m.kernel_size[0] for m in conv_mods if m is not None), default=1)
-        norm = next((type(view.module(n)).__name__ for n in branch if view.is_norm(n) and view.module(n) is not None), None)
-        act_type = next((t for t in (view.act_type(n) for n in on_map) if t is not None), None)
-        scope_add = node_scope(add)
-        scopes = [node_scope(n) for n in branch]
-        add_scope = common_path([scope_add] + scopes)
-        region_scope = common_path(node_scope(n) for n in region) if region else add_scope
-        name = scope_add or common_path(str(n.target) for n in branch if n.op == "call_module") or add.meta["qualname"]
-        stride = view.scale[view.index[add]] / view.scale[view.index[src]]
-        block = Block(
-            name=name, index=len(found), stage=0,
-            in_channels=int(in_ch), out_channels=int(out_ch),
-            stride=int(stride) if stride == int(stride) else stride,
-            kernel_size=kernel,
-            convs=tuple(str(n.target) if n.op == "call_module" else n.meta["qualname"] for n in convs),
-            order=order,
-            shortcut="projection" if any(not isinstance(view.module(n), nn.Identity) for n in shortcut) else "identity",
-            norm=norm, act=act_type.__name__ if act_type else None,
-            add=add.meta["qualname"], first_conv=str(first.target), last_conv=str(last_conv.target),
-            tail=str(tail.target), region_scope=region_scope, add_scope=add_scope,
-            region_problem=problem, act_type=act_type,
-            full_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
-                             if m is not None and m.groups == 1 and max(m.kernel_size) > 1),
-            spatial_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
-                                if m is not None and max(m.kernel_size) > 1),
-            scale=view.scale[view.index[add]],
-            tail_skip=tail_skip,
-        )
-        found.append(block)
+        found.append(_describe(view, add, *analysed, index=len(found)))
     if not found:
         raise NoBlocksError(
-            f"no residual block with a convolution on its branch was found in {type(model).__name__}: fxswap looks "
-            f"for an add whose two operands share an input, with a conv between them (ResNet/WRN/MobileNetV2-style "
-            f"blocks). Plain feed-forward CNNs (VGG, AlexNet) have none."
+            f"no residual block was found in {type(model).__name__}: fxswap looks for an add whose two operands "
+            f"share an input, with a conv or Linear layer between them (ResNet/MobileNet/ConvNeXt/ViT-style "
+            f"blocks). Plain feed-forward CNNs (VGG, AlexNet), concatenating (DenseNet) and channel-shuffling "
+            f"(ShuffleNet) models have none."
         )
     return _finalise(found)
 
 
+def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, convs, index: int) -> Block:
+    # gates (SE, SK attention) run on globally pooled maps: not the main path
+    on_map = [n for n in branch if view.scale[view.index[n]] not in (None, float("inf"))]
+    convs = [n for n in convs if n in on_map] or convs
+    mixers = [n for n in on_map if view.is_mixer(n)] or convs
+    first, last = convs[0], mixers[-1]
+    last_conv = convs[-1]
+    norms_after = [n for n in branch if view.is_norm(n) and view.index[n] > view.index[last]]
+    order = "post" if norms_after else "pre"
+    tail = norms_after[0] if norms_after else last
+    region, problem, entry = _region(view, branch, convs, tail)
+    tail_skip = 0
+    if region and any(is_layout(n) for n in region):
+        # channels-last inside the branch (ConvNeXt: permute, LayerNorm, Linear, permute back):
+        # the substitute works in NCHW, so the permute back belongs to what it replaces
+        branch_set = set(branch)
+        nxt = tail
+        while len(nxt.users) == 1 and is_layout(next(iter(nxt.users))) and next(iter(nxt.users)) in branch_set:
+            nxt = next(iter(nxt.users))
+            tail_skip += 1
+            region = region + [nxt]
+    if problem is None and (first.op != "call_module" or tail.op != "call_module"):
+        problem = "its convolutions or norms are functional calls, not modules"
+    conv_mods = [view.module(n) for n in convs]
+    mixer_mods = [view.module(n) for n in mixers]
+    first_mod, last_mod = view.module(first), view.module(last)
+    only_linear = all(isinstance(m, nn.Linear) for m in conv_mods)
+    in_ch = getattr(first_mod, "in_channels", None) or getattr(first_mod, "in_features", 0)
+    split_paths = [c for c in convs if entry is not None and c.args[0] is not entry and tensor_entry(c.args[0]) is entry]
+    if split_paths:  # selective kernel: each path convolves a slice of the input
+        in_ch = sum(view.module(c).in_channels for c in split_paths if view.module(c) is not None)
+    out_ch = getattr(last_mod, "out_channels", None) or getattr(last_mod, "out_features", 0)
+    joined = [u for u in last.users if is_cat(u)]
+    if joined and all(view.is_conv(a) and view.module(a) is not None for a in joined[0].args[0]):
+        # mixed kernels (MixConv): parallel convs on channel slices, concatenated
+        out_ch = sum(view.module(a).out_channels for a in joined[0].args[0])
+    dim = -1 if only_linear else 1
+    entry_shape, tail_shape = _shape(entry), _shape(tail)
+    if entry_shape and len(entry_shape) > 1:  # real shapes beat module attributes (partial convs, splits)
+        in_ch = entry_shape[dim]
+    if tail_shape and len(tail_shape) > 1:
+        out_ch = tail_shape[dim]
+    kernel = max((m.kernel_size[0] for m in conv_mods if isinstance(m, nn.Conv2d)), default=1)
+    norm = next((type(view.module(n)).__name__ for n in branch if view.is_norm(n) and view.module(n) is not None), None)
+    act_type = next((t for t in (view.act_type(n) for n in on_map) if t is not None), None)
+    scope_add = node_scope(add)
+    add_scope = common_path([scope_add] + [node_scope(n) for n in branch])
+    region_scope = common_path(node_scope(n) for n in region) if region else add_scope
+    name = scope_add or common_path(str(n.target) for n in branch if n.op == "call_module") or add.meta["qualname"]
+    ratio = view.scale[view.index[add]] / view.scale[view.index[src]] if view.scale[view.index[src]] else 1.0
+    stride = ratio if math.isfinite(ratio) and ratio > 0 else 1.0  # gates and global pools: no map stride
+    kind = _kind(view, branch, [m for m in mixer_mods if m is not None])
+    spatial = [m for m in conv_mods if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
+    depthwise = any(m.groups > 1 and m.groups == m.in_channels for m in spatial)
+    width = _inner_width(kind, mixer_mods, spatial, int(out_ch))
+    downsampling = view.scale[view.index[add]]
+    inner = view.scale[view.index[tail]] / view.scale[view.index[entry]] if entry is not None and view.scale[view.index[entry]] else 1.0
+    branch_stride = int(inner) if math.isfinite(inner) and inner >= 1 and inner == int(inner) else 1
+    return Block(
+        name=name, index=index, stage=0,
+        in_channels=int(in_ch), out_channels=int(out_ch),
+        stride=int(stride) if stride == int(stride) else stride,
+        kernel_size=kernel,
+        convs=tuple(str(n.target) if n.op == "call_module" else n.meta["qualname"] for n in convs),
+        order=order,
+        shortcut="projection" if any(not isinstance(view.module(n), nn.Identity) for n in shortcut) else "identity",
+        norm=norm, act=act_type.__name__ if act_type else None, kind=kind, width=width,
+        add=add.meta["qualname"], first_conv=str(first.target),
+        last_conv=str(last_conv.target) if not only_linear else "",
+        tail=str(tail.target), region_scope=region_scope, add_scope=add_scope,
+        region_problem=problem, act_type=act_type,
+        full_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
+                         if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1),
+        spatial_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
+                            if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1),
+        downsampling=downsampling if downsampling is not None and math.isfinite(downsampling) else float("inf"),
+        tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise, branch_stride=branch_stride,
+    )
+
+
+def _inner_width(kind: str, mixers: list, spatial: list, out_channels: int) -> int:
+    """The width ``B(b)`` divides: Moonshine's N (= out) on a basic block, else the host's inner width."""
+    if kind in ("bottleneck", "inverted") and spatial:
+        return max(m.out_channels for m in spatial)
+    if kind in ("mlp", "mixer"):
+        hidden = [getattr(m, "out_features", None) or getattr(m, "out_channels", 0) for m in mixers[:-1]
+                  if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and max(m.kernel_size) == 1)]
+        if hidden:
+            return max(hidden)
+    return out_channels
+
+
+def propagate_shapes(gm: fx.GraphModule, example_input) -> bool:
+    """Record each node's output shape (``node.meta["tensor_meta"]``) by one eval-mode run.
+
+    The run is under ``torch.no_grad`` with every module in eval mode; the
+    modules' ``training`` flags are restored afterwards. Returns whether it ran.
+
+    >>> from fxswap.models import wrn
+    >>> gm = trace(wrn(10, 1))
+    >>> propagate_shapes(gm, torch.randn(1, 3, 32, 32)), tuple(gm.graph.find_nodes(op="output")[0].args[0].meta["tensor_meta"].shape)
+    (True, (1, 10))
+    """
+    from torch.fx.passes.shape_prop import ShapeProp
+
+    flags = [(m, m.training) for m in gm.modules()]
+    try:
+        gm.eval()
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints what it re-raises
+            ShapeProp(gm).propagate(example_input)
+        return True
+    except Exception:  # a model that cannot run on this input: shapes stay unknown
+        return False
+    finally:
+        for m, flag in flags:
+            m.training = flag
+
+
 def _finalise(found: list[Block]) -> list[Block]:
     """Number stages by resolution and make names unique (two adds in one module)."""
-    scales = sorted({b.scale for b in found})
+    scales = sorted({b.downsampling for b in found})
     counts: dict[str, int] = {}
     for b in found:
         counts[b.name] = counts.get(b.name, 0) + 1
     return [
-        dataclasses.replace(b, name=b.name if counts[b.name] == 1 else b.add, stage=scales.index(b.scale))
+        dataclasses.replace(b, name=b.name if counts[b.name] == 1 else b.add, stage=scales.index(b.downsampling))
         for b in found
     ]
 

@@ -38,7 +38,8 @@ from typing import Iterable, Sequence
 import torch.fx as fx
 from torch import nn
 
-from .blocks import Block, _GraphView, find_blocks
+from .blocks import Block, find_blocks
+from .graph import GraphView as _GraphView
 from .errors import FxswapError, NoBlocksError
 from .trace import retrace_both_modes
 

@@ -21,22 +21,27 @@ Before / after ``B(2)`` on a pre-activation WRN block ``layer2.1``::
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import fnmatch
 import operator
 import warnings
 from typing import Mapping, Sequence, Union
 
+import torch
+
 import torch.fx as fx
 from torch import nn
 
-from .blocks import Block, _bits, _GraphView, _region_from, _tensor_entry, find_blocks, is_add
+from .blocks import KINDS as KIND_TEXT, Block, find_blocks, propagate_shapes
+from .errors import FxswapError
+from .graph import GraphView, ancestry, is_add, region_from, tensor_entry
 from .errors import SpecError
 from .spec import BlockSpec, parse_spec
-from .substitutes import SUBSTITUTES
-from .trace import retrace_both_modes, unpassed_defaults
+from .substitutes import _ADJUSTED, _STRICT, SUBSTITUTES, conv_targets
+from .trace import retrace_both_modes, trace, unpassed_defaults
 
-__all__ = ["cheapen", "resolve_plan", "Plan"]
+__all__ = ["cheapen", "resolve_plan", "Plan", "example_input_for"]
 
 Plan = Union[str, BlockSpec, Mapping[str, Union[str, BlockSpec]], Sequence[Union[str, BlockSpec]]]
 
@@ -61,25 +66,33 @@ def resolve_plan(blocks: Sequence[Block], plan: Plan) -> dict[str, BlockSpec]:
     if isinstance(plan, Mapping):
         if "plan" in plan and isinstance(plan["plan"], (Mapping, list)):
             return resolve_plan(blocks, plan["plan"])  # a saved search result
+        bad_keys = [key for key in plan if not isinstance(key, str)]
+        if bad_keys:
+            raise SpecError(f"plan keys are block-name globs (strings, e.g. 'layer3.*'); got "
+                            f"{_summarise([repr(k) for k in bad_keys])} of type {type(bad_keys[0]).__name__}")
         parsed = [(key, parse_spec(value)) for key, value in plan.items()]
         unused = [key for key, _ in parsed if not any(fnmatch.fnmatchcase(n, key) for n in names)]
         if unused:
             raise SpecError(
-                f"plan key(s) {unused} match no block; blocks are: {_summarise(names)} (keys are globs, e.g. 'layer3.*')"
+                f"plan key(s) {_summarise([repr(k) for k in unused], 10)} match no block; blocks are: "
+                f"{_summarise(names)} (keys are globs, e.g. 'layer3.*')"
             )
         out = {}
         for n in names:
             out[n] = next((spec for key, spec in parsed if fnmatch.fnmatchcase(n, key)), BlockSpec("S"))
         return out
-    if isinstance(plan, Sequence):
+    if isinstance(plan, Sequence) and not isinstance(plan, (bytes, bytearray)):
         if len(plan) != len(names):
             raise SpecError(f"a list plan needs one spec per block: got {len(plan)} for {len(names)} blocks ({_summarise(names)})")
         return {n: parse_spec(s) for n, s in zip(names, plan)}
     raise SpecError(f"a plan is a spec string, a {{glob: spec}} dict or a list of specs; got {type(plan).__name__}")
 
 
-def _summarise(names: Sequence[str]) -> str:
-    return ", ".join(names) if len(names) <= 12 else ", ".join(names[:6]) + f", ... ({len(names)} in all)"
+def _summarise(names: Sequence[str], at_most: int = 12) -> str:
+    """At most ``at_most`` names, then how many there are in all."""
+    if len(names) <= at_most:
+        return ", ".join(names)
+    return ", ".join(names[:at_most]) + f", ... ({len(names)} in all)"
 
 
 def _relative(path: str, owner: str) -> str:
@@ -97,26 +110,40 @@ def _like(new: nn.Module, old: nn.Module) -> nn.Module:
     return new.to(device=ref.device, dtype=ref.dtype) if ref is not None else new
 
 
-def _find_target(gm: fx.GraphModule, target: str, block: Block) -> fx.Node:
+def _find_target(gm: fx.GraphModule, target: str, block: Block, spec: BlockSpec) -> fx.Node:
     for n in gm.graph.nodes:
         if n.op == "call_module" and n.target == target:
             return n
-    raise SpecError(f"block {block.name!r}: cannot find {target!r} when rewriting its owner module")
+    raise SpecError(
+        f"{spec} cannot rewrite block {block.name!r}: its layer {target!r} is not called inside the module that "
+        f"owns the branch (it is shared with another block, called from elsewhere, or inside a nested block that "
+        f"this plan rewrites too: give the inner or the outer block 'S'); {_applicable(block)}"
+    )
 
 
-def _replace_branch(gm: fx.GraphModule, block: Block, owner: str, sub_name: str, sub: nn.Module) -> None:
-    view = _GraphView(gm)
-    tail = _find_target(gm, _relative(block.tail, owner), block)
+def _applicable(block: Block) -> str:
+    """Which registered specs serve this block's kind (for error messages)."""
+    names = [name for name, sub in SUBSTITUTES.items() if sub.serves(block.kind) and not
+             (sub.level == "branch" and block.region_problem) and not (sub.level == "conv" and not conv_targets(name, block))]
+    return f"specs that apply to this {block.kind} block: {', '.join(names)}"
+
+
+def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str, sub_name: str, sub: nn.Module,
+                    costs: dict) -> None:
+    view = GraphView(gm)
+    tail = _find_target(gm, _relative(block.tail, owner), block, spec)
     for _ in range(block.tail_skip):  # a permute back to NCHW after the last Linear (ConvNeXt)
         tail = next(iter(tail.users))
-    convs = [_find_target(gm, _relative(c, owner), block) for c in block.convs]
+    convs = [_find_target(gm, _relative(c, owner), block, spec) for c in block.convs]
     common = -1
     for c in convs:
-        common &= _bits(view, c.args[0])
-    entry = _tensor_entry(view.nodes[common.bit_length() - 1])
-    region, problem = _region_from(view, list(view.nodes), entry, tail)
+        common &= ancestry(view, c.args[0])
+    entry = tensor_entry(view.nodes[common.bit_length() - 1])
+    region, problem = region_from(view, list(view.nodes), entry, tail)
     if problem:
-        raise SpecError(f"block {block.name!r} cannot take a branch-level spec: {problem}")
+        raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {problem}; {_applicable(block)}")
+    mods = {n.target for n in region if n.op == "call_module"}
+    costs.setdefault(block.name, _params(gm.get_submodule(t) for t in mods))
     gm.add_submodule(sub_name, sub)
     with gm.graph.inserting_after(tail):
         new = gm.graph.call_module(sub_name, (entry,))
@@ -126,15 +153,18 @@ def _replace_branch(gm: fx.GraphModule, block: Block, owner: str, sub_name: str,
             gm.graph.erase_node(n)
 
 
-def _remove_branch(gm: fx.GraphModule, block: Block, owner: str) -> None:
-    view = _GraphView(gm)
-    first = _find_target(gm, _relative(block.first_conv, owner), block)
+def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str) -> None:
+    view = GraphView(gm)
+    first = _find_target(gm, _relative(block.first_conv, owner), block, spec)
     f = view.index[first]
-    for add in view.nodes:
-        if not is_add(add):
+    # the block's own add, by its name in the owner's trace (an add inside the branch, StarReLU's
+    # ``+ bias``, must not be taken for it); else the first add downstream of the branch
+    named = [n for n in view.nodes if n.meta.get("qualname") == _relative(block.add, owner) and is_add(n)]
+    for add in named or view.nodes[f:]:
+        if not is_add(add) or any(a.op == "get_attr" for a in add.args[:2]):
             continue
         a, b = add.args[0], add.args[1]
-        on_a, on_b = (_bits(view, a) >> f) & 1, (_bits(view, b) >> f) & 1
+        on_a, on_b = (ancestry(view, a) >> f) & 1, (ancestry(view, b) >> f) & 1
         if on_a != on_b:
             keep = b if on_a else a
             if any(_in_place(gm, u) for u in add.users):
@@ -145,7 +175,8 @@ def _remove_branch(gm: fx.GraphModule, block: Block, owner: str) -> None:
             add.replace_all_uses_with(keep)
             gm.graph.erase_node(add)
             return
-    raise SpecError(f"block {block.name!r}: cannot find its residual add when removing the branch")
+    raise SpecError(f"I cannot remove the branch of block {block.name!r}: its residual add is not inside the module "
+                    f"that owns the branch; {_applicable(block)}")
 
 
 def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -159,91 +190,319 @@ def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
-def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=()) -> nn.Module:
+def _params(modules) -> int:
+    seen, total = set(), 0
+    for m in modules:
+        for p in m.parameters():
+            if id(p) not in seen:
+                seen.add(id(p))
+                total += p.numel()
+    return total
+
+
+def example_input_for(model: nn.Module, gm: fx.GraphModule | None = None) -> list[torch.Tensor]:
+    """Candidate inputs for checking a rewrite, smallest first: from the model's config or its first conv.
+
+    timm models carry ``pretrained_cfg["input_size"]``; a model whose config
+    says ``fixed_input_size`` gets that size only. Otherwise 32×32 and 64×64
+    maps with the channels of the first conv, then the config's own size.
+
+    >>> from fxswap.models import wrn
+    >>> [tuple(x.shape) for x in example_input_for(wrn(10, 1))]
+    [(1, 3, 32, 32), (1, 3, 64, 64), (1, 3, 224, 224)]
+    """
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    size = cfg.get("input_size") if isinstance(cfg, dict) else None
+    if size is None:
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        size = (first.in_channels if first is not None else 3, 224, 224)
+    c, h, w = (int(v) for v in size)
+    if isinstance(cfg, dict) and cfg.get("fixed_input_size"):
+        return [torch.zeros(1, c, h, w)]
+    sizes = [(s, s) for s in (32, 64) if s < min(h, w)] + [(h, w)]
+    ref = next(model.parameters(), None)
+    kw = dict(device=ref.device, dtype=ref.dtype) if ref is not None and ref.is_floating_point() else {}
+    return [torch.randn(1, c, a, b, generator=torch.Generator().manual_seed(0)).to(**kw) for a, b in sizes]
+
+
+def _shapes_of(gm: fx.GraphModule, model: nn.Module, example_input) -> torch.Tensor | None:
+    """Propagate shapes through the teacher's graph at the user's input or the first candidate that runs."""
+    candidates = [example_input] if example_input is not None else example_input_for(model, gm)
+    for x in candidates:
+        if propagate_shapes(gm, x):
+            return x
+    if example_input is not None:
+        raise SpecError("the teacher does not run on example_input=: give an input the model accepts "
+                        "(e.g. torch.randn(1, 3, 224, 224))")
+    return None
+
+
+def _shape(node: fx.Node | None):
+    meta = node.meta.get("tensor_meta") if node is not None else None
+    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
+
+
+def _expected_shapes(gm: fx.GraphModule, blocks, specs) -> dict:
+    """What each rewritten place must produce: conv paths and branch tails, from the teacher's shapes."""
+    by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
+    by_qualname = {n.meta.get("qualname"): n for n in gm.graph.nodes}
+    out = {}
+    for block in blocks:
+        spec = specs[block.name]
+        level = SUBSTITUTES[spec.kind].level
+        if level == "conv":
+            for path in conv_targets(spec.kind, block):
+                out[("conv", path)] = _shape(by_target.get(path))
+        elif level == "branch":
+            tail = by_target.get(block.tail)
+            for _ in range(block.tail_skip):
+                tail = next(iter(tail.users)) if tail is not None and tail.users else None
+            out[("branch", block.name)] = _shape(tail)
+        elif level == "remove":
+            out[("remove", block.name)] = _shape(by_qualname.get(block.add))
+    return out
+
+
+def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=(), example_input=None,
+            allow_larger: bool = False, strict: bool = False) -> nn.Module:
     """A cheaper student of ``model``: each block rewritten by its spec.
 
     ``plan`` is a spec (``"G(N/4)"``), a ``{glob: spec}`` dict or a list, see
-    :func:`resolve_plan`. The teacher is never mutated and shares no tensor
-    with the student; untouched modules keep copies of the teacher's weights
-    and their state-dict keys, substitutes are freshly initialised, and
-    ``reinit=True`` re-initialises everything (the papers train students from
-    scratch).
+    :func:`resolve_plan`; what each spec does on each kind of block is in
+    docs/specs.md. The teacher is never mutated and shares no tensor with the
+    student; untouched modules keep copies of the teacher's weights and their
+    state-dict keys, substitutes are freshly initialised. ``reinit=True``
+    re-initialises everything and makes every parameter trainable
+    (``requires_grad=True``, even where the teacher froze it: the papers train
+    students from scratch).
+
+    The rewrite checks itself before it returns: the student is run once (at
+    ``example_input``, else an input from the model's config or its first
+    conv) and every rewritten conv or branch must produce the shape its
+    original produced; a rewritten block with more parameters than the
+    original is a :class:`fxswap.SpecError` unless ``allow_larger=True``. A
+    group count that does not divide a width is replaced by the nearest one
+    that does (one warning lists them) unless ``strict=True``.
 
     >>> from fxswap.models import wrn
     >>> student = cheapen(wrn(40, 2), "G(N/4)")
     >>> sum(p.numel() for p in student.parameters())
     363066
     """
-    blocks = find_blocks(model, leaf_modules)
+    gm = trace(model, leaf_modules)
+    x = _shapes_of(gm, model, example_input)
+    blocks = find_blocks(gm)
     specs = resolve_plan(blocks, plan)
+    specs = _check_kinds(blocks, specs, whole_model=isinstance(plan, (str, BlockSpec)))
+    expected = _expected_shapes(gm, blocks, specs) if x is not None else {}
+    del gm
+    adjusted: list = []
+    token = (_STRICT.set(strict), _ADJUSTED.set(adjusted))
+    try:
+        student, costs, places = _rewrite(model, blocks, specs, leaf_modules)
+    finally:
+        _STRICT.reset(token[0])
+        _ADJUSTED.reset(token[1])
+    if adjusted:
+        listed = sorted({f"{name} ({spec}: {asked} -> {used} groups on {ch} channels)"
+                         for name, spec, ch, asked, used in adjusted})
+        warnings.warn(f"group counts that do not divide the channels were set to the nearest that does (ties to "
+                      f"more groups) in {len(listed)} place(s): {_summarise(listed, 10)}; strict=True makes "
+                      f"this an error", stacklevel=2)
+    if not allow_larger:
+        _check_costs(blocks, specs, costs)
+    if x is not None:
+        _check_shapes(student, x, places, expected, blocks, specs)
+    if reinit:
+        for m in student.modules():
+            if hasattr(m, "reset_parameters") and m is not student:
+                m.reset_parameters()
+        for p in student.parameters():
+            p.requires_grad_(True)
+    return student
+
+
+def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
+    """Every block's spec must serve its kind. One spec for the whole model skips the blocks it does not
+    serve (attention blocks under ``B(2)``) with one warning, unless it serves none of them."""
+    out = dict(specs)
+    skipped = []
+    for block in blocks:
+        spec = specs[block.name]
+        sub = SUBSTITUTES.get(spec.kind)
+        if sub is None:
+            raise SpecError(f"spec {spec} has no registered substitute; register one with fxswap.register_substitute")
+        if sub.serves(block.kind) and not (sub.level == "branch" and block.region_problem and whole_model):
+            continue
+        if whole_model:
+            skipped.append(block)
+            out[block.name] = BlockSpec("S")
+            continue
+        raise SpecError(f"{spec} does not apply to block {block.name!r}, a {block.kind} block "
+                        f"({KIND_TEXT.get(block.kind, block.kind)}); {_applicable(block)}")
+    if skipped and len(skipped) == len(blocks):
+        block = skipped[0]
+        why = f": {block.region_problem}" if block.region_problem and sub.serves(block.kind) else ""
+        raise SpecError(f"{specs[block.name]} applies to none of the blocks (kinds: "
+                        f"{', '.join(sorted({b.kind for b in blocks}))}){why}; {_applicable(block)}")
+    if skipped:
+        kinds = ", ".join(sorted({b.kind for b in skipped}))
+        warnings.warn(f"{specs[skipped[0].name]} does not apply to some {kinds} blocks (docs/specs.md); kept as "
+                      f"they are: {_summarise([b.name for b in skipped], 10)}", stacklevel=3)
+    return out
+
+
+def _rewrite(model, blocks, specs, leaf_modules):
+    """The student, each block's (old params, new params), and the module path checked for each rewrite."""
     student = copy.deepcopy(model)
     unchanged = []
     replaced: set[str] = set()  # a conv shared by nested blocks (Res2Net, HRNet) is replaced once
+    costs: dict[str, list[int]] = {}
+    places: dict = {}
     by_owner: dict[str, list[tuple[Block, BlockSpec]]] = {}
     for block in blocks:
         spec = specs[block.name]
-        if spec.kind not in SUBSTITUTES:
-            raise SpecError(f"spec {spec} has no registered substitute; register one with fxswap.register_substitute")
         sub = SUBSTITUTES[spec.kind]
         if sub.level == "conv":
-            targets = block.full_convs if spec.kind == "G" else block.spatial_convs
+            targets = conv_targets(spec.kind, block)
             if not targets:
                 unchanged.append(block.name)
+            build = sub.builder_for(block.kind)
             for path in targets:
                 if path in replaced:
                     continue
                 replaced.add(path)
                 old = student.get_submodule(path)
                 try:
-                    new = sub.build(spec, old, block)
+                    new = build(spec, old, block)
                 except SpecError as exc:
                     raise SpecError(f"{exc} (the conv is {path!r})") from None
+                cost = costs.setdefault(block.name, [0, 0])
+                cost[0] += _params([old])
+                cost[1] += _params([new])
                 _set_module(student, path, _like(new, old))
+                places[("conv", path)] = (block, spec, path)
         elif sub.level in ("branch", "remove"):
             if block.region_problem and sub.level == "branch":
-                raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {block.region_problem}")
+                raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {block.region_problem}; "
+                                f"{_applicable(block)}")
             owner = block.region_scope if sub.level == "branch" else block.add_scope
             by_owner.setdefault(owner, []).append((block, spec))
     if unchanged:
-        warnings.warn(f"the plan changes nothing in block(s) {', '.join(unchanged)}: they have no convolution "
-                      f"that the spec applies to (G needs a full k×k conv, S-2x2 a k×k conv)", stacklevel=2)
+        warnings.warn(f"the plan changes nothing in block(s) {_summarise(unchanged)}: they have no convolution "
+                      f"that the spec applies to (G needs a full k×k conv, S-2x2 a k×k conv)", stacklevel=3)
     # deepest owners first, so an enclosing owner traces the already rewritten child
     for owner in sorted(by_owner, key=lambda p: -len(p.split("."))):
-        student = _rewrite_owner(student, owner, by_owner[owner], leaf_modules)
-    if reinit:
-        for m in student.modules():
-            if hasattr(m, "reset_parameters") and m is not student:
-                m.reset_parameters()
-    return student
+        try:
+            student = _rewrite_owner(student, owner, by_owner[owner], leaf_modules, costs, places)
+        except FxswapError:
+            raise
+        except Exception as exc:  # an fx failure while rewriting: say which blocks and specs
+            edits = ", ".join(f"{b.name} ({s})" for b, s in by_owner[owner])
+            raise SpecError(f"fxswap could not rewrite block(s) {edits}: {type(exc).__name__}: {exc}") from exc
+    return student, costs, places
 
 
-def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules) -> nn.Module:
+def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, places) -> nn.Module:
     owner_mod = student.get_submodule(owner) if owner else student
     built = []
     for i, (block, spec) in enumerate(edits):
-        if SUBSTITUTES[spec.kind].level == "branch":
+        sub = SUBSTITUTES[spec.kind]
+        if sub.level == "branch":
             name = _free_name(owner_mod, "substitute", i)
-            ref = owner_mod.get_submodule(_relative(block.first_conv, owner))
-            built.append((block, spec, name, _like(SUBSTITUTES[spec.kind].build(spec, block), ref)))
+            new = _like(sub.builder_for(block.kind)(spec, block), owner_mod)
+            built.append((block, spec, name, new))
+            places[("branch", block.name)] = (block, spec, f"{owner}.{name}" if owner else name)
         else:
             built.append((block, spec, None, None))
+            costs[block.name] = [None, 0]
+            places[("remove", block.name)] = (block, spec, None)
+    old_costs: dict[str, int] = {}
 
     def edit(gm: fx.GraphModule) -> None:
         for block, spec, name, sub in built:
             if name is None:
-                _remove_branch(gm, block, owner)
+                _remove_branch(gm, block, spec, owner)
             else:
-                _replace_branch(gm, block, owner, name, sub)
+                _replace_branch(gm, block, spec, owner, name, sub, old_costs)
 
     subs = tuple(sub for *_, sub in built if sub is not None)
     fixed = unpassed_defaults(student, owner, tuple(leaf_modules))
     new = retrace_both_modes(owner_mod, edit, tuple(leaf_modules) + subs, concrete_args=fixed)
+    for block, spec, name, sub in built:
+        if sub is not None:
+            costs[block.name] = [old_costs.get(block.name, 0), _params([sub])]
     if not owner:
         warnings.warn(f"block(s) {[b.name for b, _ in edits]} live in the model's own forward: the student is a "
-                      f"GraphModule, not a {type(student).__name__}", stacklevel=3)
+                      f"GraphModule, not a {type(student).__name__}", stacklevel=4)
         return new
     _set_module(student, owner, new)
     return student
+
+
+def _check_costs(blocks, specs, costs) -> None:
+    larger = [(b.name, specs[b.name], *costs[b.name]) for b in blocks
+              if b.name in costs and costs[b.name][0] is not None and costs[b.name][1] > costs[b.name][0]]
+    if larger:
+        listed = [f"{name} ({spec}: {old:,} -> {new:,} parameters)" for name, spec, old, new in larger]
+        raise SpecError(f"the student would be larger than the teacher in {len(larger)} block(s): "
+                        f"{_summarise(listed, 10)}; use a spec that is cheaper on these blocks (docs/specs.md), or "
+                        f"allow_larger=True to accept")
+
+
+def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, specs) -> None:
+    """Run the student once; every rewritten place must give the shape its original gave."""
+    got: dict = {}
+    stack: list = []
+    handles = []
+    for key, (block, spec, path) in places.items():
+        if path is None:
+            continue
+        try:
+            module = student.get_submodule(path)
+        except AttributeError:
+            continue
+
+        def pre(mod, args, key=key):
+            stack.append(key)
+
+        def post(mod, args, out, key=key):
+            if stack and stack[-1] == key:
+                stack.pop()
+            got.setdefault(key, tuple(out.shape) if isinstance(out, torch.Tensor) else None)
+
+        handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
+    flags = [(m, m.training) for m in student.modules()]
+    try:
+        student.eval()
+        with torch.no_grad():
+            student(x)
+    except Exception as exc:
+        _compare(got, expected, places)  # a wrong shape upstream is the better explanation
+        if stack:
+            block, spec, path = places[stack[-1]]
+            where = f"block {block.name!r} ({spec}{', conv ' + repr(path) if stack[-1][0] == 'conv' else ''})"
+        else:
+            where = "block(s) " + _summarise([f"{b.name} ({specs[b.name]})" for b in blocks
+                                              if str(specs[b.name]) != "S"], 6)
+        raise SpecError(f"the rewritten student does not run: {where} fails with {type(exc).__name__}: "
+                        f"{str(exc).splitlines()[0][:300]}") from exc
+    finally:
+        for h in handles:
+            h.remove()
+        for m, flag in flags:
+            m.training = flag
+    _compare(got, expected, places)
+
+
+def _compare(got: dict, expected: dict, places: dict) -> None:
+    for key, shape in got.items():
+        want = expected.get(key)
+        if want is not None and shape is not None and shape != want:
+            block, spec, path = places[key]
+            what = f"conv {path!r}" if key[0] == "conv" else "its branch"
+            raise SpecError(f"{spec} on block {block.name!r}: {what} now gives shape {shape} instead of {want}; "
+                            f"{_applicable(block)}")
 
 
 def _free_name(module: nn.Module, base: str, i: int) -> str:

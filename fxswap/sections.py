@@ -28,7 +28,7 @@ from typing import Sequence
 import torch.fx as fx
 from torch import nn
 
-from .blocks import _GraphView
+from .graph import GraphView as _GraphView
 from .errors import FxswapError
 from .probes import resolve_points
 from .trace import ModeSwitch, trace

@@ -112,17 +112,16 @@ class BlockSpec:
 
     @property
     def bottleneck(self) -> int | None:
-        """The contraction ``b`` of ``B(b)`` / ``BG(b,g)``, else ``None``."""
-        return self.args[0] if self.kind in ("B", "BG") else None
+        """The contraction ``b`` of a form whose grammar has an ``"int"`` argument (``B(b)``, ``BG(b,g)``)."""
+        kinds = _FORMS.get(self.kind, ())
+        return self.args[kinds.index("int")] if "int" in kinds else None
 
     @property
     def groups(self) -> Groups | None:
-        """The group argument of ``G``/``BG``, else ``None``."""
-        if self.kind == "G":
-            return Groups(self.args[0])
-        if self.kind == "BG":
-            return Groups(self.args[1])
-        return None
+        """The group argument (the form's ``"N"`` or ``"M"`` argument: ``G(g)``, ``BG(b,g)``), else ``None``."""
+        kinds = _FORMS.get(self.kind, ())
+        at = next((i for i, k in enumerate(kinds) if k in ("N", "M")), None)
+        return Groups(self.args[at]) if at is not None else None
 
     def __str__(self) -> str:
         if not self.args:
@@ -133,34 +132,32 @@ class BlockSpec:
         return f"BlockSpec({str(self)!r})"
 
 
-# Each form: its parameter kinds, in order. "int" is a positive integer;
-# "N"/"M" accept an int or a Ratio on that base.
-_FORMS: dict[str, tuple[str, ...]] = {
-    "S": (),
-    "S-2x2": (),
-    "I": (),
-    "G": ("N",),
-    "B": ("int",),
-    "BG": ("int", "M"),
-}
-_EXAMPLES = "S, S-2x2, G(4), G(N/4), G(N), B(2), BG(2,4), BG(2,M/8), BG(2,M), I"
+# Each form: its parameter kinds, in order ("int" is a positive integer; "N"/"M" accept an int or a
+# Ratio on that base) and an example. Empty here: fxswap.substitutes registers the built-in forms
+# through register_substitute, exactly as a user's substitute registers its own.
+_FORMS: dict[str, tuple[str, ...]] = {}
+_EXAMPLES: dict[str, str] = {}
+#: arguments longer than this many digits are refused before int() parses them
+_MAX_DIGITS = 9
 
 
-def register_form(name: str, params: tuple[str, ...] = ()) -> None:
+def register_form(name: str, params: tuple[str, ...] = (), example: str | None = None) -> None:
     """Add a spec form to the grammar (used by :func:`fxswap.register_substitute`).
 
-    ``params`` lists each argument's kind: ``"int"``, ``"N"`` or ``"M"``.
+    ``params`` lists each argument's kind: ``"int"``, ``"N"`` or ``"M"``;
+    ``example`` is shown in error messages (default: the name).
 
     >>> register_form("DW", ())
     >>> str(parse_spec("DW"))
     'DW'
     """
-    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", name):
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z][A-Za-z0-9_\-]*", name, flags=re.ASCII):
         raise SpecError(f"spec name {name!r} must start with a letter and use letters, digits, '_' or '-'")
     for p in params:
         if p not in ("int", "N", "M"):
             raise SpecError(f"parameter kind {p!r} of {name!r} must be 'int', 'N' or 'M'")
     _FORMS[name] = tuple(params)
+    _EXAMPLES[name] = example or (name if not params else f"{name}({','.join('2' for _ in params)})")
 
 
 def spec_forms() -> dict[str, tuple[str, ...]]:
@@ -172,14 +169,12 @@ def spec_forms() -> dict[str, tuple[str, ...]]:
     return dict(_FORMS)
 
 
-_SPEC_RE = re.compile(r"([A-Za-z][A-Za-z0-9_\-]*)(?:\((.*)\))?")
-_ARG_RE = re.compile(r"(\d+)|([NM])(?:/(\d+))?")
+_SPEC_RE = re.compile(r"([A-Za-z][A-Za-z0-9_\-]*)(?:\((.*)\))?", flags=re.ASCII | re.DOTALL)
+_ARG_RE = re.compile(r"(\d+)|([NM])(?:/(\d+))?", flags=re.ASCII)
 
 
 def _accepted() -> str:
-    extra = sorted(set(_FORMS) - {"S", "S-2x2", "I", "G", "B", "BG"})
-    more = f"; registered: {', '.join(extra)}" if extra else ""
-    return f"accepted forms: {_EXAMPLES}{more}"
+    return "accepted forms: " + ", ".join(_EXAMPLES.values())
 
 
 def _canonical_name(name: str) -> str | None:
@@ -200,13 +195,19 @@ def parse_spec(text: str | BlockSpec) -> BlockSpec:
     >>> parse_spec("G(3.5)")
     Traceback (most recent call last):
     ...
-    fxswap.errors.SpecError: invalid spec 'G(3.5)': argument '3.5' is not an integer or N, N/d, M, M/d; accepted forms: S, S-2x2, ...
+    fxswap.errors.SpecError: invalid spec 'G(3.5)': argument '3.5' is not an integer or N, N/d, M, M/d; accepted forms: S, I, G(4), G(N/4), ...
     """
     if isinstance(text, BlockSpec):
         return text
     if not isinstance(text, str):
         raise SpecError(f"a spec must be a string like 'G(N/4)', got {type(text).__name__}; {_accepted()}")
-    raw = text
+    raw = text if len(text) <= 60 else text[:60] + "..."
+    if not text.isascii():
+        # unicode digits (٤, ４) and spaces (NBSP) would parse as their ASCII twins: refused, so a
+        # spec means exactly what it shows
+        bad = next(ch for ch in text if not ch.isascii())
+        raise SpecError(f"invalid spec {raw!r}: character {bad!r} (U+{ord(bad):04X}) is not ASCII; specs use "
+                        f"ASCII letters, digits, '(', ',', '/', ')' and spaces; {_accepted()}")
     compact = re.sub(r"\s+", "", text)
     m = _SPEC_RE.fullmatch(compact)
     if not m:
@@ -223,6 +224,8 @@ def parse_spec(text: str | BlockSpec) -> BlockSpec:
     args = []
     for part, kind in zip(parts, params):
         am = _ARG_RE.fullmatch(part.upper())
+        if am and any(g is not None and len(g.lstrip("0")) > _MAX_DIGITS for g in (am.group(1), am.group(3))):
+            raise SpecError(f"invalid spec {raw!r}: {part[:20]!r}... is too large (at most {_MAX_DIGITS} digits)")
         if not am:
             raise SpecError(
                 f"invalid spec {raw!r}: argument {part!r} is not an integer or N, N/d, M, M/d; {_accepted()}"

@@ -28,61 +28,115 @@ Register your own (the grammar learns the name)::
 """
 from __future__ import annotations
 
+import contextvars
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from torch import nn
 
-from .blocks import Block
+from .blocks import KINDS, Block
 from .errors import SpecError
 from .spec import BlockSpec, register_form
 
 __all__ = [
     "Substitute", "SUBSTITUTES", "register_substitute", "create_grouped_pointwise",
-    "create_dilated_2x2", "create_bottleneck", "conv_params",
+    "create_dilated_2x2", "create_bottleneck", "create_separable", "create_mlp", "conv_params",
+    "conv_targets", "fit_groups", "nearest_divisor",
 ]
 
 
 @dataclass(frozen=True)
 class Substitute:
-    """A registered spec kind: its name, level and builder (see :data:`SUBSTITUTES`).
+    """A registered spec kind: its name, level, grammar and builders per host kind (see :data:`SUBSTITUTES`).
 
-    >>> SUBSTITUTES["B"]
-    Substitute(name='B', level='branch', build=<function _bottleneck at 0x...>)
-    >>> SUBSTITUTES["I"].level, SUBSTITUTES["I"].build
-    ('remove', None)
+    ``builders`` maps a host kind (:data:`fxswap.blocks.KINDS`, or ``"*"`` for
+    every kind) to its builder; ``targets`` (conv level) picks the convs of a
+    block the builder replaces.
+
+    >>> SUBSTITUTES["B"].kinds()
+    ('basic', 'bottleneck', 'inverted', 'mixer', 'mlp', 'other')
+    >>> SUBSTITUTES["I"].level, SUBSTITUTES["I"].serves("attention")
+    ('remove', True)
     """
 
     name: str
     level: str
-    build: Callable | None
+    params: tuple[str, ...] = ()
+    builders: dict = field(default_factory=dict)
+    targets: Callable | None = None
+
+    @property
+    def build(self) -> Callable | None:
+        """The builder for every kind (``"*"``), or the first registered one."""
+        return self.builders.get("*", next(iter(self.builders.values()), None))
+
+    def serves(self, kind: str) -> bool:
+        """Whether this spec applies to a block of host kind ``kind``."""
+        return self.level in ("keep", "remove") or "*" in self.builders or kind in self.builders
+
+    def builder_for(self, kind: str) -> Callable | None:
+        return self.builders.get(kind, self.builders.get("*"))
+
+    def kinds(self) -> tuple[str, ...]:
+        """The host kinds served, in :data:`fxswap.blocks.KINDS` order."""
+        return tuple(k for k in KINDS if self.serves(k))
 
 
 SUBSTITUTES: dict[str, Substitute] = {}
 
+_LEVELS = ("conv", "branch", "remove", "keep")
 
-def register_substitute(name: str, level: str, params: tuple[str, ...] = ()):
-    """Register a builder for spec ``name`` (a decorator); see the module docstring.
 
-    ``level`` is ``"conv"`` or ``"branch"``; ``params`` the argument kinds
-    (``"int"``, ``"N"``, ``"M"``) the grammar accepts for it.
+def register_substitute(name: str, level: str, params: tuple[str, ...] = (), kinds: tuple[str, ...] | None = None,
+                        targets: Callable | None = None, example: str | None = None):
+    """Register spec ``name``: its grammar (``params``) and a builder for host ``kinds`` (a decorator).
 
-    >>> @register_substitute("Same", level="branch")
+    ``level`` is ``"conv"`` (``build(spec, conv, block)`` replaces each conv
+    that ``targets(block)`` lists, by default the k×k ones) or ``"branch"``
+    (``build(spec, block)`` replaces the branch). ``params`` are the argument
+    kinds (``"int"``, ``"N"``, ``"M"``) the grammar accepts; ``kinds`` the host
+    kinds this builder serves (``None``: every kind). Registering the same name
+    again adds builders for more kinds. The built-in specs register this way.
+
+    >>> @register_substitute("Same", level="branch", kinds=("basic",))
     ... def same(spec, block):
     ...     return nn.Conv2d(block.in_channels, block.out_channels, 3, block.stride, 1)
-    >>> "Same" in SUBSTITUTES
-    True
+    >>> SUBSTITUTES["Same"].kinds()
+    ('basic',)
     """
-    if level not in ("conv", "branch"):
-        raise SpecError(f"substitute level must be 'conv' or 'branch', got {level!r}")
+    if level not in _LEVELS:
+        raise SpecError(f"substitute level must be one of {', '.join(_LEVELS)}, got {level!r}")
+    unknown = [k for k in (kinds or ()) if k not in KINDS]
+    if unknown:
+        raise SpecError(f"unknown host kind(s) {unknown}; kinds are {', '.join(KINDS)}")
 
-    def decorator(build: Callable) -> Callable:
-        register_form(name, params)
-        SUBSTITUTES[name] = Substitute(name, level, build)
+    def decorator(build: Callable | None) -> Callable | None:
+        old = SUBSTITUTES.get(name)
+        if old is not None and (old.level != level or old.params != tuple(params)):
+            old = None  # a new definition replaces the old one
+        builders = dict(old.builders) if old else {}
+        if build is not None:
+            for kind in kinds or ("*",):
+                builders[kind] = build
+        register_form(name, tuple(params), example)
+        SUBSTITUTES[name] = Substitute(name, level, tuple(params), builders,
+                                       targets or (old.targets if old else None))
         return build
 
     return decorator
+
+
+def conv_targets(spec_name: str, block: Block) -> tuple[str, ...]:
+    """The convs of ``block`` a conv-level spec replaces (``G``: full k×k convs; default: every k×k conv).
+
+    >>> from fxswap.models import wrn
+    >>> from fxswap import find_blocks
+    >>> conv_targets("G", find_blocks(wrn(10, 1))[0])
+    ('layer1.0.conv1', 'layer1.0.conv2')
+    """
+    pick = SUBSTITUTES[spec_name].targets
+    return tuple(pick(block)) if pick else block.spatial_convs
 
 
 def _act(block: Block) -> nn.Module:
@@ -106,13 +160,77 @@ def _init(module: nn.Module) -> nn.Module:
     return module
 
 
-def _check_groups(groups: int, channels: int, what: str, block: Block, spec: BlockSpec) -> None:
-    if groups < 1 or channels % groups:
-        count = f"{groups} groups" if groups >= 1 else f"groups = {spec.groups}"
+#: how ``G``/``BG`` group counts that do not divide the channels are handled (see :func:`fit_groups`)
+_STRICT: contextvars.ContextVar[bool] = contextvars.ContextVar("fxswap_strict_groups", default=False)
+#: (block, spec, channels, asked, used) for each group count that was adjusted in this cheapen call
+_ADJUSTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("fxswap_adjusted_groups", default=None)
+
+
+def nearest_divisor(channels: int, wanted: float) -> int:
+    """The divisor of ``channels`` nearest to ``wanted`` (ties: the larger, i.e. more groups, cheaper).
+
+    >>> nearest_divisor(26, 4), nearest_divisor(10, 2.5), nearest_divisor(61, 8), nearest_divisor(12, 5)
+    (2, 2, 1, 6)
+    """
+    divisors = [d for d in range(1, channels + 1) if channels % d == 0]
+    return min(divisors, key=lambda d: (abs(d - wanted), -d))
+
+
+def fit_groups(arg, channels: int, what: str, block: Block, spec: BlockSpec) -> int:
+    """The group count for ``channels`` from a spec argument (an int or ``N/d``, ``M/d``).
+
+    The default rule: when the asked count does not divide ``channels``, use
+    the nearest count that does (ties to more groups), and ``cheapen`` warns
+    once listing every adjusted block. With ``cheapen(..., strict=True)`` it is
+    a :class:`fxswap.SpecError` instead. A ratio ``N/d`` asks for ``N/d``
+    groups (a fraction when d does not divide N).
+
+    >>> from fxswap.spec import parse_spec, Ratio
+    >>> b = Block("b", 0, 0, 26, 26, 1, 3, (), "pre", "identity")
+    >>> fit_groups(Ratio("N", 4), 26, "a conv", b, parse_spec("G(N/4)")), fit_groups(4, 64, "a conv", b, parse_spec("G(4)"))
+    (2, 4)
+    """
+    wanted = channels / arg.divisor if hasattr(arg, "divisor") else arg
+    if wanted >= 1 and float(wanted).is_integer() and channels % int(wanted) == 0:
+        return int(wanted)
+    if _STRICT.get():
+        count = f"{int(wanted)} groups" if float(wanted).is_integer() and wanted >= 1 else f"groups = {arg}"
         raise SpecError(
             f"{spec} on block {block.name!r}: {what} has {channels} channels, which {count} do not divide; "
-            f"use a group count that divides {channels}, or a ratio such as G(N/4) / BG(b,M/4)"
+            f"use a group count that divides {channels}, a ratio such as G(N/4) / BG(b,M/4), or strict=False "
+            f"to use the nearest group count that divides"
         )
+    used = nearest_divisor(channels, max(wanted, 1))
+    adjusted = _ADJUSTED.get()
+    if adjusted is not None:
+        adjusted.append((block.name, str(spec), channels, str(arg), used))
+    return used
+
+
+def _conv_like(conv: nn.Conv2d, in_channels: int, out_channels: int, kernel_size, dilation, groups: int,
+               bias: bool) -> nn.Conv2d:
+    """A conv with ``conv``'s stride, padding rule and class (timm's ``Conv2dSame`` pads at run time).
+
+    Explicit padding is recomputed for the new kernel extent so the output size is kept;
+    ``padding="same"`` and same-padding subclasses keep their rule.
+    """
+    kernel = tuple(kernel_size) if isinstance(kernel_size, (tuple, list)) else (kernel_size, kernel_size)
+    dilation = tuple(dilation) if isinstance(dilation, (tuple, list)) else (dilation, dilation)
+    padding = conv.padding
+    if getattr(conv, "same_pad", False):
+        padding = "same"  # timm's Conv2dSame / StdConv2dSame pad at run time ("same" for any stride)
+    elif not isinstance(padding, str):
+        old_extent = [d * (k - 1) for d, k in zip(conv.dilation, conv.kernel_size)]
+        new_extent = [d * (k - 1) for d, k in zip(dilation, kernel)]
+        padding = tuple(p + (n - o) // 2 for p, n, o in zip(padding, new_extent, old_extent))
+    cls = type(conv) if type(conv) is not nn.Conv2d else nn.Conv2d
+    kwargs = dict(stride=conv.stride, padding=padding, dilation=dilation, groups=groups, bias=bias)
+    if cls is nn.Conv2d:
+        return nn.Conv2d(in_channels, out_channels, kernel, padding_mode=conv.padding_mode, **kwargs)
+    try:  # subclasses that follow nn.Conv2d's signature (timm's Conv2dSame, StdConv2d)
+        return cls(in_channels, out_channels, kernel, **kwargs)
+    except TypeError:
+        return nn.Conv2d(in_channels, out_channels, kernel, padding_mode=conv.padding_mode, **kwargs)
 
 
 def create_grouped_pointwise(conv: nn.Conv2d, groups: int, act: nn.Module) -> nn.Sequential:
@@ -125,8 +243,7 @@ def create_grouped_pointwise(conv: nn.Conv2d, groups: int, act: nn.Module) -> nn
     ['Conv2d', 'BatchNorm2d', 'ReLU', 'Conv2d']
     """
     return _init(nn.Sequential(OrderedDict(
-        grouped=nn.Conv2d(conv.in_channels, conv.in_channels, conv.kernel_size, conv.stride, conv.padding,
-                          conv.dilation, groups=groups, bias=False, padding_mode=conv.padding_mode),
+        grouped=_conv_like(conv, conv.in_channels, conv.in_channels, conv.kernel_size, conv.dilation, groups, False),
         bn=nn.BatchNorm2d(conv.in_channels),
         act=act,
         pointwise=nn.Conv2d(conv.in_channels, conv.out_channels, 1, bias=conv.bias is not None),
@@ -134,15 +251,18 @@ def create_grouped_pointwise(conv: nn.Conv2d, groups: int, act: nn.Module) -> nn
 
 
 def create_dilated_2x2(conv: nn.Conv2d) -> nn.Conv2d:
-    """``S-2x2`` for one conv: a 2×2 kernel dilated to the k×k conv's extent, same padding.
+    """``S-2x2`` for one conv: a 2×2 kernel dilated to the k×k conv's extent (a 1×k conv gets 1×2).
 
     >>> create_dilated_2x2(nn.Conv2d(8, 8, 3, 1, 1))
     Conv2d(8, 8, kernel_size=(2, 2), stride=(1, 1), padding=(1, 1), dilation=(2, 2))
+    >>> create_dilated_2x2(nn.Conv2d(8, 8, (1, 7), 1, (0, 3)))
+    Conv2d(8, 8, kernel_size=(1, 2), stride=(1, 1), padding=(0, 3), dilation=(1, 6))
     """
     extent = [d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size)]
-    return _init(nn.Conv2d(conv.in_channels, conv.out_channels, 2, conv.stride, conv.padding,
-                           dilation=tuple(e - 1 for e in extent), groups=conv.groups, bias=conv.bias is not None,
-                           padding_mode=conv.padding_mode))
+    kernel = tuple(2 if e > 1 else 1 for e in extent)
+    dilation = tuple(e - 1 if e > 1 else 1 for e in extent)
+    return _init(_conv_like(conv, conv.in_channels, conv.out_channels, kernel, dilation, conv.groups,
+                            conv.bias is not None))
 
 
 def create_bottleneck(in_channels: int, out_channels: int, width: int, kernel_size: int, stride: int,
@@ -170,43 +290,94 @@ def create_bottleneck(in_channels: int, out_channels: int, width: int, kernel_si
     return _init(nn.Sequential(layers))
 
 
-@register_substitute("G", level="conv", params=("N",))
+def create_separable(in_channels: int, out_channels: int, width: int, kernel_size: int, stride: int,
+                     act: Callable[[], nn.Module], post_norm: bool) -> nn.Sequential:
+    """``B(b)`` on a mixer host (ConvNeXt, FasterNet): depthwise k×k, BN, 1×1 (in→M), act, 1×1 (M→out).
+
+    The host's depthwise token mixer is kept; its MLP's hidden width becomes M.
+
+    >>> m = create_separable(64, 64, 128, 7, 1, nn.GELU, post_norm=False)
+    >>> [type(x).__name__ for x in m]
+    ['Conv2d', 'BatchNorm2d', 'Conv2d', 'GELU', 'Conv2d']
+    """
+    layers = OrderedDict(
+        dw=nn.Conv2d(in_channels, in_channels, kernel_size, stride, kernel_size // 2, groups=in_channels, bias=False),
+        bn1=nn.BatchNorm2d(in_channels),
+        fc1=nn.Conv2d(in_channels, width, 1),
+        act=act(),
+        fc2=nn.Conv2d(width, out_channels, 1),
+    )
+    if post_norm:
+        layers["bn2"] = nn.BatchNorm2d(out_channels)
+    return _init(nn.Sequential(layers))
+
+
+def create_mlp(in_features: int, out_features: int, hidden: int, act: Callable[[], nn.Module],
+               channels_last: bool) -> nn.Sequential:
+    """``B(b)`` on an MLP branch: Linear (in→hidden), act, Linear (hidden→out); 1×1 convs on NCHW maps.
+
+    >>> create_mlp(192, 192, 384, nn.GELU, channels_last=True)
+    Sequential(
+      (fc1): Linear(in_features=192, out_features=384, bias=True)
+      (act): GELU(approximate='none')
+      (fc2): Linear(in_features=384, out_features=192, bias=True)
+    )
+    """
+    if channels_last:
+        fc1, fc2 = nn.Linear(in_features, hidden), nn.Linear(hidden, out_features)
+    else:
+        fc1, fc2 = nn.Conv2d(in_features, hidden, 1), nn.Conv2d(hidden, out_features, 1)
+    return nn.Sequential(OrderedDict(fc1=fc1, act=act(), fc2=fc2))
+
+
+@register_substitute("I", level="remove", example="I")
+@register_substitute("S", level="keep", example="S")
+def _no_builder(*_):  # S keeps the block, I removes its branch: nothing to build
+    return None
+
+
+@register_substitute("G", level="conv", params=("N",), kinds=("basic", "bottleneck", "inverted", "mixer", "other"),
+                     targets=lambda block: block.full_convs, example="G(4), G(N/4)")
 def _grouped(spec: BlockSpec, conv: nn.Conv2d, block: Block) -> nn.Module:
-    try:
-        groups = spec.groups.resolve(conv.in_channels)
-    except SpecError:
-        groups = 0
-    _check_groups(groups, conv.in_channels, "a conv", block, spec)
+    groups = fit_groups(spec.groups.value, conv.in_channels, "a conv", block, spec)
     return create_grouped_pointwise(conv, groups, _act(block))
 
 
-@register_substitute("S-2x2", level="conv")
+@register_substitute("S-2x2", level="conv", kinds=("basic", "bottleneck", "inverted", "mixer", "other"),
+                     example="S-2x2")
 def _dilated(spec: BlockSpec, conv: nn.Conv2d, block: Block) -> nn.Module:
     return create_dilated_2x2(conv)
 
 
+def _bottleneck_width(spec: BlockSpec, block: Block) -> int:
+    """M = the host's inner width // b, floored as the reference code does (``out_planes // b``), at least 1."""
+    return max(1, (block.width or block.out_channels) // spec.bottleneck)
+
+
+@register_substitute("B", level="branch", params=("int",), kinds=("basic", "bottleneck", "inverted", "other"),
+                     example="B(2)")
+@register_substitute("BG", level="branch", params=("int", "M"), kinds=("basic", "bottleneck", "inverted", "other"),
+                     example="BG(2,4), BG(2,M/8)")
 def _bottleneck(spec: BlockSpec, block: Block) -> nn.Module:
-    b = spec.bottleneck
-    if block.out_channels % b:
-        raise SpecError(
-            f"{spec} on block {block.name!r}: its {block.out_channels} output channels are not divisible by b={b}"
-        )
-    width = block.out_channels // b
-    groups = 1
+    width = _bottleneck_width(spec, block)
+    groups = width if block.kind == "inverted" else 1  # an inverted residual keeps its depthwise conv
     if spec.kind == "BG":
-        try:
-            groups = spec.groups.resolve(width)
-        except SpecError:
-            groups = 0
-        _check_groups(groups, width, f"the bottleneck (M = {block.out_channels}/{b})", block, spec)
-    return create_bottleneck(block.in_channels, block.out_channels, width, block.kernel_size, int(block.stride),
+        groups = fit_groups(spec.groups.value, width, f"the bottleneck (M = {block.width}//{spec.bottleneck})",
+                            block, spec)
+    return create_bottleneck(block.in_channels, block.out_channels, width, block.kernel_size, block.branch_stride,
                              groups, lambda: _act(block), post_norm=block.order == "post")
 
 
-SUBSTITUTES["B"] = Substitute("B", "branch", _bottleneck)
-SUBSTITUTES["BG"] = Substitute("BG", "branch", _bottleneck)
-SUBSTITUTES["S"] = Substitute("S", "keep", None)
-SUBSTITUTES["I"] = Substitute("I", "remove", None)
+@register_substitute("B", level="branch", params=("int",), kinds=("mixer",))
+def _separable(spec: BlockSpec, block: Block) -> nn.Module:
+    return create_separable(block.in_channels, block.out_channels, _bottleneck_width(spec, block), block.kernel_size,
+                            block.branch_stride, lambda: _act(block), post_norm=block.order == "post")
+
+
+@register_substitute("B", level="branch", params=("int",), kinds=("mlp",))
+def _mlp(spec: BlockSpec, block: Block) -> nn.Module:
+    return create_mlp(block.in_channels, block.out_channels, _bottleneck_width(spec, block), lambda: _act(block),
+                      channels_last=block.channels_last)
 
 
 def conv_params(spec: BlockSpec | str, n: int, k: int = 3) -> int:

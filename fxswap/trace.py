@@ -162,7 +162,9 @@ def trace(
     """
     if not isinstance(model, nn.Module):
         raise TraceError(f"fxswap.trace needs a torch.nn.Module, got {type(model).__name__}")
+    _refuse_wrappers(model)
     tracer = FxswapTracer(tuple(leaf_modules), tuple(autowrap_functions), _trace_paths)
+    caches = _dict_attributes(model)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
     except TraceError:
@@ -177,10 +179,42 @@ def trace(
             f"(the same leaf_modules= argument works for find_blocks, cheapen and probe); "
             f"functions that branch on tensor values can be passed as autowrap_functions=[...]."
         ) from exc
+    finally:
+        _restore(caches)
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     _assign_qualnames(gm)
     return gm
+
+
+def _refuse_wrappers(model: nn.Module) -> None:
+    """DataParallel / DistributedDataParallel and ``torch.compile`` wrap the model: ask for the model itself."""
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TraceError(f"{type(model).__name__} wraps the model: pass the model itself, `model.module`, to fxswap "
+                         f"(and wrap the student afterwards)")
+    if hasattr(model, "_orig_mod") and isinstance(getattr(model, "_orig_mod"), nn.Module):
+        raise TraceError("this is a torch.compile wrapper: pass the original model, `model._orig_mod`, to fxswap "
+                         "(and compile the student afterwards)")
+
+
+def _dict_attributes(model: nn.Module) -> list[tuple[dict, dict]]:
+    """Plain dict attributes of every submodule (timm's ``attention_bias_cache``), with a copy of each.
+
+    Some modules cache tensors in a dict during forward; during tracing they would
+    cache fx proxies, which a later trace would then use as nodes of another graph.
+    """
+    out = []
+    for m in model.modules():
+        for key, value in vars(m).items():
+            if type(value) is dict and not key.startswith("_"):
+                out.append((value, dict(value)))
+    return out
+
+
+def _restore(caches: list[tuple[dict, dict]]) -> None:
+    for live, saved in caches:
+        live.clear()
+        live.update(saved)
 
 
 class ModeSwitch(nn.Module):

@@ -119,12 +119,112 @@ def test_list_plan_length_checked():
         cheapen(wrn(16, 1), ["S", "G(2)"])
 
 
-def test_groups_not_dividing_name_block_and_channels():
+def test_groups_not_dividing_strict_names_block_and_channels():
     with pytest.raises(SpecError) as err:
-        cheapen(wrn(16, 1), "G(3)")
+        cheapen(wrn(16, 1), "G(3)", strict=True)
     assert "layer1.0" in str(err.value) and "16" in str(err.value)
     with pytest.raises(SpecError, match="bottleneck"):
-        cheapen(wrn(16, 1), "BG(2,3)")
+        cheapen(wrn(16, 1), "BG(2,3)", strict=True)
+
+
+def test_groups_not_dividing_use_nearest_divisor_with_one_warning():
+    # widths 16, 32, 64: 3 groups divide none; the nearest divisors are 2 and 4, the tie goes to 4 (cheaper)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        s = cheapen(wrn(16, 1), "G(3)")
+    msgs = [str(w.message) for w in caught if "nearest" in str(w.message)]
+    assert len(msgs) == 1 and "layer1.0" in msgs[0] and "layer3.1" in msgs[0]
+    assert s.layer1[0].conv1.grouped.groups == 4 and s.layer3[1].conv2.grouped.groups == 4
+    # a ratio N/d with d not dividing N asks for N/d = 6.5 groups; of 26's divisors 1, 2, 13, 26, 2 is nearest
+    net = nn.Sequential(nn.Conv2d(3, 26, 1), _Res(26), nn.AdaptiveAvgPool2d(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        s = cheapen(net, "G(N/4)")
+    assert s[1].conv.grouped.groups == 2
+
+
+class _Res(nn.Module):
+    def __init__(self, c, k=3):
+        super().__init__()
+        self.conv = nn.Conv2d(c, c, k, padding=k // 2, bias=False)
+        self.bn = nn.BatchNorm2d(c)
+
+    def forward(self, x):
+        return x + self.bn(self.conv(x))
+
+
+def test_larger_student_is_an_error_naming_blocks_and_costs():
+    # G(2) on a conv with few outputs is larger: grouped 64->64 (18432) + 1x1 64->16 vs 64->16 3x3 (9216)
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(64, 16, 3, padding=1, bias=False)
+            self.b = nn.Conv2d(16, 64, 1, bias=False)
+
+        def forward(self, x):
+            return x + self.b(torch.relu(self.a(x)))
+
+    with pytest.raises(SpecError) as err:
+        cheapen(Net(), "G(2)")
+    text = str(err.value)
+    assert "'' " not in text and "9,216" in text and "allow_larger" in text
+    s = cheapen(Net(), "G(2)", allow_larger=True)
+    assert sum(p.numel() for p in s.parameters()) > sum(p.numel() for p in Net().parameters())
+
+
+def test_reinit_unfreezes_a_frozen_teacher():
+    t = wrn(10, 1)
+    for p in t.parameters():
+        p.requires_grad_(False)
+    assert all(p.requires_grad for p in cheapen(t, "G(2)", reinit=True).parameters())
+    assert not any(p.requires_grad for p in t.parameters())
+
+
+def test_self_check_names_block_and_shape():
+    # a user substitute that gets the width wrong is caught before cheapen returns
+    from fxswap.substitutes import SUBSTITUTES, register_substitute
+
+    @register_substitute("Wrong", level="conv")
+    def wrong(spec, conv, block):
+        return nn.Conv2d(conv.in_channels, conv.out_channels + 1, conv.kernel_size, conv.stride, conv.padding)
+
+    try:
+        with pytest.raises(SpecError) as err:
+            cheapen(wrn(10, 1), {"layer1.*": "Wrong"}, allow_larger=True)
+        assert "layer1.0" in str(err.value) and "Wrong" in str(err.value)
+        assert "shape" in str(err.value) or "does not run" in str(err.value)
+    finally:
+        SUBSTITUTES.pop("Wrong")
+
+
+def test_example_input_that_does_not_run_is_a_spec_error():
+    with pytest.raises(SpecError, match="example_input"):
+        cheapen(wrn(10, 1), "G(2)", example_input=torch.randn(1, 5, 32, 32))
+
+
+def test_wrapped_models_ask_to_unwrap():
+    with pytest.raises(fxswap.TraceError, match=r"\.module"):
+        cheapen(nn.DataParallel(wrn(10, 1)), "G(2)")
+    with pytest.raises(fxswap.TraceError, match="_orig_mod"):
+        find_blocks(torch.compile(wrn(10, 1)))
+
+
+def test_conv_shared_by_two_blocks_is_supported_or_a_spec_error():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+        def forward(self, x):
+            x = x + self.conv(torch.relu(x))
+            return x + self.conv(torch.relu(x))
+
+    for spec in ("B(2)", "I", "G(2)", "S-2x2"):
+        try:
+            s = cheapen(Shared(), spec)
+        except SpecError:
+            continue
+        assert s(torch.randn(1, 8, 8, 8)).shape == (1, 8, 8, 8)
 
 
 def test_spec_that_changes_nothing_warns_once_naming_blocks():
