@@ -18,6 +18,7 @@ convolution or linear layer as one "flop"; it also counts normalisation).
 from __future__ import annotations
 
 import contextlib
+import operator
 import logging
 import warnings
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from torch import nn
 
 from .blocks import Block, find_blocks
 from .errors import FxswapError, NoBlocksError
+from .modes import kept_modes
 
 __all__ = ["count", "compare", "CostReport", "BlockCost", "Comparison", "bn_running_stats"]
 
@@ -150,10 +152,10 @@ def _macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
     ref = next(model.parameters(), None)
     x = torch.zeros((1, *input_shape), device=ref.device if ref is not None else "cpu",
                     dtype=ref.dtype if ref is not None else torch.float32)
-    was_training = model.training
-    model.eval()
     try:
-        with _quiet_fvcore(), torch.no_grad():
+        # kept_modes, not model.train(was): that would reset every submodule's own flag
+        with kept_modes(model), _quiet_fvcore(), torch.no_grad():
+            model.eval()
             from fvcore.nn import FlopCountAnalysis
 
             fca = FlopCountAnalysis(model, x)
@@ -161,8 +163,6 @@ def _macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str,
             return dict(fca.by_module())
     except Exception as exc:
         raise FxswapError(f"fvcore could not count MACs of {type(model).__name__} on input {tuple(x.shape)}: {exc}") from exc
-    finally:
-        model.train(was_training)
 
 
 def _block_cost(model: nn.Module, name: str, macs: dict[str, int]) -> BlockCost:
@@ -172,6 +172,22 @@ def _block_cost(model: nn.Module, name: str, macs: dict[str, int]) -> BlockCost:
         return BlockCost(name, 0, 0, 0)
     params = sum(p.numel() for p in sub.parameters())
     return BlockCost(name, params, params + bn_running_stats(sub), int(macs.get(name, 0)))
+
+
+def _check_module(model, who: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise FxswapError(f"{who} needs a torch.nn.Module, got {type(model).__name__}")
+
+
+def _check_shape(input_shape) -> tuple[int, ...]:
+    try:
+        shape = tuple(operator.index(d) if not isinstance(d, bool) else None for d in input_shape)
+    except TypeError:
+        shape = ()
+    if not shape or None in shape or min(shape) < 1:
+        raise FxswapError(f"input_shape must be a tuple of positive ints for one sample, e.g. (3, 32, 32); "
+                          f"got {input_shape!r}")
+    return shape
 
 
 def count(model: nn.Module, input_shape: tuple[int, ...], blocks: list[Block] | None = None) -> CostReport:
@@ -184,7 +200,8 @@ def count(model: nn.Module, input_shape: tuple[int, ...], blocks: list[Block] | 
     >>> print(count(wrn(16, 1), (3, 32, 32)).table().splitlines()[0])
     block     params  params+BN stats        MACs
     """
-    input_shape = tuple(input_shape)
+    _check_module(model, "count")
+    input_shape = _check_shape(input_shape)
     if blocks is None:
         try:
             blocks = find_blocks(model)
@@ -210,5 +227,7 @@ def compare(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...]
     >>> c.student.params < c.teacher.params
     True
     """
+    _check_module(teacher, "compare (teacher)")
+    _check_module(student, "compare (student)")
     t_blocks = find_blocks(teacher)
     return Comparison(count(teacher, input_shape, t_blocks), count(student, input_shape, t_blocks))

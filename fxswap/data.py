@@ -1,12 +1,23 @@
-"""CIFAR data: datasets, the papers' augmentation, and loaders.
+"""The CIFAR-10/100 data pipeline: datasets, the papers' augmentation, and loaders.
+
+This module is CIFAR-specific (the name ``fxswap.data`` is kept because other
+modules and users import it): :func:`cifar_loaders` takes 32×32 RGB images
+only, with CIFAR's normalisation constants and the seed papers' 32×32 crop.
+:class:`ArrayDataset` and :func:`read_npz` are the general pieces it is built
+from.
 
 Two sources are accepted:
 
 * a ``.npz`` file holding ``x_train, y_train, x_test, y_test`` (uint8 images
-  N×H×W×C, integer labels) — loaded with ``allow_pickle=False`` — e.g. the
-  project's ``cifar10_subset.npz``;
+  N×32×32×3, integer labels 0 ≤ y < classes, optional ``class_names``) — read
+  by :func:`read_npz`, which never unpickles and checks every array header
+  against the bytes the file holds before allocating — e.g. the project's
+  ``cifar10_subset.npz``;
 * a folder in torchvision's CIFAR-10/100 format (``cifar-10-batches-py/`` or
   ``cifar-100-python/``), downloaded only when ``download=True``.
+
+A file that does not fit raises :class:`fxswap.errors.DataError` naming the
+file, the array and what is accepted.
 
 Either way the images are held in memory as one uint8 (N, C, H, W) tensor and
 every sample is produced as a float (C, H, W) tensor in [0, 1]; augmentation runs
@@ -23,7 +34,10 @@ optional Cutout (DeVries & Taylor 2017).
 
 from __future__ import annotations
 
+import math
 import os
+import zipfile
+import zlib
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -35,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from fxswap.errors import FxswapError
+from fxswap.errors import DataError, FxswapError
 
 __all__ = [
     "CIFAR10_MEAN",
@@ -49,6 +63,7 @@ __all__ = [
     "cifar_transforms",
     "ArrayDataset",
     "NpzDataset",
+    "read_npz",
     "cifar_loaders",
 ]
 
@@ -60,6 +75,10 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2023, 0.1994, 0.2010)
 CIFAR100_MEAN = (0.5071, 0.4866, 0.4409)
 CIFAR100_STD = (0.2009, 0.1984, 0.2023)
+
+NPZ_FORMAT = ("an .npz archive (np.savez) holding x_train, y_train, x_test, y_test: uint8 images N×H×W×C "
+              "and integer labels N (optional class_names)")
+CIFAR_IMAGE = (32, 32, 3)  # H, W, C of every image cifar_loaders accepts
 
 _DATASETS = {
     "cifar10": {"num_classes": 10, "mean": CIFAR10_MEAN, "std": CIFAR10_STD},
@@ -232,6 +251,146 @@ def cifar_transforms(
 # ---------------------------------------------------------------------------
 
 
+def _check_images(images: np.ndarray, source: str) -> None:
+    accepted = "uint8 images N×H×W×C (channels last, C = 1 or 3)"
+    if images.ndim != 4:
+        raise DataError(f"{source}: images must be {accepted}, got shape {images.shape}")
+    if images.shape[-1] not in (1, 3):
+        hint = ""
+        if images.shape[1] in (1, 3, 4):
+            hint = " — this looks channels-first (N×C×H×W): transpose it with x.transpose(0, 2, 3, 1)"
+        if images.shape[-1] == 4:
+            hint = " — 4 channels (RGBA?): drop the alpha channel, x[..., :3]"
+        raise DataError(f"{source}: images must be {accepted}, got shape {images.shape}{hint}")
+    if images.dtype != np.uint8:
+        raise DataError(f"{source}: images must be uint8 (0–255), got dtype {images.dtype}")
+    if images.shape[0] == 0:
+        raise DataError(f"{source}: the split is empty (0 images); each split needs at least one image")
+
+
+def _check_labels(labels: np.ndarray, n: int, source: str) -> None:
+    if labels.ndim != 1 or labels.shape[0] != n:
+        raise DataError(
+            f"{source}: labels must be a 1-D array with one label per image ({n}), got shape {labels.shape}"
+        )
+    if labels.dtype == np.bool_ or not np.issubdtype(labels.dtype, np.integer):
+        raise DataError(f"{source}: labels must be integers 0 ≤ y < classes, got dtype {labels.dtype}")
+    if labels.size and labels.min() < 0:
+        raise DataError(f"{source}: labels must be >= 0, found {int(labels.min())}")
+    if labels.size and int(labels.max()) > np.iinfo(np.int32).max:
+        raise DataError(f"{source}: labels must be class indices 0 ≤ y < classes, found {int(labels.max())}")
+
+
+def _check_class_names(classes: Sequence[Any], labels: np.ndarray, source: str) -> list[str]:
+    names = np.asarray(classes)
+    if names.ndim != 1:
+        raise DataError(f"{source}: class_names must be a 1-D array of names, got shape {names.shape}")
+    if labels.size and int(labels.max()) >= len(names):
+        raise DataError(
+            f"{source}: labels go up to {int(labels.max())} but class_names has only {len(names)} "
+            f"name(s); class_names needs one name per class (at least {int(labels.max()) + 1})"
+        )
+    return [str(c) for c in names.tolist()]
+
+
+def _memory_bytes() -> int | None:
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX
+        return None
+
+
+_NPZ_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, KeyError,
+                    NotImplementedError, RuntimeError, OverflowError, MemoryError)
+
+
+def _read_entry(zf: zipfile.ZipFile, info: zipfile.ZipInfo, where: str) -> np.ndarray:
+    """One ``.npy`` member, its header checked against the bytes it holds before anything is allocated."""
+    with zf.open(info) as fp:
+        version = np.lib.format.read_magic(fp)
+        if version == (1, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_1_0(fp)
+        elif version == (2, 0):
+            shape, fortran, dtype = np.lib.format.read_array_header_2_0(fp)
+        else:
+            raise DataError(f"{where}: .npy format version {version} is not supported (1.0 and 2.0 are)")
+        if dtype.hasobject:
+            raise DataError(f"{where}: holds Python objects (a pickle); only plain numeric or string arrays "
+                            "are read (allow_pickle=False)")
+        nbytes = math.prod(shape) * dtype.itemsize
+        held = info.file_size - fp.tell()
+        if nbytes != held:
+            raise DataError(f"{where}: its header claims shape {shape} of {dtype} ({nbytes:,} bytes) but the "
+                            f"file holds {held:,} bytes of data; the file is truncated or crafted")
+        memory = _memory_bytes()
+        if memory is not None and nbytes > memory:
+            raise DataError(f"{where}: the array needs {nbytes:,} bytes, more than this machine's memory "
+                            f"({memory:,} bytes)")
+        data = fp.read(nbytes)
+        if len(data) != nbytes:
+            raise DataError(f"{where}: ended after {len(data):,} of {nbytes:,} bytes; the file is truncated")
+    flat = np.frombuffer(data, dtype=dtype, count=math.prod(shape))
+    return flat.reshape(shape, order="F" if fortran else "C").copy()
+
+
+def read_npz(path: str | os.PathLike, keys: Sequence[str], optional: Sequence[str] = (),
+             accepted: str | None = None) -> dict[str, np.ndarray]:
+    """The arrays ``keys`` (all required) and ``optional`` (if present) of an ``.npz`` file.
+
+    Safer than ``np.load``: nothing is unpickled; each array's header is
+    checked against the bytes the file really holds before memory is
+    allocated (a header claiming 9 TiB is an error, not an allocation);
+    ``.npy`` files, empty, truncated and corrupted files raise
+    :class:`~fxswap.errors.DataError` naming the file, the array and what is
+    accepted (``accepted`` describes the expected file; by default the
+    ``keys``). Only the requested arrays are read.
+
+    >>> import os, tempfile
+    >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "a.npz")
+    >>> np.savez(path, x=np.arange(6).reshape(2, 3), y=np.array([1, 2]))
+    >>> read_npz(path, ["x"], optional=["labels"])
+    {'x': array([[0, 1, 2],
+           [3, 4, 5]])}
+    >>> np.save(os.path.join(tmp.name, "b.npy"), np.zeros(3)); os.rename(os.path.join(tmp.name, "b.npy"), path)
+    >>> read_npz(path, ["x"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    fxswap.errors.DataError: ...a.npz is a single .npy array (np.save) renamed .npz; expected ...
+    >>> tmp.cleanup()
+    """
+    path = Path(path)
+    accepted = accepted or f"an .npz archive (np.savez) with the arrays {', '.join(keys)}"
+    if not path.is_file():
+        raise DataError(f"no file at {path}; expected {accepted}")
+    try:
+        with open(path, "rb") as f:
+            head = f.read(6)
+    except OSError as e:
+        raise DataError(f"cannot open {path}: {e}") from e
+    if not head:
+        raise DataError(f"{path} is empty (0 bytes); expected {accepted}")
+    if head == b"\x93NUMPY":
+        raise DataError(f"{path} is a single .npy array (np.save) renamed .npz; expected {accepted}")
+    out: dict[str, np.ndarray] = {}
+    where = str(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = {i.filename[: -len(".npy")]: i for i in zf.infolist() if i.filename.endswith(".npy")}
+            missing = [k for k in keys if k not in members]
+            if missing:
+                raise DataError(f"{path} lacks the array(s) {', '.join(missing)}. Expected {accepted}; "
+                                f"this file has: {', '.join(members) or '(nothing)'}")
+            for key in [*keys, *(k for k in optional if k in members)]:
+                where = f"{path} [{key}]"
+                out[key] = _read_entry(zf, members[key], where)
+    except DataError:
+        raise
+    except _NPZ_READ_ERRORS as e:  # not a zip, corrupted deflate stream, bad CRC, bad header...
+        raise DataError(f"cannot read {where} as {accepted} (plain arrays, allow_pickle=False): "
+                        f"{type(e).__name__}: {e}") from e
+    return out
+
+
 class ArrayDataset(Dataset):
     """In-memory image dataset from uint8 N×H×W×C images and integer labels.
 
@@ -256,21 +415,10 @@ class ArrayDataset(Dataset):
     ):
         images = np.asarray(images)
         labels = np.asarray(labels)
-        if images.ndim != 4 or images.shape[-1] not in (1, 3):
-            raise FxswapError(
-                f"{source}: images must be N×H×W×C (channels last, C = 1 or 3), got shape {images.shape}"
-            )
-        if images.dtype != np.uint8:
-            raise FxswapError(f"{source}: images must be uint8 (0–255), got dtype {images.dtype}")
-        if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
-            raise FxswapError(
-                f"{source}: labels must be a 1-D array with one label per image "
-                f"({images.shape[0]}), got shape {labels.shape}"
-            )
-        if labels.size and not np.issubdtype(labels.dtype, np.integer):
-            raise FxswapError(f"{source}: labels must be integers, got dtype {labels.dtype}")
-        if labels.size and labels.min() < 0:
-            raise FxswapError(f"{source}: labels must be >= 0, found {int(labels.min())}")
+        _check_images(images, source)
+        _check_labels(labels, images.shape[0], source)
+        if classes is not None:
+            classes = _check_class_names(classes, labels, source)
         if limit is not None:
             if limit < 1:
                 raise FxswapError(f"{source}: limit must be >= 1 or None, got {limit}")
@@ -301,10 +449,11 @@ class ArrayDataset(Dataset):
 class NpzDataset(ArrayDataset):
     """A split of an ``.npz`` file with ``x_train, y_train, x_test, y_test``.
 
-    The file is read with ``np.load(path, allow_pickle=False)``; only the two
-    arrays of the requested ``split`` (``"train"`` or ``"test"``) are loaded.
-    Images must be uint8 N×H×W×C, labels integer N. An optional
-    ``class_names`` array becomes :attr:`classes`.
+    The file is read with :func:`read_npz` (no unpickling, headers checked);
+    only the two arrays of the requested ``split`` (``"train"`` or ``"test"``)
+    are loaded. Images must be uint8 N×H×W×C (N ≥ 1), labels integers
+    0 ≤ y, one per image. An optional ``class_names`` array becomes
+    :attr:`classes` and must name every label.
 
     >>> import os, tempfile
     >>> tmp = tempfile.TemporaryDirectory(); path = os.path.join(tmp.name, "tiny.npz")
@@ -327,27 +476,11 @@ class NpzDataset(ArrayDataset):
         path = Path(path)
         if split not in ("train", "test"):
             raise FxswapError(f"NpzDataset: split must be 'train' or 'test', got {split!r}")
-        if not path.is_file():
-            raise FxswapError(f"NpzDataset: no file at {path}")
         x_key, y_key = f"x_{split}", f"y_{split}"
-        try:
-            with np.load(path, allow_pickle=False) as z:
-                present = list(z.files)
-                missing = [k for k in (x_key, y_key) if k not in present]
-                if missing:
-                    raise FxswapError(
-                        f"{path} lacks the array(s) {', '.join(missing)}. An fxswap .npz must hold "
-                        "x_train, y_train, x_test, y_test (uint8 images N×H×W×C and integer labels "
-                        f"N; optional class_names); this file has: {', '.join(present) or '(nothing)'}"
-                    )
-                images, labels = z[x_key], z[y_key]
-                classes = [str(c) for c in z["class_names"]] if "class_names" in present else None
-        except FxswapError:
-            raise
-        except (OSError, ValueError) as e:  # not a zip / pickled object arrays / corrupt
-            raise FxswapError(f"cannot read {path} as a .npz of plain arrays (allow_pickle=False): {e}") from e
+        arrays = read_npz(path, [x_key, y_key], optional=["class_names"], accepted=NPZ_FORMAT)
+        images, labels, classes = arrays[x_key], arrays[y_key], arrays.get("class_names")
         super().__init__(
-            images, labels, transform=transform, classes=classes, limit=limit, source=f"{path} [{split}]"
+            images, labels, transform=transform, classes=classes, limit=limit, source=f"{path} [{x_key}, {y_key}]"
         )
         self.path = path
         self.split = split
@@ -379,6 +512,17 @@ def _torchvision_split(root: Path, dataset: str, train: bool, download: bool, tr
     )
 
 
+def _check_cifar_images(ds: ArrayDataset, where: str) -> None:
+    h, w, c = CIFAR_IMAGE
+    got = tuple(ds.images.shape[1:])  # stored C, H, W
+    if got != (c, h, w):
+        raise DataError(
+            f"{where}: the CIFAR pipeline takes {h}×{w} RGB images (uint8 N×{h}×{w}×{c}), got "
+            f"N×{got[1]}×{got[2]}×{got[0]}. Its training augmentation crops {h}×{w} while validation "
+            "does not, so other sizes would reach the model at two resolutions; resize the images first"
+        )
+
+
 def cifar_loaders(
     path: str | os.PathLike,
     batch_size: int = 128,
@@ -393,7 +537,8 @@ def cifar_loaders(
     """``(train_loader, val_loader)`` for CIFAR-10/100.
 
     ``path`` ending in ``.npz``: an :class:`NpzDataset` file (train = ``x_train``,
-    validation = ``x_test``). Otherwise a folder for torchvision's
+    validation = ``x_test``), 32×32 RGB images only (:class:`~fxswap.errors.DataError`
+    otherwise, naming the file and array). Otherwise a folder for torchvision's
     ``CIFAR10``/``CIFAR100`` (``dataset``), downloaded there only if
     ``download=True``. ``limit`` keeps the first N samples of *each* split
     (quick runs). The training loader shuffles (reproducibly if ``seed`` is
@@ -444,9 +589,10 @@ def cifar_loaders(
         train_ds = _torchvision_split(path, dataset, True, download, train_tf, limit)
         val_ds = _torchvision_split(path, dataset, False, download, val_tf, limit)
 
-    for ds in (train_ds, val_ds):
+    for ds, split in ((train_ds, "train"), (val_ds, "test")):
+        _check_cifar_images(ds, f"{getattr(ds, 'path', path)} [x_{split}]")
         if len(ds) and int(ds.targets.max()) >= info["num_classes"]:
-            raise FxswapError(
+            raise DataError(
                 f"{getattr(ds, 'path', path)}: labels go up to {int(ds.targets.max())} but "
                 f"dataset={dataset!r} has {info['num_classes']} classes; pass the right dataset "
                 f"({', '.join(map(repr, _DATASETS))})"

@@ -23,3 +23,7 @@ class BudgetError(FxswapError, ValueError):
 
 class DistillError(FxswapError, RuntimeError):
     """Distillation could not go on (e.g. a loss term became NaN or inf)."""
+
+
+class DataError(FxswapError, ValueError):
+    """A data file or array fxswap cannot use; the message names the file, the array and what is accepted."""

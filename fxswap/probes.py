@@ -41,6 +41,7 @@ from torch import nn
 from .blocks import Block, find_blocks
 from .graph import GraphView as _GraphView
 from .errors import FxswapError, NoBlocksError
+from .modes import kept_modes
 from .trace import retrace_both_modes
 
 __all__ = ["probe", "resolve_points", "block_output"]
@@ -172,11 +173,47 @@ def probe(model: nn.Module, points: str | Iterable[str], leaf_modules=()) -> nn.
     >>> list(f)
     ['layer1.0', 'layer2.0', 'layer3.0', 'penultimate']
     """
-    points = [points] if isinstance(points, str) else list(points)
+    check_model(model, "probe")
+    points = point_list(points, "probe")
 
     def edit(gm: fx.GraphModule) -> None:
         nodes = resolve_points(gm, points)
         output = [n for n in gm.graph.nodes if n.op == "output"][0]
         output.args = ((output.args[0], dict(nodes)),)
 
-    return retrace_both_modes(model, edit, tuple(leaf_modules))
+    # the probed module shares the model's submodules, and tracing switches their
+    # modes: give every one its own flag back (a frozen BN stays frozen)
+    with kept_modes(model):
+        return retrace_both_modes(model, edit, tuple(leaf_modules))
+
+
+def check_model(model, who: str) -> None:
+    """Raise a clear :class:`FxswapError` unless ``model`` is an ``nn.Module``.
+
+    >>> check_model("resnet18", "probe")
+    Traceback (most recent call last):
+    ...
+    fxswap.errors.FxswapError: probe needs a torch.nn.Module (the model object, not its name), got str 'resnet18'
+    """
+    if not isinstance(model, nn.Module):
+        shown = f" {model!r}" if isinstance(model, (str, bytes, int, float)) else ""
+        raise FxswapError(f"{who} needs a torch.nn.Module (the model object, not its name), "
+                          f"got {type(model).__name__}{shown[:80]}")
+
+
+def point_list(points, who: str) -> list[str]:
+    """``points`` (one selector or an iterable of them) as a list of strings, or a clear error.
+
+    >>> point_list("stages", "probe"), point_list(("layer1.0", "logits"), "probe")
+    (['stages'], ['layer1.0', 'logits'])
+    """
+    if isinstance(points, str):
+        return [points]
+    try:
+        out = list(points)
+    except TypeError:
+        out = None
+    if not out or not all(isinstance(p, str) for p in out):
+        raise FxswapError(f"{who} needs point selectors: a string or a non-empty list of strings "
+                          f"({', '.join(SELECTORS)}, a block name or glob, or a node name); got {points!r}")
+    return out

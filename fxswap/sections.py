@@ -30,7 +30,8 @@ from torch import nn
 
 from .graph import GraphView as _GraphView
 from .errors import FxswapError
-from .probes import resolve_points
+from .modes import kept_modes
+from .probes import check_model, point_list, resolve_points
 from .trace import ModeSwitch, trace
 
 __all__ = ["split_sections"]
@@ -89,17 +90,19 @@ def split_sections(model: nn.Module, points: Sequence[str], leaf_modules=()) -> 
     >>> feat.shape, tail(feat).shape
     (torch.Size([2, 32, 16, 16]), torch.Size([2, 10]))
     """
+    check_model(model, "split_sections")
+    points = point_list(points, "split_sections")
     was = model.training
     per_mode = []
-    try:
+    # the sections share the model's submodules; kept_modes gives each its own
+    # flag back, where model.train(was) would reset a frozen BN to train mode
+    with kept_modes(model):
         for mode in (True, False):
             model.train(mode)
             per_mode.append(_split(trace(model, leaf_modules), points))
-    finally:
-        model.train(was)
-    out = []
-    for tr, ev in zip(*per_mode):
-        sec = tr if tr.code == ev.code else ModeSwitch(tr, ev)
-        sec.train(was)
-        out.append(sec)
+        out = []
+        for tr, ev in zip(*per_mode):
+            sec = tr if tr.code == ev.code else ModeSwitch(tr, ev)
+            sec.train(was)
+            out.append(sec)
     return out

@@ -1,3 +1,4 @@
+import pytest
 import torch
 from torch import nn
 
@@ -45,3 +46,19 @@ def test_count_does_not_change_mode_or_weights():
     fxswap.count(t, (3, 32, 32))
     assert t.training
     assert all(torch.equal(before[k], v) for k, v in t.state_dict().items())
+
+
+@pytest.mark.parametrize("model", ["wrn-16-1", None, torch.zeros(3)], ids=["name", "None", "tensor"])
+def test_count_and_compare_of_a_non_module_are_clear_errors(model):
+    with pytest.raises(fxswap.FxswapError, match=r"needs a torch\.nn\.Module"):
+        fxswap.count(model, (3, 32, 32))
+    with pytest.raises(fxswap.FxswapError, match=r"needs a torch\.nn\.Module"):
+        fxswap.compare(model, wrn(10, 1), (3, 32, 32))
+    with pytest.raises(fxswap.FxswapError, match=r"needs a torch\.nn\.Module"):
+        fxswap.compare(wrn(10, 1), model, (3, 32, 32))
+
+
+@pytest.mark.parametrize("shape", [None, 32, (), (3, 0, 32), (3, -1, 32), (3.0, 32, 32), (True, 32, 32)])
+def test_count_of_a_bad_input_shape_is_a_clear_error(shape):
+    with pytest.raises(fxswap.FxswapError, match=r"input_shape must be a tuple of positive ints"):
+        fxswap.count(wrn(10, 1), shape)

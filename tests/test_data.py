@@ -327,3 +327,153 @@ def test_docstring_examples_run():
     result = doctest.testmod(D)
     assert result.attempted > 3
     assert result.failed == 0
+
+
+# ---------------------------------------------------------------------------
+# broken files and arrays: each a DataError naming the file, the array and what is accepted
+# ---------------------------------------------------------------------------
+
+from fxswap.errors import DataError  # noqa: E402
+
+
+def _crafted_npz(path, header: dict, data: bytes, arrays: dict | None = None):
+    """An .npz whose ``x_train.npy`` has ``header`` (shape/dtype as claimed) and ``data`` as its bytes."""
+    import io
+    import zipfile
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, header)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("x_train.npy", np.lib.format.magic(1, 0) + buf.getvalue()[len(np.lib.format.magic(1, 0)):] + data)
+        for k, v in (arrays or {}).items():
+            b = io.BytesIO()
+            np.save(b, v)
+            zf.writestr(f"{k}.npy", b.getvalue())
+    return path
+
+
+def test_npy_renamed_npz_is_named(tmp_path):
+    path = tmp_path / "data.npz"
+    with open(path, "wb") as f:
+        np.save(f, np.zeros((2, 32, 32, 3), np.uint8))
+    with pytest.raises(DataError, match=r"single \.npy array \(np\.save\) renamed \.npz.*x_train, y_train"):
+        NpzDataset(path)
+
+
+def test_empty_file_is_named(tmp_path):
+    path = tmp_path / "empty.npz"
+    path.write_bytes(b"")
+    with pytest.raises(DataError, match=r"empty\.npz is empty \(0 bytes\)"):
+        cifar_loaders(path, num_workers=0)
+
+
+@pytest.mark.parametrize("keep", [0.1, 0.5, 0.9, 0.999])
+def test_truncated_file_is_named(npz, keep):
+    data = npz.read_bytes()
+    npz.write_bytes(data[: int(len(data) * keep)])
+    with pytest.raises(DataError, match=str(npz.name)):
+        cifar_loaders(npz, num_workers=0)
+
+
+def test_header_claiming_9_tib_is_refused_before_allocating(tmp_path):
+    path = _crafted_npz(tmp_path / "huge.npz",
+                        {"descr": "|u1", "fortran_order": False, "shape": (9 * 2**40 // 3072, 32, 32, 3)},
+                        b"\0" * 3072, {"y_train": np.zeros(1, np.int64)})
+    with pytest.raises(DataError, match=r"huge\.npz \[x_train\].*claims shape .* but the file holds 3,072 bytes"):
+        NpzDataset(path)
+
+
+def test_header_disagreeing_with_the_data_is_refused(tmp_path):
+    path = _crafted_npz(tmp_path / "short.npz", {"descr": "<i8", "fortran_order": False, "shape": (4,)}, b"\1" * 8,
+                        {"y_train": np.zeros(4, np.int64)})
+    with pytest.raises(DataError, match=r"\[x_train\].*\(32 bytes\) but the file holds 8 bytes"):
+        NpzDataset(path)
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_empty_split_is_named(tmp_path, arrays, split):
+    arrays[f"x_{split}"], arrays[f"y_{split}"] = np.zeros((0, 32, 32, 3), np.uint8), np.zeros(0, np.int64)
+    path = tmp_path / "e.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=rf"e\.npz \[x_{split}, y_{split}\]: the split is empty"):
+        cifar_loaders(path, num_workers=0)
+
+
+@pytest.mark.parametrize(
+    "labels, match",
+    [
+        (np.full(20, 10), r"labels go up to 10 but dataset='cifar10' has 10 classes"),
+        (np.full(20, 2**40), r"class indices"),
+        (np.r_[np.zeros(19, np.int64), -3], r"labels must be >= 0, found -3"),
+        (np.array(["cat"] * 20), r"labels must be integers.*got dtype <U3"),
+        (np.ones(20, bool), r"labels must be integers.*got dtype bool"),
+        (np.ones(20, np.float32), r"labels must be integers.*got dtype float32"),
+    ],
+    ids=["out-of-range", "huge", "negative", "strings", "bool", "float"],
+)
+def test_bad_labels_are_named(tmp_path, arrays, labels, match):
+    path = tmp_path / "l.npz"
+    np.savez(path, **{**arrays, "y_train": labels})
+    with pytest.raises(DataError, match=match) as err:
+        cifar_loaders(path, num_workers=0)
+    assert "l.npz" in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "images, match",
+    [
+        (np.zeros((20, 32, 32, 1), np.uint8), r"32×32 RGB images .*got N×32×32×1"),
+        (np.zeros((20, 32, 32, 4), np.uint8), r"RGBA\?\): drop the alpha channel"),
+        (np.zeros((20, 3, 32, 32), np.uint8), r"channels-first \(N×C×H×W\)"),
+        (np.zeros((20, 64, 64, 3), np.uint8), r"32×32 RGB images .*got N×64×64×3.*two resolutions"),
+        (np.zeros((20, 32, 32), np.uint8), r"N×H×W×C .*got shape \(20, 32, 32\)"),
+    ],
+    ids=["1-channel", "RGBA", "channels-first", "64x64", "no-channel-axis"],
+)
+def test_images_the_cifar_pipeline_cannot_take_are_named(tmp_path, arrays, images, match):
+    path = tmp_path / "i.npz"
+    np.savez(path, **{**arrays, "x_train": images})
+    with pytest.raises(DataError, match=match) as err:
+        cifar_loaders(path, num_workers=0)
+    assert "i.npz [x_train" in str(err.value)
+
+
+def test_64px_images_in_one_split_only_are_named(tmp_path):
+    arrays = make_arrays()
+    arrays["x_test"] = np.zeros((12, 64, 64, 3), np.uint8)
+    path = tmp_path / "mixed.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(DataError, match=r"mixed\.npz \[x_test\]: the CIFAR pipeline takes 32×32"):
+        cifar_loaders(path, num_workers=0)
+
+
+def test_class_names_shorter_than_the_labels_are_named(tmp_path, arrays):
+    arrays["y_train"] %= 2
+    arrays["y_train"][0] = 7
+    path = tmp_path / "c.npz"
+    np.savez(path, **arrays, class_names=np.array(["cat", "dog"]))
+    with pytest.raises(DataError, match=r"c\.npz .*labels go up to 7 but class_names has only 2 name\(s\)"):
+        cifar_loaders(path, num_workers=0)
+
+
+def test_class_names_not_one_dimensional_are_named(tmp_path, arrays):
+    path = tmp_path / "c.npz"
+    np.savez(path, **arrays, class_names=np.array([["a", "b"]] * 5))
+    with pytest.raises(DataError, match=r"class_names must be a 1-D array"):
+        NpzDataset(path)
+
+
+def test_big_endian_and_fortran_arrays_read_as_written(tmp_path, arrays):
+    path = tmp_path / "be.npz"
+    x = np.asfortranarray(arrays["x_train"])
+    y = arrays["y_train"].astype(">i4")
+    np.savez(path, **{**arrays, "x_train": x, "y_train": y})
+    ds = NpzDataset(path)
+    assert torch.equal(ds.images, torch.from_numpy(arrays["x_train"].transpose(0, 3, 1, 2).copy()))
+    assert ds.targets.tolist() == arrays["y_train"].tolist()
+
+
+def test_compressed_npz_reads_as_written(tmp_path, arrays):
+    path = tmp_path / "z.npz"
+    np.savez_compressed(path, **arrays)
+    assert NpzDataset(path, "test").targets.tolist() == arrays["y_test"].tolist()

@@ -91,3 +91,23 @@ def test_split_sections_compose_to_model():
     assert torch.allclose(y, m(x), atol=1e-6)
     _, ref = hooked(m, ["layer1.2"], x)
     assert torch.equal(secs[0](x), ref["layer1.2"])
+
+
+@pytest.mark.parametrize("call", [fxswap.probe, split_sections], ids=["probe", "split_sections"])
+@pytest.mark.parametrize("model", ["wrn-16-1", None, 3, torch.randn(2), [nn.Conv2d(3, 8, 3)]],
+                         ids=["name", "None", "int", "tensor", "list"])
+def test_non_module_model_is_a_clear_error(call, model):
+    with pytest.raises(fxswap.FxswapError, match=r"needs a torch\.nn\.Module.*got " + type(model).__name__):
+        call(model, ["layer1.0"])
+
+
+@pytest.mark.parametrize("call", [fxswap.probe, split_sections], ids=["probe", "split_sections"])
+@pytest.mark.parametrize("points", [None, 3, [], ["layer1.0", 2]], ids=["None", "int", "empty", "mixed"])
+def test_points_that_are_not_selectors_are_a_clear_error(call, points):
+    with pytest.raises(fxswap.FxswapError, match="point selectors: a string or a non-empty list of strings"):
+        call(wrn(10, 1), points)
+
+
+def test_split_sections_takes_one_point_as_a_string():
+    head, tail = split_sections(wrn(10, 1).eval(), "layer2.0")
+    assert tail(head(torch.randn(1, 3, 32, 32))).shape == (1, 10)
