@@ -21,6 +21,8 @@ from .substitutes import register_substitute
 from .trace import trace
 
 # --- shipping: latency, self-describing students, export, partial surgery ---
+from .partial import cheapen_part
+from .student_io import load_student, read_record, save_student
 from .timing import BlockLatency, LatencyReport, Timing, latency
 # --- end shipping ---
 
@@ -33,4 +35,5 @@ __all__ = [
     "cheapen", "resolve_plan", "split_sections", "BlockSpec", "parse_spec", "register_substitute", "trace",
 ]
 # shipping
-__all__ += ["latency", "LatencyReport", "Timing", "BlockLatency"]
+__all__ += ["latency", "LatencyReport", "Timing", "BlockLatency", "cheapen_part", "save_student", "load_student",
+            "read_record"]

@@ -159,7 +159,7 @@ def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
-def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=()) -> nn.Module:
+def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=(), root: str | None = None) -> nn.Module:
     """A cheaper student of ``model``: each block rewritten by its spec.
 
     ``plan`` is a spec (``"G(N/4)"``), a ``{glob: spec}`` dict or a list, see
@@ -173,7 +173,12 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     >>> student = cheapen(wrn(40, 2), "G(N/4)")
     >>> sum(p.numel() for p in student.parameters())
     363066
+
+    ``root="backbone.body"`` rewrites only that submodule (see :mod:`fxswap.partial`).
     """
+    if root is not None:  # surgery on part of the model: fxswap.partial traces only the submodule
+        from .partial import cheapen_part
+        return cheapen_part(model, plan, root, reinit=reinit, leaf_modules=leaf_modules)
     blocks = find_blocks(model, leaf_modules)
     specs = resolve_plan(blocks, plan)
     student = copy.deepcopy(model)
