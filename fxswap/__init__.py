@@ -21,6 +21,7 @@ from .substitutes import register_substitute
 from .trace import trace
 
 # --- shipping: latency, self-describing students, export, partial surgery ---
+from .exporting import ExportResult, export
 from .partial import cheapen_part
 from .student_io import load_student, read_record, save_student
 from .timing import BlockLatency, LatencyReport, Timing, latency
@@ -36,4 +37,4 @@ __all__ = [
 ]
 # shipping
 __all__ += ["latency", "LatencyReport", "Timing", "BlockLatency", "cheapen_part", "save_student", "load_student",
-            "read_record"]
+            "read_record", "export", "ExportResult"]
