@@ -35,7 +35,7 @@ import torch.nn.functional as F
 import fxswap
 from fxswap.blocks import find_blocks
 from fxswap.blockswap import CostModel, sample_plans
-from fxswap.cli_search import load_batch
+from fxswap.cli.search import load_batch
 from fxswap.fisher import channel_fisher, fisher_potential, random_init
 from fxswap.models import wrn
 

@@ -21,7 +21,7 @@ import time
 import torch
 
 import fxswap
-from fxswap.cli_distill import load_weights
+from fxswap.cli.distill import load_weights
 from fxswap.data import cifar_loaders
 from fxswap.distillation.loop import evaluate
 

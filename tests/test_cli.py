@@ -30,3 +30,34 @@ def test_count_and_blocks(capsys):
     assert main(["blocks", "tv:resnet18", "--input", "3,64,64"]) == 0
     out = capsys.readouterr().out
     assert "layer4.1" in out
+
+
+def test_missing_plan_file_says_no_such_file(capsys):
+    assert main(["cheapen", "wrn-16-1", "nowhere/plan.json"]) == 2
+    err = capsys.readouterr().err
+    assert "no such file" in err and "spec" in err
+
+
+def test_model_comes_before_spec_in_usage(capsys):
+    assert main(["cheapen", "--help"]) == 0
+    usage = capsys.readouterr().out.split("\n\n")[0]
+    assert usage.index("model") < usage.index("spec")
+
+
+def test_cli_package_has_no_import_cycle():
+    import ast
+    import pathlib
+
+    import fxswap.cli
+
+    root = pathlib.Path(fxswap.cli.__file__).parent
+    imports = {}
+    for f in root.glob("*.py"):
+        tree = ast.parse(f.read_text())
+        imports[f.stem] = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.level == 1
+                           and n.module} | {a.name for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)
+                                            and n.level == 1 and n.module is None for a in n.names}
+    # only main imports the command modules; command modules import only common
+    for name, deps in imports.items():
+        if name not in ("main", "__init__"):
+            assert deps <= {"common"}, (name, deps)

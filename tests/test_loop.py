@@ -1,5 +1,4 @@
 """The training loop: learning, history, atomic checkpoints, exact resume, NaN handling, presets, CLI."""
-import argparse
 import json
 import math
 import os
@@ -320,30 +319,28 @@ def test_presets_match_the_papers():
 
 
 def test_cli_distill_on_tiny_npz(tmp_path, capsys):
-    from fxswap.cli_distill import add_distill_parser, run_distill
+    from fxswap.cli import main
 
     rng = np.random.default_rng(0)
     npz = tmp_path / "tiny.npz"
     np.savez(npz, x_train=rng.integers(0, 255, (24, 32, 32, 3), dtype=np.uint8), y_train=rng.integers(0, 10, 24),
              x_test=rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, 16))
-    parser = argparse.ArgumentParser()
-    add_distill_parser(parser.add_subparsers(dest="command"))
     out = tmp_path / "run"
     argv = ["distill", "--teacher", "wrn-10-1", "--student", "G(N/4)", "--method", "at", "--data", str(npz),
             "--epochs", "1", "--batch-size", "8", "--workers", "0", "--out", str(out), "--no-progress",
             "--train-teacher-epochs", "1"]
     if Distiller is None:
         pytest.skip("fxswap.distillation.distiller not available")
-    assert run_distill(parser.parse_args(argv)) == 0
+    assert main(argv) == 0
     text = capsys.readouterr()
     assert "val_acc" in text.out and "untrained" not in text.err
     assert (out / "teacher" / CHECKPOINT).exists() and (out / "student" / CHECKPOINT).exists()
     # resume: nothing left to do, same table; a model name as --student; a teacher checkpoint
-    assert run_distill(parser.parse_args(argv + ["--resume"])) == 0
+    assert main(argv + ["--resume"]) == 0
     argv2 = ["distill", "--teacher", "wrn-10-1", "--student", "wrn-10-1", "--method", "kd", "--data", str(npz),
              "--epochs", "1", "--batch-size", "8", "--workers", "0", "--no-progress", "--limit", "8",
              "--teacher-checkpoint", str(out / "teacher" / CHECKPOINT)]
-    assert run_distill(parser.parse_args(argv2)) == 0
+    assert main(argv2) == 0
 
 
 @pytest.mark.cuda

@@ -8,10 +8,15 @@ spec, reinit=True)``, trained from scratch as in the papers) or a model name
 (``wrn-16-2``). ``--data`` is an ``.npz`` (``x_train, y_train, x_test, y_test``)
 or a torchvision CIFAR folder, see :func:`fxswap.data.cifar_loaders`. Without
 ``--teacher-checkpoint`` the teacher is untrained (a warning says so) unless
-``--train-teacher-epochs K`` trains it first with :func:`fxswap.distillation.loop.train`.
+``--train-teacher-epochs K`` trains it first with :func:`fxswap.train`.
 With ``--out DIR`` the teacher's run goes to ``DIR/teacher`` and the student's to
 ``DIR/student`` (``history.jsonl``, ``checkpoint.pt`` every epoch,
 ``student.pt``); ``--resume`` continues both where they stopped.
+
+>>> from fxswap.cli.main import build_parser
+>>> args = build_parser().parse_args(["distill", "--teacher", "wrn-40-2", "--student", "G(N/4)", "--data", "c.npz"])
+>>> args.method, args.batch_size, args.epochs
+('at', 128, None)
 """
 from __future__ import annotations
 
@@ -23,23 +28,17 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FxswapError, SpecError
+from ..errors import FxswapError, SpecError
+from .common import (check_writable, echo, forwarded_warnings, load_model, load_plan, non_negative_int,
+                     positive_float, positive_int)
 
-__all__ = ["add_distill_parser", "run_distill", "load_weights"]
+__all__ = ["add_parsers", "run_distill", "load_weights"]
 
 
-def add_distill_parser(subparsers) -> argparse.ArgumentParser:
-    """Add the ``distill`` sub-command to an ``argparse`` sub-parsers object.
-
-    >>> import argparse
-    >>> parser = argparse.ArgumentParser(prog="fxswap")
-    >>> _ = add_distill_parser(parser.add_subparsers(dest="command"))
-    >>> args = parser.parse_args(["distill", "--teacher", "wrn-40-2", "--student", "G(N/4)", "--data", "c.npz"])
-    >>> args.method, args.batch_size, args.epochs
-    ('at', 128, None)
-    """
-    from .distillation.loop import METHODS
-    from .distillation.presets import PRESETS
+def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> None:
+    """Add ``distill`` to ``subparsers`` (it names two models, so it takes no model parent parser)."""
+    from ..distillation.loop import METHODS
+    from ..distillation.presets import PRESETS
 
     p = subparsers.add_parser("distill", help="distil a teacher into a cheapened student on CIFAR",
                               description=__doc__.split("\n\n")[0],
@@ -52,18 +51,19 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
                    help=f"{', '.join(list(METHODS) + ['lit'])}, or a JSON losses dict (default: at)")
     p.add_argument("--data", required=True, help=".npz file or torchvision CIFAR folder")
     p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
-    p.add_argument("--epochs", type=int, default=None, help="default: the preset's (paper's) epochs")
-    p.add_argument("--finetune-epochs", type=int, default=None, help="LIT's KD fine-tune stage (default 75/175 of --epochs)")
-    p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--limit", type=int, default=None, help="use the first N images of each split")
-    p.add_argument("--cutout", type=int, default=0, help="Cutout size (BlockSwap uses 16); 0 = off")
-    p.add_argument("--workers", type=int, default=2, help="data-loading worker processes")
+    p.add_argument("--epochs", type=positive_int, default=None, help="default: the preset's (paper's) epochs")
+    p.add_argument("--finetune-epochs", type=non_negative_int, default=None,
+                   help="LIT's KD fine-tune stage (default 75/175 of --epochs)")
+    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--limit", type=positive_int, default=None, help="use the first N images of each split")
+    p.add_argument("--cutout", type=non_negative_int, default=0, help="Cutout size (BlockSwap uses 16); 0 = off")
+    p.add_argument("--workers", type=non_negative_int, default=2, help="data-loading worker processes")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="optimiser + lr schedule (default: moonshine; lit for --method lit)")
-    p.add_argument("--lr", type=float, default=None, help="initial lr (default: the preset's)")
+    p.add_argument("--lr", type=positive_float, default=None, help="initial lr (default: the preset's)")
     p.add_argument("--teacher-checkpoint", default=None,
                    help="teacher weights: a state_dict, or a dict with 'student'/'model'/'state_dict'")
-    p.add_argument("--train-teacher-epochs", type=int, default=0,
+    p.add_argument("--train-teacher-epochs", type=non_negative_int, default=0,
                    help="without --teacher-checkpoint, first train the teacher this many epochs")
     p.add_argument("--teacher-preset", default="moonshine", choices=sorted(PRESETS))
     p.add_argument("--out", default=None, help="folder for histories and checkpoints")
@@ -71,9 +71,10 @@ def add_distill_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
                    help="mixed precision (default: on for CUDA)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="tqdm progress bars")
-    return p
+    p.add_argument("--seed", type=non_negative_int, default=0)
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="tqdm progress bars (without: one line per epoch)")
+    p.set_defaults(run=run_distill)
 
 
 def load_weights(model: nn.Module, path: str | Path) -> None:
@@ -106,34 +107,31 @@ def load_weights(model: nn.Module, path: str | Path) -> None:
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise FxswapError(f"{path} holds no state dict (expected a dict of tensors, or one under "
                           "'student', 'model', 'state_dict' or 'net')")
-    state = {k.removeprefix("module."): v for k, v in state.items()}
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as e:
         raise FxswapError(f"the weights in {path} do not fit the teacher: {e}") from e
 
 
-def _student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.Module, str]:
-    from .models.registry import create_model
-    from .rewrite import cheapen
-    from .spec import parse_spec
+def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.Module, str]:
+    """The student ``--student`` names: ``cheapen(teacher, plan, reinit=True)`` or a model by name.
 
-    plan: object = None
-    path = Path(text)
-    if text.strip().startswith("{"):
+    >>> from fxswap import models
+    >>> _, how = build_student(models.wrn(10, 1), "G(N/4)", 10)
+    >>> how
+    'cheapen(teacher, G(N/4))'
+    """
+    from ..rewrite import cheapen
+    from ..spec import parse_spec
+
+    plan = load_plan(text, "--student")
+    if isinstance(plan, str):
         try:
-            plan = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise FxswapError(f"--student looks like JSON but is not valid JSON: {e}") from None
-    elif text.endswith(".json") and path.is_file():
-        data = json.loads(path.read_text())
-        plan = data.get("plan", data) if isinstance(data, dict) else data
-    else:
-        try:
-            plan = parse_spec(text)
+            plan = parse_spec(plan)
         except SpecError as spec_error:
             try:
-                return create_model(text, num_classes), f"model {text}"
+                return load_model(text, num_classes, "--student"), f"model {text}"
             except FxswapError as model_error:
                 raise FxswapError(f"--student {text!r} is neither a block spec ({spec_error}) nor a model name "
                                   f"({model_error})") from None
@@ -145,7 +143,7 @@ def _method(text: str):
     if text.startswith("{"):
         try:
             return json.loads(text)
-        except json.JSONDecodeError as e:
+        except (json.JSONDecodeError, RecursionError) as e:
             raise FxswapError(f"--method looks like JSON but is not valid JSON: {e}") from None
     return text
 
@@ -154,60 +152,75 @@ def _params(m: nn.Module) -> int:
     return sum(p.numel() for p in m.parameters())
 
 
+def _device(text: str | None) -> str:
+    if text is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise FxswapError(f"--device {text!r} is not a device; accepted: cpu, cuda, cuda:N, mps") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise FxswapError(f"--device {text}: no CUDA GPU is available here; use --device cpu")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise FxswapError(f"--device {text}: only {torch.cuda.device_count()} CUDA device(s) here")
+    return text
+
+
+def _teacher_weights(args, teacher, train_loader, val_loader, out, common) -> None:
+    from ..distillation.loop import format_history, train
+
+    if args.teacher_checkpoint:
+        load_weights(teacher, args.teacher_checkpoint)
+        echo(f"teacher weights: {args.teacher_checkpoint}")
+    elif args.train_teacher_epochs > 0:
+        echo(f"training the teacher for {args.train_teacher_epochs} epoch(s) (preset {args.teacher_preset})")
+        t_hist = train(teacher, train_loader, val_loader, epochs=args.train_teacher_epochs,
+                       preset=args.teacher_preset, out_dir=out / "teacher" if out else None, **common)
+        echo(format_history(t_hist))
+    else:
+        print("fxswap: warning: no --teacher-checkpoint and --train-teacher-epochs 0: the teacher is untrained "
+              "(random weights), so distillation transfers noise", file=sys.stderr)
+
+
 def run_distill(args: argparse.Namespace) -> int:
     """Run ``fxswap distill`` with parsed ``args``; prints the history table; returns the exit code."""
-    import warnings
-
-    from .data import cifar_loaders
-    from .distillation.loop import distill, evaluate, format_history, train
-    from .distillation.presets import get_preset
-    from .models.registry import create_model
+    from ..data import cifar_loaders
+    from ..distillation.loop import distill, evaluate, format_history
+    from ..distillation.presets import get_preset
 
     if args.resume and not args.out:
         raise FxswapError("--resume needs --out (the folder of the run to continue)")
+    check_writable(args.out, "--out")
     method = _method(args.method)
     preset = args.preset or ("lit" if method == "lit" else "moonshine")
     epochs = args.epochs if args.epochs is not None else get_preset(preset).paper_epochs
     out = Path(args.out) if args.out else None
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = _device(args.device)
 
     train_loader, val_loader = cifar_loaders(args.data, batch_size=args.batch_size, num_workers=args.workers,
                                              cutout=args.cutout, dataset=args.dataset, limit=args.limit,
                                              device=device, seed=args.seed)
     num_classes = train_loader.dataset.num_classes
     torch.manual_seed(args.seed)
-    teacher = create_model(args.teacher, num_classes)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        student, how = _student(teacher, args.student, num_classes)
-    for w in caught:
-        print(f"fxswap: warning: {w.message}", file=sys.stderr)
-    print(f"data: {args.data}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
-          f"{num_classes} classes; device {device}")
-    print(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
-    print(f"student: {how}, {_params(student):,} parameters ({_params(student) / _params(teacher):.1%} of the teacher)")
+    teacher = load_model(args.teacher, num_classes, "--teacher")
+    with forwarded_warnings():
+        student, how = build_student(teacher, args.student, num_classes)
+    echo(f"data: {args.data}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
+         f"{num_classes} classes; device {device}")
+    echo(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
+    echo(f"student: {how}, {_params(student):,} parameters ({_params(student) / _params(teacher):.1%} of the teacher)")
 
     common = dict(device=device, amp=args.amp, seed=args.seed, progress=args.progress, resume=args.resume)
-    if args.teacher_checkpoint:
-        load_weights(teacher, args.teacher_checkpoint)
-        print(f"teacher weights: {args.teacher_checkpoint}")
-    elif args.train_teacher_epochs > 0:
-        print(f"training the teacher for {args.train_teacher_epochs} epoch(s) (preset {args.teacher_preset})")
-        t_hist = train(teacher, train_loader, val_loader, epochs=args.train_teacher_epochs,
-                       preset=args.teacher_preset, out_dir=out / "teacher" if out else None, **common)
-        print(format_history(t_hist))
-    else:
-        print("fxswap: warning: no --teacher-checkpoint and --train-teacher-epochs 0: the teacher is untrained "
-              "(random weights), so distillation transfers noise", file=sys.stderr)
+    _teacher_weights(args, teacher, train_loader, val_loader, out, common)
     t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
-    print(f"teacher val: loss {t_eval['loss']:.4f}, acc {100 * t_eval['acc']:.2f}%")
+    echo(f"teacher val: loss {t_eval['loss']:.4f}, acc {100 * t_eval['acc']:.2f}%")
 
     label = method if isinstance(method, str) else json.dumps(method)
-    print(f"distilling with {label} for {epochs} epoch(s), preset {preset}")
+    echo(f"distilling with {label} for {epochs} epoch(s), preset {preset}")
     history = distill(teacher, student, train_loader, val_loader, method=method, epochs=epochs,
                       finetune_epochs=args.finetune_epochs, preset=preset, lr=args.lr,
                       out_dir=out / "student" if out else None, **common)
-    print(format_history(history))
+    echo(format_history(history))
     if out:
-        print(f"history, checkpoints and the student's weights (student.pt) in {out / 'student'}")
+        echo(f"history, checkpoints and the student's weights (student.pt) in {out / 'student'}")
     return 0

@@ -1,0 +1,154 @@
+"""``fxswap search``: BlockSwap on the command line.
+
+    fxswap search wrn-40-2 --budget 400k --data cifar10_subset.npz --samples 1000
+
+samples configurations within the budget, scores each by Fisher potential on
+one random minibatch of ``--data`` (an ``.npz`` read by
+:class:`fxswap.data.NpzDataset`, normalised with the reference CIFAR-10
+mean/std of :mod:`fxswap.data`), writes the result as JSON (which ``fxswap
+cheapen MODEL plan.json`` accepts), then prints the top candidates. Without
+``--data`` the minibatch is random noise with random labels (said so on stderr).
+
+>>> from fxswap.cli.main import build_parser
+>>> args = build_parser().parse_args(["search", "wrn-40-2", "--budget", "400k"])
+>>> args.budget, args.samples, args.batch_size, args.tolerance
+('400k', 1000, 128, 0.025)
+"""
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from ..errors import FxswapError
+from .common import (check_writable, echo, forwarded_warnings, load_model, non_negative_int, parse_shape,
+                     positive_float, positive_int)
+
+__all__ = ["add_parsers", "run_search", "split_specs", "load_batch"]
+
+
+def split_specs(text: str) -> list[str]:
+    """Split a candidate list on commas or semicolons outside parentheses.
+
+    >>> split_specs("S, G(N/4), BG(2,M/4); B(2)")
+    ['S', 'G(N/4)', 'BG(2,M/4)', 'B(2)']
+    """
+    out, depth, cur = [], 0, ""
+    for ch in text:
+        if ch == "(":
+            depth += 1
+        elif ch == ")":
+            depth -= 1
+        if ch in ",;" and depth == 0:
+            out.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    out.append(cur.strip())
+    return [s for s in out if s]
+
+
+def load_batch(path: str | None, batch_size: int, input_shape: tuple[int, ...], num_classes: int, seed: int = 0):
+    """One minibatch ``(x, y, description)``: ``batch_size`` random training
+    images of an ``.npz`` (:class:`fxswap.data.NpzDataset`, 3-channel images
+    normalised with :data:`fxswap.data.CIFAR10_MEAN` / ``CIFAR10_STD``), or
+    random noise and labels when ``path`` is None.
+
+    >>> x, y, what = load_batch(None, 4, (3, 32, 32), 10)
+    >>> tuple(x.shape), tuple(y.shape), what
+    ((4, 3, 32, 32), (4,), 'random noise (no --data)')
+    """
+    from ..data import CIFAR10_MEAN, CIFAR10_STD, Normalize, NpzDataset
+
+    if batch_size < 1:
+        raise FxswapError(f"--batch-size must be >= 1, got {batch_size}")
+    gen = torch.Generator().manual_seed(seed)
+    if path is None:
+        x = torch.randn((batch_size, *input_shape), generator=gen)
+        y = torch.randint(0, num_classes, (batch_size,), generator=gen)
+        return x, y, "random noise (no --data)"
+    data = NpzDataset(path, "train")
+    if len(data) < batch_size:
+        raise FxswapError(f"--data {path}: {len(data)} images, fewer than --batch-size {batch_size}")
+    idx = torch.randperm(len(data), generator=gen)[:batch_size]
+    x = data.images[idx].float() / 255.0
+    if x.shape[1] == 3:
+        x = Normalize(CIFAR10_MEAN, CIFAR10_STD)(x)
+    return x, data.targets[idx].clone(), f"{batch_size} random images of {Path(path).name} ({len(data)} in all)"
+
+
+def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
+    """Add ``search`` to ``subparsers``; ``model`` is the shared model parent parser."""
+    p = subparsers.add_parser("search", parents=[model],
+                              help="BlockSwap: sample students within a budget, rank by Fisher potential")
+    p.add_argument("--budget", required=True,
+                   help="parameters (400000, 400k, 1.2M), a fraction of the teacher (0.25) or a percentage (25%%)")
+    p.add_argument("--metric", choices=("params", "macs"), default="params", help="what the budget counts")
+    p.add_argument("--tolerance", type=positive_float, default=0.025,
+                   help="accepted distance from the budget (default 0.025)")
+    p.add_argument("--samples", type=positive_int, default=1000, help="configurations to score (paper: 1000)")
+    p.add_argument("--batch-size", type=positive_int, default=128,
+                   help="minibatch size (paper: the training batch, 128)")
+    p.add_argument("--data", default=None, help=".npz with x_train (N,H,W,C uint8) and y_train; default: random data")
+    p.add_argument("--candidates", default=None,
+                   help='specs a block may become, e.g. "S,G(N/4),B(2),BG(2,M/4)" (default: the paper\'s 21)')
+    p.add_argument("--seed", type=non_negative_int, default=0,
+                   help="seed for the minibatch, the sampling and the initialisation")
+    p.add_argument("--top", type=positive_int, default=10, help="candidates to print (the JSON keeps all scored)")
+    p.add_argument("--out", default=None, help="JSON path for the result (default: blockswap-MODEL-BUDGET.json)")
+    p.add_argument("--no-macs", action="store_true", help="do not count MACs (faster set-up)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(run=run_search)
+
+
+def run_search(args: argparse.Namespace) -> int:
+    """Run ``fxswap search`` from parsed arguments; returns the exit status."""
+    from ..blockswap import CostModel, blockswap, parse_budget
+
+    out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
+    check_writable(out, "--out")
+    model = load_model(args.model, args.num_classes)
+    shape = parse_shape(args.input, model)
+    num_classes = args.num_classes or getattr(model, "num_classes", None) or _out_features(model) or 10
+    x, y, what = load_batch(args.data, args.batch_size, shape, num_classes, args.seed)
+    if args.data is None:
+        print("fxswap: note: no --data given: scoring on random noise with random labels; pass --data "
+              "cifar10_subset.npz for the paper's setting (one real training minibatch)", file=sys.stderr)
+    candidates = split_specs(args.candidates) if args.candidates else None
+    start = time.perf_counter()
+    print(f"building the cost table ({len(candidates) if candidates else 21} candidate specs) ...", file=sys.stderr)
+    cm = CostModel(model, candidates, input_shape=shape, macs=not args.no_macs or args.metric == "macs",
+                   seed=args.seed)
+    budget = parse_budget(args.budget, cm.total(args.metric))
+    cheapest, dearest = cm.reachable(args.metric)
+    echo(f"{len(cm.names)} blocks; {args.metric}: teacher {cm.total(args.metric):,}, reachable "
+         f"[{cheapest:,}, {dearest:,}], budget {budget:,} ±{args.tolerance:.1%}; minibatch: {what}", file=sys.stderr)
+    with forwarded_warnings():
+        result = blockswap(model, budget, (x, y), args.samples, tolerance=args.tolerance, metric=args.metric,
+                           seed=args.seed, progress=not args.no_progress, cost_model=cm)
+    scoring = result.seconds
+    result.seconds = time.perf_counter() - start
+    result.model = args.model
+    result.to_json(out, args.top)
+    echo(result.table(args.top))
+    per = scoring / max(result.samples, 1)
+    echo(f"\nbest plan ({result.candidates[0].params:,} params, Fisher {result.candidates[0].fisher:.5g}) saved to "
+         f"{out}\n{result.samples} samples scored in {scoring:.1f} s ({per:.2f} s each, {per * 1000 / 60:.1f} min per "
+         f"1000); {result.seconds:.1f} s in all with the cost table\nbuild it: fxswap cheapen {args.model} {out}")
+    return 0
+
+
+def _out_features(model) -> int | None:
+    last = None
+    for m in model.modules():
+        if isinstance(m, torch.nn.Linear):
+            last = m
+    return last.out_features if last is not None else None
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_")
