@@ -20,6 +20,13 @@ from .spec import BlockSpec, parse_spec
 from .substitutes import register_substitute
 from .trace import trace
 
+# --- shipping: latency, self-describing students, export, partial surgery ---
+from .exporting import ExportResult, export
+from .partial import cheapen_part
+from .student_io import load_student, read_record, save_student
+from .timing import BlockLatency, LatencyReport, Timing, latency
+# --- end shipping ---
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -28,3 +35,6 @@ __all__ = [
     "FxswapError", "NoBlocksError", "SpecError", "TraceError", "fisher_potential", "sensitivity", "probe",
     "cheapen", "resolve_plan", "split_sections", "BlockSpec", "parse_spec", "register_substitute", "trace",
 ]
+# shipping
+__all__ += ["latency", "LatencyReport", "Timing", "BlockLatency", "cheapen_part", "save_student", "load_student",
+            "read_record", "export", "ExportResult"]

@@ -21,7 +21,7 @@ import contextlib
 import operator
 import logging
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
@@ -71,6 +71,17 @@ class CostReport:
         rows.append(("total", self.params, self.params_bn, self.macs))
         return _render(["block", "params", "params+BN stats", "MACs"], rows)
 
+    def to_dict(self) -> dict:
+        """Plain data (JSON-serialisable).
+
+        >>> CostReport(10, 12, 300, (3, 8, 8), (BlockCost("b", 4, 4, 100),)).to_dict()["blocks"][0]
+        {'name': 'b', 'params': 4, 'params_bn': 4, 'macs': 100}
+        """
+        d = asdict(self)
+        d["input_shape"] = list(self.input_shape)
+        d["blocks"] = [asdict(b) for b in self.blocks]
+        return d
+
     def __str__(self) -> str:
         return self.table()
 
@@ -79,32 +90,95 @@ class CostReport:
 class Comparison:
     """Teacher vs student costs, from :func:`compare`.
 
+    ``teacher_latency`` / ``student_latency`` are
+    :class:`fxswap.timing.LatencyReport` objects when ``compare(...,
+    latency=True)`` measured them, else ``None``. In the table a ratio above 1
+    (the student's block costs *more* than the teacher's) is marked ``*``.
+
     >>> c = Comparison(CostReport(1000, 1032, 50_000, (3, 32, 32)), CostReport(250, 282, 20_000, (3, 32, 32)))
     >>> print(c.table().splitlines()[2])
     total            1,000       250  0.250  50,000  20,000  0.400
+    >>> c.to_dict()["ratios"]["params"]
+    0.25
     """
 
     teacher: CostReport
     student: CostReport
+    teacher_latency: object = None
+    student_latency: object = None
+
+    @property
+    def has_latency(self) -> bool:
+        """Whether latency was measured for both models."""
+        return self.teacher_latency is not None and self.student_latency is not None
 
     def table(self) -> str:
-        """Per block: params and MACs before and after, with the ratio."""
+        """Per block: params and MACs (and latency, if measured) before and after, with the ratio."""
         s_blocks = {b.name: b for b in self.student.blocks}
-        rows = []
+        lat = self.has_latency
+        rows, marked = [], False
         for b in self.teacher.blocks:
             s = s_blocks.get(b.name, BlockCost(b.name, 0, 0, 0))
-            rows.append((b.name, b.params, s.params, _ratio(s.params, b.params), b.macs, s.macs, _ratio(s.macs, b.macs)))
+            row = [b.name, b.params, s.params, _ratio(s.params, b.params), b.macs, s.macs, _ratio(s.macs, b.macs)]
+            if lat:
+                row += _latency_cells(self.teacher_latency.block(b.name), self.student_latency.block(b.name))
+            marked |= any(c.endswith("*") for c in row if isinstance(c, str))
+            rows.append(tuple(row))
         t, s = self.teacher, self.student
-        rows.append(("total", t.params, s.params, _ratio(s.params, t.params), t.macs, s.macs, _ratio(s.macs, t.macs)))
-        rows.append(("total+BN stats", t.params_bn, s.params_bn, _ratio(s.params_bn, t.params_bn), "", "", ""))
-        return _render(["block", "params", "→ params", "ratio", "MACs", "→ MACs", "ratio"], rows)
+        total = ["total", t.params, s.params, _ratio(s.params, t.params), t.macs, s.macs, _ratio(s.macs, t.macs)]
+        if lat:
+            total += _latency_cells(self.teacher_latency.total, self.student_latency.total)
+        marked |= any(c.endswith("*") for c in total if isinstance(c, str))
+        rows.append(tuple(total))
+        rows.append(("total+BN stats", t.params_bn, s.params_bn, _ratio(s.params_bn, t.params_bn), "", "", "")
+                    + (("", "", "") if lat else ()))
+        header = ["block", "params", "-> params", "ratio", "MACs", "-> MACs", "ratio"]
+        if lat:
+            header += ["ms", "-> ms", "ratio"]
+        text = _render(header, rows)
+        if lat:
+            text += "\nlatency: median per forward pass " + self.student_latency.conditions()
+        if marked:
+            text += "\n* the student costs more than the teacher here"
+        return text
+
+    def to_dict(self) -> dict:
+        """Plain data (JSON-serialisable): both reports, the total ratios and, if measured, latencies.
+
+        >>> import json
+        >>> c = Comparison(CostReport(100, 110, 900, (3, 8, 8)), CostReport(50, 60, 1200, (3, 8, 8)))
+        >>> json.loads(json.dumps(c.to_dict()))["ratios"]["macs"]
+        1.333
+        """
+        t, s = self.teacher, self.student
+        ratios = {"params": _ratio_value(s.params, t.params), "params_bn": _ratio_value(s.params_bn, t.params_bn),
+                  "macs": _ratio_value(s.macs, t.macs)}
+        out = {"teacher": t.to_dict(), "student": s.to_dict(), "ratios": ratios}
+        if self.has_latency:
+            out["teacher_latency"] = self.teacher_latency.to_dict()
+            out["student_latency"] = self.student_latency.to_dict()
+            ratios["latency"] = _ratio_value(self.student_latency.total.median_ms, self.teacher_latency.total.median_ms)
+        return out
 
     def __str__(self) -> str:
         return self.table()
 
 
-def _ratio(a: int, b: int) -> str:
-    return f"{a / b:.3f}" if b else "-"
+def _latency_cells(t, s) -> list[str]:
+    if t is None or s is None:
+        return ["-", "-", "-"]
+    return [f"{t.median_ms:.2f}", f"{s.median_ms:.2f}", _ratio(s.median_ms, t.median_ms)]
+
+
+def _ratio_value(a: float, b: float) -> float | None:
+    return round(a / b, 3) if b else None
+
+
+def _ratio(a: float, b: float) -> str:
+    """``a / b`` to three decimals, marked ``*`` above 1 (the student costs more)."""
+    if not b:
+        return "-"
+    return f"{a / b:.3f}" + ("*" if a > b else "")
 
 
 def _render(header: list[str], rows: list[tuple]) -> str:
@@ -218,16 +292,34 @@ def count(model: nn.Module, input_shape: tuple[int, ...], blocks: list[Block] | 
     )
 
 
-def compare(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...]) -> Comparison:
+def compare(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...], *, latency: bool = False,
+            device: str = "cpu", batch: int = 1, **latency_options) -> Comparison:
     """Before/after costs, block by block (blocks keep their names in the student).
+
+    ``latency=True`` also measures both models with :func:`fxswap.latency`
+    (on ``device`` at ``batch``; ``latency_options`` such as ``min_run_time``
+    are passed on) and adds a latency column. It is off by default: parameter
+    and MAC counts take milliseconds, honest timings take seconds.
 
     >>> import fxswap
     >>> t = fxswap.models.wrn(16, 2)
     >>> c = compare(t, fxswap.cheapen(t, "G(N/4)"), (3, 32, 32))
     >>> c.student.params < c.teacher.params
     True
+    >>> c = compare(t, fxswap.cheapen(t, "B(2)"), (3, 32, 32), latency=True, min_run_time=0.01)
+    >>> c.has_latency, "-> ms" in c.table()
+    (True, True)
     """
     _check_module(teacher, "compare (teacher)")
     _check_module(student, "compare (student)")
     t_blocks = find_blocks(teacher)
-    return Comparison(count(teacher, input_shape, t_blocks), count(student, input_shape, t_blocks))
+    result = Comparison(count(teacher, input_shape, t_blocks), count(student, input_shape, t_blocks))
+    if not latency:
+        return result
+    from .timing import latency as measure
+
+    return Comparison(
+        result.teacher, result.student,
+        measure(teacher, input_shape, device, batch, blocks=t_blocks, **latency_options),
+        measure(student, input_shape, device, batch, blocks=t_blocks, **latency_options),
+    )

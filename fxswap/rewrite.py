@@ -264,7 +264,7 @@ def _expected_shapes(gm: fx.GraphModule, blocks, specs) -> dict:
 
 
 def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=(), example_input=None,
-            allow_larger: bool = False, strict: bool = False) -> nn.Module:
+            allow_larger: bool = False, strict: bool = False, root: str | None = None) -> nn.Module:
     """A cheaper student of ``model``: each block rewritten by its spec.
 
     ``plan`` is a spec (``"G(N/4)"``), a ``{glob: spec}`` dict or a list, see
@@ -288,7 +288,13 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     >>> student = cheapen(wrn(40, 2), "G(N/4)")
     >>> sum(p.numel() for p in student.parameters())
     363066
+
+    ``root="backbone.body"`` rewrites only that submodule (see :mod:`fxswap.partial`).
     """
+    if root is not None:  # surgery on part of the model: fxswap.partial traces only the submodule
+        from .partial import cheapen_part
+        return cheapen_part(model, plan, root, reinit=reinit, leaf_modules=leaf_modules,
+                            example_input=example_input, allow_larger=allow_larger, strict=strict)
     gm = trace(model, leaf_modules)
     x = _shapes_of(gm, model, example_input)
     blocks = find_blocks(gm)
