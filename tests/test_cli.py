@@ -16,7 +16,7 @@ def test_cheapen_accepts_plan_json(tmp_path, capsys):
 
 
 def test_bad_spec_is_a_clear_error(capsys):
-    assert main(["cheapen", "wrn-16-1", "G(7)"]) == 2
+    assert main(["cheapen", "wrn-16-1", "G(0)"]) == 2
     assert "fxswap: error" in capsys.readouterr().err
 
 
