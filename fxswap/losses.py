@@ -390,6 +390,18 @@ def mimic_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+def _channel_counts(who: str, student_channels: int, teacher_channels: int) -> tuple[int, int]:
+    if student_channels < 1 or teacher_channels < 1:
+        raise FxswapError(f"{who} needs positive channel counts, got {student_channels} → {teacher_channels}")
+    return int(student_channels), int(teacher_channels)
+
+
+def _check_feature_map(x: Tensor, who: str, student_channels: int, teacher_channels: int) -> None:
+    if x.ndim != 4 or x.shape[1] != student_channels:
+        raise FxswapError(f"{who}({student_channels}→{teacher_channels}) got a tensor of shape {tuple(x.shape)}; "
+                          f"expected (batch, {student_channels}, H, W)")
+
+
 class HintConnector(nn.Module):
     """FitNets regressor: a trainable 1×1 conv from the student's width to the teacher's.
 
@@ -404,23 +416,14 @@ class HintConnector(nn.Module):
 
     def __init__(self, student_channels: int, teacher_channels: int):
         super().__init__()
-        if student_channels < 1 or teacher_channels < 1:
-            raise FxswapError(
-                f"HintConnector needs positive channel counts, got {student_channels} → {teacher_channels}"
-            )
-        self.student_channels = int(student_channels)
-        self.teacher_channels = int(teacher_channels)
+        self.student_channels, self.teacher_channels = _channel_counts("HintConnector", student_channels, teacher_channels)
         if student_channels == teacher_channels:
             self.proj: nn.Module = nn.Identity()
         else:
             self.proj = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.student_channels:
-            raise FxswapError(
-                f"HintConnector({self.student_channels}→{self.teacher_channels}) got a tensor of "
-                f"shape {tuple(x.shape)}; expected (batch, {self.student_channels}, H, W)"
-            )
+        _check_feature_map(x, "HintConnector", self.student_channels, self.teacher_channels)
         return self.proj(x)
 
 
@@ -479,12 +482,7 @@ class SRRLConnector(nn.Module):
 
     def __init__(self, student_channels: int, teacher_channels: int):
         super().__init__()
-        if student_channels < 1 or teacher_channels < 1:
-            raise FxswapError(
-                f"SRRLConnector needs positive channel counts, got {student_channels} → {teacher_channels}"
-            )
-        self.student_channels = int(student_channels)
-        self.teacher_channels = int(teacher_channels)
+        self.student_channels, self.teacher_channels = _channel_counts("SRRLConnector", student_channels, teacher_channels)
         self.conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
         self.bn = nn.BatchNorm2d(teacher_channels)
         self.relu = nn.ReLU()
@@ -493,11 +491,7 @@ class SRRLConnector(nn.Module):
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.student_channels:
-            raise FxswapError(
-                f"SRRLConnector({self.student_channels}→{self.teacher_channels}) got a tensor of "
-                f"shape {tuple(x.shape)}; expected (batch, {self.student_channels}, H, W)"
-            )
+        _check_feature_map(x, "SRRLConnector", self.student_channels, self.teacher_channels)
         return self.relu(self.bn(self.conv(x)))
 
 

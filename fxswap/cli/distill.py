@@ -139,13 +139,21 @@ def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.M
 
 
 def _method(text: str):
+    """``--method``: a name, or a JSON losses dict checked term by term before any work."""
+    from ..distillation.terms import get_term, term_options
+
     text = text.strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise FxswapError(f"--method looks like JSON but is not valid JSON: {e}") from None
-    return text
+    if not text.startswith("{"):
+        return text
+    try:
+        losses = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise FxswapError(f"--method looks like JSON but is not valid JSON: {e}") from None
+    if not isinstance(losses, dict) or not losses:
+        raise FxswapError('--method as JSON must be a non-empty dict of loss terms, e.g. {"at": 1000, "kd": 0.9}')
+    for name, value in losses.items():
+        term_options(get_term(name), value)
+    return losses
 
 
 def _params(m: nn.Module) -> int:

@@ -111,6 +111,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
     check_writable(out, "--out")
+    parse_budget(args.budget, 1)  # its form, before any work; the teacher's total comes with the cost table
     model = load_model(args.model, args.num_classes)
     shape = parse_shape(args.input, model)
     num_classes = args.num_classes or getattr(model, "num_classes", None) or _out_features(model) or 10
