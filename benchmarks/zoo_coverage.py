@@ -287,7 +287,7 @@ def main(argv=None) -> None:
         print(report(args.report))
         return
     if args.all:
-        models = [("torchvision", m) for m in torchvision_classifiers()] + [("timm", m) for m in timm_families()]
+        models = [("timm", m) for m in timm_families()] + [("torchvision", m) for m in torchvision_classifiers()]
     elif args.only:
         models = [tuple(m.split(":", 1)) for m in args.only]
     else:
