@@ -1,23 +1,37 @@
-"""Zoo coverage: which timm / torchvision models fxswap traces, finds blocks in and cheapens.
+"""Zoo coverage: does every spec give a cheaper working student, or a clear error, on real models?
 
-Random weights (never pretrained), 1×3×64×64 input (timm ViT-style models at
-their own size are not in the list). Prints a Markdown table; docs/zoo.md holds
-its output::
+Random weights (never pretrained), a small input (64×64 unless the model's
+config fixes its size). For each model: trace, ``find_blocks`` (blocks per
+host kind), then ``cheapen(model, spec)`` for each spec in ``SPECS`` and one
+forward of the student. Each (model, spec) ends in one outcome:
 
-    python benchmarks/zoo_coverage.py > docs/zoo.md.table
+* ``ok``: a student with the teacher's output shape and fewer parameters;
+* ``unchanged``: it runs, but the spec changed nothing (every block kept);
+* ``error``: a clear :class:`fxswap.FxswapError` (``SpecError``: spec does not
+  apply, would be larger, ...);
+* ``larger``: a student with more parameters than the teacher (a bug);
+* ``crash``: any other exception, a wrong output shape, or a time-out (a bug).
+
+``--all`` tries one model per timm family (``timm.list_modules()``; the
+smallest-sounding name in it) and every torchvision classification model;
+each model runs in its own process with a time-out, and results are appended
+to a JSON-lines file so an interrupted sweep resumes where it stopped::
+
+    nice python benchmarks/zoo_coverage.py --all --results docs/zoo_results.jsonl --timeout 300
+    python benchmarks/zoo_coverage.py --report docs/zoo_results.jsonl   # the Markdown tables of docs/zoo.md
 """
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import subprocess
 import sys
 import time
 import warnings
+from collections import Counter, defaultdict
 
-import torch
-
-import fxswap
-
-SPECS = ["S-2x2", "G(2)", "G(N/4)", "B(2)", "BG(2,M/4)", "I"]
+SPECS = ["G(N/4)", "B(2)", "BG(2,M/8)", "S-2x2", "I"]
 
 TORCHVISION = [
     "resnet18", "resnet50", "resnext50_32x4d", "wide_resnet50_2", "regnet_x_400mf", "regnet_y_400mf",
@@ -31,82 +45,255 @@ TIMM = [
     "dpn48b", "rexnet_100", "lcnet_050", "hrnet_w18_small", "tinynet_e", "repvgg_a0", "mixnet_s",
 ]
 
+# smaller-sounding names first when picking one model per timm family
+_SIZE_WORDS = ["atto", "femto", "pico", "nano", "zepto", "xxs", "xs", "tiny", "mini", "micro", "small", "_t", "_s",
+               "s0", "b0", "_0", "18", "26", "050", "100", "base"]
 
-def make(source: str, name: str) -> torch.nn.Module:
+
+def timm_families() -> list[str]:
+    """One model per timm module: the name with the smallest-sounding size word (ties: shortest name)."""
+    import timm
+
+    picks = []
+    for module in sorted(timm.list_modules()):
+        names = timm.list_models(module=module)
+        if not names:
+            continue
+
+        def rank(name: str):
+            at = next((i for i, w in enumerate(_SIZE_WORDS) if w in name), len(_SIZE_WORDS))
+            return at, len(name), name
+
+        picks.append(min(names, key=rank))
+    return picks
+
+
+def torchvision_classifiers() -> list[str]:
+    import torchvision
+
+    return sorted(torchvision.models.list_models(module=torchvision.models))
+
+
+def make(source: str, name: str):
     if source == "torchvision":
         import torchvision
 
-        kwargs = {"aux_logits": False, "init_weights": False} if name == "googlenet" else {}
+        kwargs = {"aux_logits": False, "init_weights": False} if name in ("googlenet", "inception_v3") else {}
         return torchvision.models.get_model(name, weights=None, **kwargs)
     import timm
 
     return timm.create_model(name, pretrained=False)
 
 
+def _inputs(model, source: str):
+    import torch
+
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    c, h, w = cfg.get("input_size", (3, 224, 224))
+    if source == "torchvision" and hasattr(model, "transform_input"):
+        h = w = max(h, 299) if "inception" in type(model).__name__.lower() else h
+    full = torch.randn(1, c, h, w)
+    if cfg.get("fixed_input_size"):
+        return [full]
+    return [torch.randn(1, c, 64, 64), torch.randn(1, c, 96, 96), full]
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).split("\n")[0]
-    return f"{type(exc).__name__}: {text[:90]}"
+    return f"{type(exc).__name__}: {text[:160]}"
 
 
-def probe(source: str, name: str, size: int = 64) -> dict:
-    row = {"model": f"{source}:{name}", "traces": "", "blocks": "", "specs": "", "notes": ""}
+def probe(source: str, name: str, specs=SPECS) -> dict:
+    """Every spec on one model; a dict of outcomes (JSON-serialisable)."""
+    import torch
+
+    import fxswap
+
+    row: dict = {"model": f"{source}:{name}", "specs": {}}
     t0 = time.time()
+    torch.manual_seed(0)
     try:
         model = make(source, name).eval()
     except Exception as exc:  # noqa: BLE001
-        row["notes"] = f"build: {_short(exc)}"
+        row["build"] = _short(exc)
         return row
-    try:
-        fxswap.trace(model)
-        row["traces"] = "yes"
-    except Exception as exc:  # noqa: BLE001
-        row["traces"] = "no"
-        row["notes"] = _short(exc)
+    row["params"] = sum(p.numel() for p in model.parameters())
+    x = want = None
+    for cand in _inputs(model, source):
+        try:
+            with torch.no_grad():
+                want = tuple(model(cand).shape)
+            x = cand
+            break
+        except Exception:  # noqa: BLE001
+            continue
+    if x is None:
+        row["build"] = "the model does not run on a small or its default input"
         return row
+    row["input"] = list(x.shape)
     try:
         blocks = fxswap.find_blocks(model)
-    except Exception as exc:  # noqa: BLE001
-        row["blocks"] = "0"
-        row["notes"] = _short(exc)
+    except fxswap.NoBlocksError as exc:
+        row["blocks"] = 0
+        row["no_blocks"] = _short(exc)
         return row
-    row["blocks"] = str(len(blocks))
-    x = torch.randn(1, 3, size, size)
-    with torch.no_grad():
-        want = model(x).shape
-    ok, bad = [], []
-    for spec in SPECS:
+    except Exception as exc:  # noqa: BLE001
+        row["find_blocks"] = _short(exc)
+        row["find_crash"] = not isinstance(exc, fxswap.FxswapError)
+        return row
+    row["blocks"] = len(blocks)
+    row["kinds"] = dict(Counter(b.kind for b in blocks))
+    kind_of = {b.name: b.kind for b in blocks}
+    for spec in specs:
+        out: dict = {}
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                student = fxswap.cheapen(model, spec).eval()
+                student = fxswap.cheapen(model, spec, example_input=x).eval()
             with torch.no_grad():
-                got = student(x).shape
+                got = tuple(student(x).shape)
+            n = sum(p.numel() for p in student.parameters())
+            out["ratio"] = round(n / row["params"], 4)
+            skipped = set()
+            for w in caught:
+                text = str(w.message)
+                if "kept as they are" in text or "changes nothing" in text:
+                    skipped |= {b for b in kind_of if b in text}
+            out["kept"] = dict(Counter(kind_of[b] for b in skipped))
             if got != want:
-                bad.append(f"{spec}: shape {tuple(got)}")
-                continue
-            nochange = [w for w in caught if "changes nothing" in str(w.message)]
-            ok.append(spec + ("*" if nochange else ""))
+                out["outcome"], out["why"] = "crash", f"output shape {got} instead of {want}"
+            elif n > row["params"]:
+                out["outcome"] = "larger"
+            elif n == row["params"]:
+                out["outcome"] = "unchanged"
+            else:
+                out["outcome"] = "ok"
+        except fxswap.FxswapError as exc:
+            out["outcome"], out["why"] = "error", _short(exc)
         except Exception as exc:  # noqa: BLE001
-            bad.append(f"{spec}: {_short(exc)}")
-    row["specs"] = ", ".join(ok) if ok else "none"
-    row["notes"] = "; ".join(bad)
-    row["time"] = f"{time.time() - t0:.1f}s"
+            out["outcome"], out["why"] = "crash", _short(exc)
+        row["specs"][spec] = out
+    row["time"] = round(time.time() - t0, 1)
     return row
+
+
+def _done(path: str) -> set[str]:
+    if not os.path.exists(path):
+        return set()
+    with open(path) as f:
+        return {json.loads(line)["model"] for line in f if line.strip()}
+
+
+def sweep(models: list[tuple[str, str]], results: str, timeout: float) -> None:
+    """Each model in its own process (a hung or memory-hungry model cannot stop the sweep); resumable."""
+    done = _done(results)
+    for source, name in models:
+        key = f"{source}:{name}"
+        if key in done:
+            continue
+        t0 = time.time()
+        try:
+            proc = subprocess.run([sys.executable, __file__, "--one", key], capture_output=True, text=True,
+                                  timeout=timeout)
+            lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
+            row = json.loads(lines[-1]) if lines else {"model": key, "build": f"exit {proc.returncode}: "
+                                                                             f"{proc.stderr.strip()[-200:]}"}
+        except subprocess.TimeoutExpired:
+            row = {"model": key, "timeout": timeout}
+        with open(results, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(f"{key} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+
+
+def report(results: str) -> str:
+    """Markdown: totals per outcome, per spec and per host kind, and the list of problems."""
+    with open(results) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    per_spec: dict[str, Counter] = defaultdict(Counter)
+    per_source: dict[str, Counter] = defaultdict(Counter)
+    kinds_blocks, kinds_models, kinds_kept = Counter(), Counter(), defaultdict(Counter)
+    models = Counter()
+    problems, unsupported = [], []
+    for r in rows:
+        src = r["model"].split(":")[0]
+        if "timeout" in r:
+            models["timed out"] += 1
+            problems.append(f"{r['model']}: timed out after {r['timeout']:.0f} s")
+            continue
+        if "build" in r:
+            models["not built / does not run"] += 1
+            continue
+        if r.get("find_blocks"):
+            models["find_blocks " + ("crash" if r.get("find_crash") else "error")] += 1
+            problems.append(f"{r['model']}: find_blocks: {r['find_blocks']}")
+            continue
+        if not r.get("blocks"):
+            models["no residual add (NoBlocksError)"] += 1
+            unsupported.append(r["model"])
+            continue
+        models["with blocks"] += 1
+        for kind, n in r.get("kinds", {}).items():
+            kinds_blocks[kind] += n
+            kinds_models[kind] += 1
+        any_ok = False
+        for spec, out in r["specs"].items():
+            per_spec[spec][out["outcome"]] += 1
+            per_source[src][out["outcome"]] += 1
+            any_ok |= out["outcome"] == "ok"
+            if out["outcome"] in ("ok", "unchanged"):
+                n_kinds = r.get("kinds", {})
+                for kind, n in n_kinds.items():
+                    kept = out.get("kept", {}).get(kind, 0)
+                    kinds_kept[kind][spec] += n - kept
+            if out["outcome"] in ("crash", "larger"):
+                problems.append(f"{r['model']} {spec}: {out['outcome']}: {out.get('why', out.get('ratio'))}")
+        if not any_ok:
+            problems.append(f"{r['model']}: no spec gives a cheaper student")
+    outcomes = ["ok", "unchanged", "error", "larger", "crash"]
+    lines = [f"Models tried: {len(rows)} — " + ", ".join(f"{k}: {v}" for k, v in models.items()), ""]
+    lines += ["| spec | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
+    for spec in SPECS:
+        lines.append(f"| {spec} | " + " | ".join(str(per_spec[spec][o]) for o in outcomes) + " |")
+    total = sum(per_spec.values(), Counter())
+    lines.append("| **all** | " + " | ".join(f"**{total[o]}**" for o in outcomes) + " |")
+    lines += ["", "| source | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
+    for src, c in sorted(per_source.items()):
+        lines.append(f"| {src} | " + " | ".join(str(c[o]) for o in outcomes) + " |")
+    lines += ["", "Host kinds: blocks found, models with that kind, and blocks rewritten by each spec (in runs "
+              "that returned a student):", "",
+              "| kind | blocks | models | " + " | ".join(SPECS) + " |", "|---|---|---|" + "---|" * len(SPECS)]
+    for kind, n in kinds_blocks.most_common():
+        lines.append(f"| {kind} | {n} | {kinds_models[kind]} | " + " | ".join(str(kinds_kept[kind][s]) for s in SPECS)
+                     + " |")
+    lines += ["", f"No residual add ({len(unsupported)}): " + ", ".join(unsupported), "",
+              f"Problems ({len(problems)}):", ""] + [f"* {p}" for p in problems]
+    return "\n".join(lines)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--only", nargs="*", help="model names to try (default: the full list)")
+    parser.add_argument("--all", action="store_true", help="one model per timm family + every torchvision classifier")
+    parser.add_argument("--only", nargs="*", help="models to try, as timm:name or torchvision:name")
+    parser.add_argument("--results", default="zoo_results.jsonl", help="JSON-lines results file (appended, resumable)")
+    parser.add_argument("--timeout", type=float, default=300, help="seconds per model")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--report", help="print the Markdown summary of a results file")
     args = parser.parse_args(argv)
-    models = [("torchvision", m) for m in TORCHVISION] + [("timm", m) for m in TIMM]
-    if args.only:
-        models = [(s, m) for s, m in models if m in args.only or f"{s}:{m}" in args.only]
-    print("| model | traces | blocks | specs that work (* = warned: changes nothing in some blocks) | failures |")
-    print("|---|---|---|---|---|")
-    for source, name in models:
-        row = probe(source, name)
-        print(f"| {row['model']} | {row['traces']} | {row['blocks']} | {row['specs']} | {row['notes']} |", flush=True)
-        print(f"{row['model']} {row.get('time', '')}", file=sys.stderr, flush=True)
+    if args.one:
+        source, name = args.one.split(":", 1)
+        print(json.dumps(probe(source, name)), flush=True)
+        return
+    if args.report:
+        print(report(args.report))
+        return
+    if args.all:
+        models = [("timm", m) for m in timm_families()] + [("torchvision", m) for m in torchvision_classifiers()]
+    elif args.only:
+        models = [tuple(m.split(":", 1)) for m in args.only]
+    else:
+        models = [("torchvision", m) for m in TORCHVISION] + [("timm", m) for m in TIMM]
+    sweep(models, args.results, args.timeout)
+    print(report(args.results))
 
 
 if __name__ == "__main__":

@@ -122,6 +122,8 @@ class Block:
     channels_last: bool = field(default=False, repr=False)
     #: the stride inside the replaced region (a pool after the region, Xception's, is not part of it)
     branch_stride: int = field(default=1, repr=False)
+    #: groups of the branch's widest k×k conv (a grouped bottleneck keeps its cardinality under ``B``)
+    groups: int = field(default=1, repr=False)
     #: whether the branch's spatial conv is depthwise (kept depthwise by ``B``)
     depthwise: bool = field(default=False, repr=False)
 
@@ -293,6 +295,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     kind = _kind(view, branch, [m for m in mixer_mods if m is not None])
     spatial = [m for m in conv_mods if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
     depthwise = any(m.groups > 1 and m.groups == m.in_channels for m in spatial)
+    groups = max(spatial, key=lambda m: m.out_channels).groups if spatial else 1
     width = _inner_width(kind, mixer_mods, spatial, int(out_ch))
     downsampling = view.scale[view.index[add]]
     inner = view.scale[view.index[tail]] / view.scale[view.index[entry]] if entry is not None and view.scale[view.index[entry]] else 1.0
@@ -315,7 +318,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
         spatial_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
                             if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1),
         downsampling=downsampling if downsampling is not None and math.isfinite(downsampling) else float("inf"),
-        tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise, branch_stride=branch_stride,
+        tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise, branch_stride=branch_stride, groups=groups,
     )
 
 

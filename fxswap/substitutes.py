@@ -360,7 +360,11 @@ def _bottleneck_width(spec: BlockSpec, block: Block) -> int:
                      example="BG(2,4), BG(2,M/8)")
 def _bottleneck(spec: BlockSpec, block: Block) -> nn.Module:
     width = _bottleneck_width(spec, block)
-    groups = width if block.kind == "inverted" else 1  # an inverted residual keeps its depthwise conv
+    groups = 1  # Moonshine's B: a full k×k conv
+    if block.depthwise:  # an inverted residual keeps its depthwise conv
+        groups = width
+    elif block.kind == "bottleneck" and block.groups > 1:  # ResNeXt / RegNet keep their cardinality
+        groups = fit_groups(block.groups, width, "the bottleneck's grouped conv", block, spec)
     if spec.kind == "BG":
         groups = fit_groups(spec.groups.value, width, f"the bottleneck (M = {block.width}//{spec.bottleneck})",
                             block, spec)
