@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import math
 import os
+import pickle
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
@@ -497,10 +498,16 @@ def _torchvision_split(root: Path, dataset: str, train: bool, download: bool, tr
     cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
     try:
         ds = cls(root=str(root), train=train, download=download)
-    except RuntimeError as e:
-        raise FxswapError(
+    except RuntimeError as e:  # torchvision: not found / corrupted (failed integrity check)
+        raise DataError(
             f"no {dataset} in torchvision's format under {root} ({e}). Pass download=True to "
             "fetch it there, or give the path of a .npz file with x_train, y_train, x_test, y_test"
+        ) from e
+    except (OSError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError) as e:
+        # the batch files are pickles: a truncated or foreign one fails in many ways
+        raise DataError(
+            f"cannot read {dataset} in torchvision's format under {root}: {type(e).__name__}: {e}. "
+            "Its batch files look damaged; delete the folder and pass download=True, or give a .npz file"
         ) from e
     return ArrayDataset(
         ds.data,

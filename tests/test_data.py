@@ -477,3 +477,16 @@ def test_compressed_npz_reads_as_written(tmp_path, arrays):
     path = tmp_path / "z.npz"
     np.savez_compressed(path, **arrays)
     assert NpzDataset(path, "test").targets.tolist() == arrays["y_test"].tolist()
+
+
+def test_damaged_torchvision_folder_is_named(tmp_path, monkeypatch):
+    import torchvision
+
+    base = tmp_path / "cifar" / "cifar-10-batches-py"
+    base.mkdir(parents=True)
+    for name in ["data_batch_1", "data_batch_2", "data_batch_3", "data_batch_4", "data_batch_5", "test_batch",
+                 "batches.meta"]:
+        (base / name).write_bytes(pickle.dumps({"data": np.zeros((1, 3072), np.uint8), "labels": [0]})[:20])
+    monkeypatch.setattr(torchvision.datasets.cifar, "check_integrity", lambda *a, **k: True)
+    with pytest.raises(DataError, match=r"cannot read cifar10 in torchvision's format under .*cifar.*damaged"):
+        cifar_loaders(tmp_path / "cifar", num_workers=0)
