@@ -100,7 +100,7 @@ def main() -> None:
     t0 = time.perf_counter()
     for n in cm.names:  # one-off probing of every (block, spec) variant, as 1000 samples would need
         for s in cm.options(n):
-            cm._tap(n, s)
+            cm.scorer.tap(n, s)
     taps = time.perf_counter() - t0
     print(f"cost table: {len(cm.specs)} specs x {len(cm.names)} blocks in {setup:.1f} s; "
           f"probing all {sum(len(cm.options(n)) for n in cm.names)} block variants once: {taps:.1f} s")

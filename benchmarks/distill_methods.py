@@ -23,7 +23,7 @@ import torch
 import fxswap
 from fxswap.cli.distill import load_weights
 from fxswap.data import cifar_loaders
-from fxswap.distillation.loop import evaluate
+from fxswap.distillation import evaluate
 
 METHODS = ("scratch", "kd", "at", "at+kd", "mimic", "hint", "srrl", "lit")
 

@@ -10,7 +10,7 @@ from .accounting import compare, count
 from .blocks import Block, find_blocks
 from .blockswap import BlockSwapResult, blockswap
 from .distillation import Distiller, LITDistiller
-from .distillation.loop import distill, fit, train
+from .distillation import distill, fit, train
 from .errors import BudgetError, DistillError, FxswapError, NoBlocksError, SpecError, TraceError
 from .fisher import fisher_potential, sensitivity
 from .probes import probe

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 import re
 import time
 import warnings
@@ -54,9 +55,10 @@ from torch import nn
 
 from .blocks import Block, find_blocks
 from .errors import BudgetError, FxswapError, SpecError
-from .fisher import _seeded, channel_fisher, derived_seed, random_init
-from .probes import probe
-from .rewrite import _set_module, cheapen
+from .costs import METRICS, CostTable
+from .fisher import FisherScorer, random_init
+from .rewrite import cheapen
+from .seeding import derived_seed, seeded
 from .spec import BlockSpec, parse_spec
 
 __all__ = [
@@ -72,70 +74,71 @@ PAPER_CANDIDATES: tuple[str, ...] = (
     "BG(2,M/16)", "BG(2,M/8)", "BG(2,M/4)", "BG(2,M/2)", "BG(2,M)",
 )
 
-_METRICS = ("params", "macs")
+
+
+_BUDGET_FORMS = ("a parameter count (400000, 400k, 1.2M), a fraction of the teacher in (0, 1] (0.25) or a "
+                 "percentage in (0, 100] (25%)")
 
 
 def parse_budget(budget, total: int) -> int:
     """An absolute budget from an int (a count), a float in (0, 1] (a fraction of
     ``total``) or a string: ``"400k"``, ``"1.2M"``, ``"25%"``, ``"0.25"``.
 
+    A number above 1 without a unit must be a whole count; ``"150%"``,
+    ``"1.5"``, NaN and infinities raise :class:`~fxswap.errors.BudgetError`.
+
     >>> parse_budget("400k", 2_243_546), parse_budget(0.25, 2_000_000), parse_budget("1.5M", 0)
     (400000, 500000, 1500000)
+    >>> parse_budget("150%", 1000)
+    Traceback (most recent call last):
+    ...
+    fxswap.errors.BudgetError: budget '150%': a percentage must be in (0, 100]; use a parameter count ...
     """
     if isinstance(budget, str):
         text = budget.strip().replace("_", "").replace(",", "")
         m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG%]?)", text)
         if not m:
-            raise BudgetError(f"budget {budget!r}: use a count (400000, 400k, 1.2M), a fraction (0.25) or a "
-                              f"percentage (25%)")
+            raise BudgetError(f"budget {budget!r}: use {_BUDGET_FORMS}")
         value, unit = float(m.group(1)), m.group(2).lower()
         if unit == "%":
+            if not 0 < value <= 100:
+                raise BudgetError(f"budget {budget!r}: a percentage must be in (0, 100]; use {_BUDGET_FORMS}")
             return parse_budget(value / 100, total)
         if unit:
-            return int(round(value * {"k": 1e3, "m": 1e6, "g": 1e9}[unit]))
-        budget = int(value) if value == int(value) and value > 1 else value
-    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or budget <= 0:
-        raise BudgetError(f"budget must be positive: a count, a fraction in (0, 1] or a string like '400k'; got {budget!r}")
-    if isinstance(budget, float) and budget <= 1:
-        return int(round(budget * total))
+            return _whole(value * {"k": 1e3, "m": 1e6, "g": 1e9}[unit], budget)
+        budget = value
+    if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) or budget <= 0:
+        raise BudgetError(f"budget {budget!r}: use {_BUDGET_FORMS}")
+    if budget <= 1 and isinstance(budget, float):
+        return max(1, int(round(budget * total)))
+    if budget != int(budget):
+        raise BudgetError(f"budget {budget!r}: above 1 it is a count and must be whole; use {_BUDGET_FORMS}")
     return int(budget)
+
+
+def _whole(value: float, text) -> int:
+    count = int(round(value))
+    if count < 1:
+        raise BudgetError(f"budget {text!r} is less than one; use {_BUDGET_FORMS}")
+    return count
 
 
 def _count_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
-class _Tapped(nn.Module):
-    """A block variant probed after its last convolution: returns the block's output and
-    leaves the probed activation in a shared ``sink`` (the scorer reads it)."""
-
-    def __init__(self, probed: nn.Module, name: str, sink: dict):
-        super().__init__()
-        self.probed = probed
-        self.block_name = name
-        self.sink = sink
-
-    def forward(self, *args, **kwargs):
-        out, feats = self.probed(*args, **kwargs)
-        for v in feats.values():
-            self.sink[self.block_name] = v
-        return out
-
-
 class CostModel:
-    """Per-block costs of every candidate spec, and the block variants to score with.
+    """The search space of one teacher and candidate list: a :class:`~fxswap.costs.CostTable`
+    (``.table``) and a :class:`~fxswap.fisher.FisherScorer` (``.scorer``) over the same block variants.
 
-    Built once per teacher and candidate list: one :func:`fxswap.cheapen`
-    per spec (a block the spec cannot apply to is tried alone, and left out
-    of that block's options if it still fails). ``options[name]`` lists the
-    specs a block may take; ``params[name][spec]`` / ``macs[name][spec]`` are
-    the costs of that block's module. A plan's cost is ``fixed + Σ block
-    costs``, equal to what ``count(cheapen(teacher, plan))`` reports.
-
-    ``reinit`` (default) re-initialises the network with ``seed``
-    (:func:`fxswap.fisher.random_init`): BlockSwap scores randomly initialised
-    networks. Each spec's substitutes are initialised from a seed derived
-    from ``(seed, spec)``.
+    Built once: one :func:`fxswap.cheapen` per spec (a block the spec cannot
+    apply to is tried alone, and left out of that block's options if it still
+    fails), whose blocks are read off for the table and kept for the scorer.
+    A plan's cost is ``fixed + Σ block costs``, equal to what
+    ``count(cheapen(teacher, plan))`` reports. ``reinit`` (default)
+    re-initialises the network with ``seed`` (:func:`fxswap.fisher.random_init`):
+    BlockSwap scores randomly initialised networks. Each spec's substitutes are
+    initialised from a seed derived from ``(seed, spec)``.
 
     >>> from fxswap.models import wrn
     >>> cm = CostModel(wrn(10, 1), ["S", "G(N/4)"], macs=False)
@@ -149,74 +152,85 @@ class CostModel:
     def __init__(self, teacher: nn.Module, candidates: Sequence[str | BlockSpec] | None = None, *,
                  input_shape: tuple[int, ...] | None = None, macs: bool = True, seed: int = 0,
                  reinit: bool = True, leaf_modules=()):
-        from .accounting import _macs_by_module
-
-        self.specs = [str(parse_spec(s)) for s in (PAPER_CANDIDATES if candidates is None else candidates)]
-        self.specs = list(dict.fromkeys(self.specs))
+        self.specs = list(dict.fromkeys(str(parse_spec(s)) for s in (PAPER_CANDIDATES if candidates is None
+                                                                       else candidates)))
         if not self.specs:
             raise SpecError("blockswap needs at least one candidate spec")
-        self.seed = seed
-        self.leaf_modules = tuple(leaf_modules)
+        self.seed, self.leaf_modules = seed, tuple(leaf_modules)
         self.base = copy.deepcopy(teacher)
         if reinit:
             random_init(self.base, seed)
         self.blocks: list[Block] = find_blocks(self.base, leaf_modules)
         self.names = [b.name for b in self.blocks]
         self._check_swappable()
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.has_macs = bool(macs)
+        self.input_shape = tuple(input_shape) if input_shape is not None else None
         if macs and self.input_shape is None:
             from .models.registry import default_input_shape
 
             self.input_shape = default_input_shape(self.base)
-        base_mods = {n: self.base.get_submodule(n) for n in self.names}
-        self.teacher_params = _count_params(self.base)
-        base_macs = _macs_by_module(self.base, self.input_shape) if macs else {}
-        self.teacher_macs = int(base_macs.get("", 0)) if macs else None
-        block_params = {n: _count_params(m) for n, m in base_mods.items()}
-        self.fixed_params = self.teacher_params - sum(block_params.values())
-        self.fixed_macs = (self.teacher_macs - sum(int(base_macs.get(n, 0)) for n in self.names)) if macs else None
-        self.params: dict[str, dict[str, int]] = {n: {} for n in self.names}
-        self.macs: dict[str, dict[str, int]] = {n: {} for n in self.names}
         self.variants: dict[str, dict[str, nn.Module]] = {n: {} for n in self.names}
         self.points: dict[str, dict[str, str | None]] = {n: {} for n in self.names}
-        self.skipped: dict[str, dict[str, str]] = {}
-        base_points = {b.name: b.last_conv for b in self.blocks}
+        self.table = self._empty_table()
         for spec in self.specs:
-            if parse_spec(spec).kind == "S":
-                for n in self.names:
-                    self._add(n, spec, base_mods[n], block_params[n], int(base_macs.get(n, 0)), base_points.get(n))
-                continue
-            try:
-                built = [(self._cheapen(spec, spec), self.names)]
-            except SpecError:
-                built = []
-                for n in self.names:
-                    try:
-                        built.append((self._cheapen({n: spec}, spec), [n]))
-                    except SpecError as exc:
-                        self.skipped.setdefault(n, {})[spec] = str(exc)
-            for student, names in built:
-                s_macs = _macs_by_module(student, self.input_shape) if macs else {}
-                s_points = {b.name: b.last_conv for b in find_blocks(student, leaf_modules)}
-                expected = self.teacher_params
-                for n in names:
-                    mod = student.get_submodule(n)
-                    p = _count_params(mod)
-                    expected += p - block_params[n]
-                    self._add(n, spec, mod, p, int(s_macs.get(n, 0)), s_points.get(n))
-                if expected != _count_params(student):
-                    raise FxswapError(
-                        f"{spec} changes {type(teacher).__name__} outside its blocks' modules "
-                        f"({_count_params(student)} params, block sums give {expected}): blockswap needs each "
-                        f"block's rewrite to stay inside the block's module")
-        empty = [n for n in self.names if not self.params[n]]
+            for student, names in self._built(spec):
+                self._read_blocks(spec, student, names)
+        empty = [n for n in self.names if not self.table.params[n]]
         if empty:
             raise SpecError(f"no candidate spec applies to block(s) {empty}: "
-                            f"{ {n: self.skipped.get(n) for n in empty} }")
-        self._sink: dict[str, torch.Tensor] = {}
-        self._tapped: dict[tuple[str, str], nn.Module] = {}
-        self._working: nn.Module | None = None
+                            f"{ {n: self.table.skipped.get(n) for n in empty} }")
+        self.scorer = FisherScorer(self.base, self.variants, self.points, self.leaf_modules)
+
+    def _costs(self, model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
+        """(params, MACs) of ``model`` (key ``""``) and of each block module."""
+        from .accounting import _macs_by_module
+
+        macs = _macs_by_module(model, self.input_shape) if self.has_macs else {}
+        params = {n: _count_params(model.get_submodule(n)) for n in self.names}
+        params[""] = _count_params(model)
+        return params, {k: int(v) for k, v in macs.items()}
+
+    def _empty_table(self) -> CostTable:
+        params, macs = self._costs(self.base)
+        fixed = {"params": params[""] - sum(params[n] for n in self.names)}
+        teacher = {"params": params[""]}
+        if self.has_macs:
+            teacher["macs"] = macs.get("", 0)
+            fixed["macs"] = teacher["macs"] - sum(macs.get(n, 0) for n in self.names)
+        self._teacher_blocks = params
+        return CostTable(list(self.names), {n: {} for n in self.names},
+                         {n: {} for n in self.names} if self.has_macs else None, fixed=fixed, teacher=teacher)
+
+    def _built(self, spec: str) -> list[tuple[nn.Module, list[str]]]:
+        """The networks holding ``spec``'s variant of each block: one for all, or one per block that takes it."""
+        if parse_spec(spec).kind == "S":
+            return [(self.base, self.names)]
+        try:
+            return [(self._cheapen(spec, spec), self.names)]
+        except SpecError:
+            built = []
+            for n in self.names:
+                try:
+                    built.append((self._cheapen({n: spec}, spec), [n]))
+                except SpecError as exc:
+                    self.table.skipped.setdefault(n, {})[spec] = str(exc)
+            return built
+
+    def _read_blocks(self, spec: str, student: nn.Module, names: list[str]) -> None:
+        params, macs = self._costs(student)
+        points = {b.name: b.last_conv for b in find_blocks(student, self.leaf_modules)}
+        expected = self.table.teacher["params"] + sum(params[n] - self._teacher_blocks[n] for n in names)
+        if expected != params[""]:
+            raise FxswapError(
+                f"{spec} changes the network outside its blocks' modules ({params['']} params, block sums give "
+                f"{expected}): blockswap needs each block's rewrite to stay inside the block's module")
+        for n in names:
+            self.table.params[n][spec] = params[n]
+            if self.table.macs is not None:
+                self.table.macs[n][spec] = macs.get(n, 0)
+            self.variants[n][spec] = student.get_submodule(n)
+            point = points.get(n)
+            self.points[n][spec] = point[len(n) + 1:] if point and point.startswith(n + ".") else None
 
     def _check_swappable(self) -> None:
         modules = dict(self.base.named_modules())
@@ -231,48 +245,42 @@ class CostModel:
 
     def _cheapen(self, plan, spec: str) -> nn.Module:
         key = spec if isinstance(plan, str) else f"{spec}@{next(iter(plan))}"
-        with warnings.catch_warnings(), _seeded(derived_seed(self.seed, key)):
+        with warnings.catch_warnings(), seeded(derived_seed(self.seed, key)):
             warnings.simplefilter("ignore")
             return cheapen(self.base, plan, leaf_modules=self.leaf_modules)
 
-    def _add(self, name, spec, module, params, macs, point):
-        self.params[name][spec] = params
-        self.macs[name][spec] = macs
-        self.variants[name][spec] = module
-        rel = point[len(name) + 1:] if point and point.startswith(name + ".") else None
-        self.points[name][spec] = rel
+    # -- the table's answers, for a plan in any form cheapen accepts ---------------------------
+    @property
+    def skipped(self) -> dict[str, dict[str, str]]:
+        """``{block: {spec: why it does not apply}}``."""
+        return self.table.skipped
 
-    # -- costs -----------------------------------------------------------------------------
+    @property
+    def teacher_params(self) -> int:
+        return self.table.teacher["params"]
+
+    @property
+    def teacher_macs(self) -> int | None:
+        return self.table.teacher.get("macs")
+
     def options(self, name: str) -> list[str]:
         """The specs block ``name`` may take (those that apply to it), in candidate order."""
-        return list(self.params[name])
+        return self.table.options(name)
 
     def cost(self, plan, metric: str = "params") -> int:
         """Exact parameter count (or MACs) of ``cheapen(teacher, plan)``, from the table."""
-        specs = self._resolve(plan)
-        table, fixed = self._table(metric)
-        return fixed + sum(table[n][s] for n, s in specs.items())
-
-    def _table(self, metric: str):
-        if metric not in _METRICS:
-            raise BudgetError(f"budget metric must be one of {_METRICS}, got {metric!r}")
-        if metric == "macs":
-            if not self.has_macs:
-                raise BudgetError("this CostModel was built with macs=False; build it with macs=True for a MAC budget")
-            return self.macs, self.fixed_macs
-        return self.params, self.fixed_params
+        return self.table.cost(self.resolve(plan), metric)
 
     def total(self, metric: str = "params") -> int:
         """The (re-initialised) teacher's parameter count or MACs."""
-        return self.teacher_params if metric == "params" else self.teacher_macs
+        return self.table.total(metric)
 
     def reachable(self, metric: str = "params") -> tuple[int, int]:
         """(cheapest, dearest) cost over all configurations of the candidates."""
-        table, fixed = self._table(metric)
-        return (fixed + sum(min(table[n].values()) for n in self.names),
-                fixed + sum(max(table[n].values()) for n in self.names))
+        return self.table.reachable(metric)
 
-    def _resolve(self, plan) -> dict[str, str]:
+    def resolve(self, plan) -> dict[str, str]:
+        """``plan`` as one candidate spec per block; a spec a block cannot take is a :class:`SpecError`."""
         from .rewrite import resolve_plan
 
         if isinstance(plan, dict) and set(plan) == set(self.names):
@@ -280,59 +288,22 @@ class CostModel:
         else:
             specs = {n: str(s) for n, s in resolve_plan(self.blocks, plan).items()}
         for n, s in specs.items():
-            if s not in self.params[n]:
-                why = self.skipped.get(n, {}).get(s, "it is not among the candidates")
+            if s not in self.table.params[n]:
+                why = self.table.skipped.get(n, {}).get(s, "it is not among the candidates")
                 raise SpecError(f"block {n!r} cannot take {s}: {why}")
         return specs
 
-    # -- networks --------------------------------------------------------------------------
+    # -- the scorer ------------------------------------------------------------------------------
     def build(self, plan) -> nn.Module:
         """A standalone network for ``plan`` with exactly the weights the scorer uses."""
-        specs = self._resolve(plan)
-        model = copy.deepcopy(self.base)
-        for n in sorted(self.names, key=lambda n: -n.count(".")):
-            _set_module(model, n, copy.deepcopy(self.variants[n][specs[n]]))
-        return model
-
-    def _tap(self, name: str, spec: str) -> nn.Module:
-        key = (name, spec)
-        if key not in self._tapped:
-            variant, rel = self.variants[name][spec], self.points[name][spec]
-            if rel is None:  # no convolution left (I): nothing to probe
-                self._tapped[key] = variant
-            else:
-                probed = probe(variant, [rel], self.leaf_modules)
-                self._tapped[key] = _Tapped(probed, name, self._sink)
-        return self._tapped[key]
+        return self.scorer.build(self.resolve(plan))
 
     def score(self, plan, batch, loss_fn: Callable = F.cross_entropy) -> tuple[float, dict[str, float]]:
         """Fisher potential of ``plan`` (total, per block), without building a network.
 
         Equal to ``fisher_potential(self.build(plan), batch, loss_fn)``.
         """
-        specs = self._resolve(plan)
-        if self._working is None:
-            self._working = copy.deepcopy(self.base)
-            self._working.train()
-        model = self._working
-        for n in sorted(self.names, key=lambda n: -n.count(".")):
-            _set_module(model, n, self._tap(n, specs[n]))
-        x, y = batch
-        self._sink.clear()
-        model.train()
-        with torch.enable_grad():
-            out = model(x)
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            names = [n for n in self.names if n in self._sink]
-            acts = [self._sink[n] for n in names]
-            loss = loss_fn(out, y)
-            grads = torch.autograd.grad(loss, acts, allow_unused=True)
-        blocks = {}
-        for n, a, g in zip(names, acts, grads):
-            blocks[n] = float(channel_fisher(a, g if g is not None else torch.zeros_like(a)).sum())
-        self._sink.clear()
-        return float(sum(blocks.values())), blocks
+        return self.scorer.score(self.resolve(plan), batch, loss_fn)
 
 
 def sample_plans(cost_model: CostModel, budget: int, samples: int, *, tolerance: float = 0.025,
@@ -357,7 +328,7 @@ def sample_plans(cost_model: CostModel, budget: int, samples: int, *, tolerance:
         raise BudgetError(f"samples must be at least 1, got {samples}")
     if not 0 <= tolerance < 1:
         raise BudgetError(f"tolerance is a fraction of the budget in [0, 1), got {tolerance}")
-    table, fixed = cost_model._table(metric)
+    table, fixed = cost_model.table.column(metric)
     names = cost_model.names
     opts = [list(table[n]) for n in names]
     costs = [np.array([table[n][s] for s in o], dtype=np.int64) for n, o in zip(names, opts)]
@@ -505,8 +476,9 @@ class BlockSwapResult:
     def __str__(self) -> str:
         return self.table()
 
-    def to_dict(self, top: int = 10) -> dict:
-        """The JSON form: ``{"plan", "params", "macs", "fisher", "budget", ...,"top": [...]}``."""
+    def to_dict(self, top: int | None = None) -> dict:
+        """The JSON form: ``{"plan", "params", "macs", "fisher", "budget", ..., "top": [...]}``; ``top``
+        holds every scored candidate, best first (or the first ``top``)."""
         best = self.candidates[0]
         return {
             "plan": best.plan, "params": best.params, "macs": best.macs, "fisher": best.fisher,
@@ -516,8 +488,9 @@ class BlockSwapResult:
             "top": [c.to_dict() for c in self.candidates[:top]],
         }
 
-    def to_json(self, path: str | Path, top: int = 10) -> Path:
-        """Save :meth:`to_dict` as JSON (``fxswap cheapen MODEL path.json`` reads it)."""
+    def to_json(self, path: str | Path, top: int | None = None) -> Path:
+        """Save :meth:`to_dict` (every scored candidate by default) as JSON (``fxswap cheapen MODEL path.json``
+        reads it)."""
         path = Path(path)
         path.write_text(json.dumps(self.to_dict(top), indent=2) + "\n")
         return path
@@ -567,7 +540,7 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
         shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
         cost_model = CostModel(teacher, candidates, input_shape=shape, macs=macs or metric == "macs", seed=seed,
                                reinit=reinit, leaf_modules=leaf_modules)
-    absolute = parse_budget(budget, cost_model.total(metric) if metric in _METRICS else 0)
+    absolute = parse_budget(budget, cost_model.total(metric) if metric in METRICS else 0)
     plans = sample_plans(cost_model, absolute, samples, tolerance=tolerance, metric=metric, seed=seed)
     ref = next(cost_model.base.parameters(), None)
     if ref is not None:

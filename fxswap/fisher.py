@@ -48,7 +48,6 @@ from __future__ import annotations
 import contextlib
 import copy
 import warnings
-import zlib
 from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
@@ -60,10 +59,11 @@ from .blocks import Block, find_blocks
 from .errors import FxswapError
 from .probes import probe
 from .rewrite import cheapen
+from .seeding import derived_seed, seeded
 from .spec import BlockSpec, parse_spec
 
-__all__ = ["FisherPotential", "fisher_potential", "channel_fisher", "probe_points", "sensitivity", "SensitivityReport",
-           "random_init"]
+__all__ = ["FisherPotential", "fisher_potential", "fisher_signal", "channel_fisher", "kept_state", "probe_points",
+           "FisherScorer", "sensitivity", "SensitivityReport", "random_init"]
 
 
 @dataclass(frozen=True)
@@ -105,21 +105,54 @@ def channel_fisher(activation: torch.Tensor, grad: torch.Tensor) -> torch.Tensor
 
 
 @contextlib.contextmanager
-def _kept_buffers(model: nn.Module):
-    """Restore BatchNorm running statistics after a train-mode forward (no side effects)."""
+def kept_state(model: nn.Module):
+    """Put ``model`` in train mode for a Fisher forward; afterwards every module's ``training`` flag and
+    every buffer (BatchNorm running statistics) are exactly as they were.
+
+    >>> m = torch.nn.Sequential(torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)).train()
+    >>> _ = m[1].eval()
+    >>> with kept_state(m):
+    ...     _ = m(torch.randn(4, 2))
+    >>> [x.training for x in m.modules()], float(m[0].running_mean.abs().sum())
+    ([True, True, False], 0.0)
+    """
+    modes = [(m, m.training) for m in model.modules()]
     saved = [(b, b.detach().clone()) for _, b in model.named_buffers()]
     try:
-        yield
+        model.train()
+        yield model
     finally:
+        for m, mode in modes:
+            m.training = mode
         with torch.no_grad():
             for b, v in saved:
                 b.copy_(v)
 
 
-def _train_mode(model: nn.Module):
-    modes = [(m, m.training) for m in model.modules()]
-    model.train()
-    return modes
+def fisher_signal(forward: Callable[[], tuple], targets: torch.Tensor, loss_fn: Callable = F.cross_entropy,
+                  check: Callable | None = None) -> dict[str, torch.Tensor]:
+    """The Fisher signal: ``forward()`` → ``(output, {point: activation})``, ``loss_fn(output, targets)``,
+    gradients for the activations only (``torch.autograd.grad``), and :func:`channel_fisher` per point.
+
+    Shared by :func:`fisher_potential` and the search's :class:`FisherScorer`. ``check(activations,
+    names)`` may vet the activations before the backward pass.
+
+    >>> conv = torch.nn.Conv2d(1, 2, 1)
+    >>> x = torch.randn(3, 1, 2, 2)
+    >>> sig = fisher_signal(lambda: (conv(x).mean((2, 3)), {"c": conv(x)}), torch.tensor([0, 1, 0]))
+    >>> sig["c"].shape
+    torch.Size([2])
+    """
+    with torch.enable_grad():
+        out, feats = forward()
+        if isinstance(out, (tuple, list)):
+            out = out[0]
+        names = list(feats)
+        acts = [feats[n] for n in names]
+        if check is not None:
+            check(acts, names)
+        grads = torch.autograd.grad(loss_fn(out, targets), acts, allow_unused=True)
+    return {n: channel_fisher(a, g if g is not None else torch.zeros_like(a)) for n, a, g in zip(names, acts, grads)}
 
 
 def probe_points(model: nn.Module, blocks: Sequence[Block] | None = None, leaf_modules=()) -> dict[str, str]:
@@ -158,33 +191,25 @@ def fisher_potential(model: nn.Module, batch, loss_fn: Callable = F.cross_entrop
     torch.Size([32])
     """
     x, y = batch
-    if points is None:
-        points = probe_points(model, leaf_modules=leaf_modules)
-    if not points:
-        raise FxswapError("fisher_potential found no block with a convolution to probe")
-    probed = probe(model, list(points.values()), leaf_modules)
-    ref = next(model.parameters(), None)
-    if ref is not None:
-        x, y = x.to(ref.device), y.to(ref.device)
-    modes = _train_mode(model)
-    try:
-        with _kept_buffers(model), torch.enable_grad():
-            probed.train()
+    with kept_state(model):  # probe() and the forward leave every flag and buffer as found
+        if points is None:
+            points = probe_points(model, leaf_modules=leaf_modules)
+        if not points:
+            raise FxswapError("fisher_potential found no block with a convolution to probe")
+        probed = probe(model, list(points.values()), leaf_modules)
+        ref = next(model.parameters(), None)
+        if ref is not None:
+            x, y = x.to(ref.device), y.to(ref.device)
+        model.train()
+        probed.train()
+
+        def forward():
             out, feats = probed(x)
-            if isinstance(out, (tuple, list)):
-                out = out[0]
-            acts = [feats[p] for p in points.values()]
-            _check_fresh(acts, list(points))
-            loss = loss_fn(out, y)
-            grads = torch.autograd.grad(loss, acts, allow_unused=True)
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    channels, blocks = {}, {}
-    for name, a, g in zip(points, acts, grads):
-        delta = channel_fisher(a, g if g is not None else torch.zeros_like(a)).cpu()
-        channels[name] = delta
-        blocks[name] = float(delta.sum())
+            return out, {name: feats[p] for name, p in points.items()}
+
+        signal = fisher_signal(forward, y, loss_fn, check=_check_fresh)
+    channels = {name: delta.cpu() for name, delta in signal.items()}
+    blocks = {name: float(delta.sum()) for name, delta in channels.items()}
     return FisherPotential(total=float(sum(blocks.values())), blocks=blocks, channels=channels)
 
 
@@ -195,7 +220,7 @@ def _check_fresh(acts, names) -> None:
         fn = type(a.grad_fn).__name__.lower() if a.grad_fn is not None else ""
         if "conv" not in fn:
             warnings.warn(f"the probe of block {name!r} was modified in place after its convolution "
-                          f"({type(a.grad_fn).__name__}); its Fisher is taken after that op", stacklevel=3)
+                          f"({type(a.grad_fn).__name__}); its Fisher is taken after that op", stacklevel=4)
 
 
 def random_init(model: nn.Module, seed: int | None = 0) -> nn.Module:
@@ -211,7 +236,7 @@ def random_init(model: nn.Module, seed: int | None = 0) -> nn.Module:
     >>> bool(torch.equal(a.conv1.weight, b.conv1.weight))
     True
     """
-    with _seeded(seed):
+    with seeded(seed):
         for m in model.modules():
             if isinstance(m, nn.Conv2d):
                 nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
@@ -233,23 +258,89 @@ def random_init(model: nn.Module, seed: int | None = 0) -> nn.Module:
     return model
 
 
-@contextlib.contextmanager
-def _seeded(seed: int | None):
-    if seed is None:
-        yield
-        return
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        yield
+class _Tapped(nn.Module):
+    """A block variant probed after its last convolution: returns the block's output and
+    leaves the probed activation in a shared ``sink`` (the scorer reads it)."""
+
+    def __init__(self, probed: nn.Module, name: str, sink: dict):
+        super().__init__()
+        self.probed = probed
+        self.block_name = name
+        self.sink = sink
+
+    def forward(self, *args, **kwargs):
+        out, feats = self.probed(*args, **kwargs)
+        for v in feats.values():
+            self.sink[self.block_name] = v
+        return out
 
 
-def derived_seed(seed: int, *parts) -> int:
-    """A seed for one (block, spec) pair, stable across runs and candidate orders.
+class FisherScorer:
+    """Fisher potential of a plan without building a network (BlockSwap's scorer).
 
-    >>> derived_seed(0, "layer1.0", "G(4)") == derived_seed(0, "layer1.0", "G(4)")
+    ``variants[block][spec]`` are built block modules and ``points[block][spec]``
+    the path of each one's last convolution inside it (``None``: nothing to
+    probe). Each variant is probed once; per plan, the variants are swapped
+    into one working copy of ``base`` and :func:`fisher_signal` scores it.
+    ``score(plan) == fisher_potential(build(plan))``.
+
+    >>> from fxswap.models import wrn
+    >>> net = wrn(10, 1)
+    >>> names = ["layer1.0", "layer2.0", "layer3.0"]
+    >>> scorer = FisherScorer(net, {n: {"S": net.get_submodule(n)} for n in names},
+    ...                       {n: {"S": "conv2"} for n in names})
+    >>> x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    >>> total, blocks = scorer.score({n: "S" for n in names}, (x, y))
+    >>> abs(total - fisher_potential(net, (x, y)).total) < 1e-4 * total
     True
     """
-    return zlib.crc32(":".join(str(p) for p in (seed, *parts)).encode()) & 0x7FFFFFFF
+
+    def __init__(self, base: nn.Module, variants: dict[str, dict[str, nn.Module]],
+                 points: dict[str, dict[str, str | None]], leaf_modules=()):
+        self.base, self.variants, self.points = base, variants, points
+        self.names = list(variants)
+        self.leaf_modules = tuple(leaf_modules)
+        self._sink: dict[str, torch.Tensor] = {}
+        self._tapped: dict[tuple[str, str], nn.Module] = {}
+        self._working: nn.Module | None = None
+
+    def tap(self, name: str, spec: str) -> nn.Module:
+        """The variant of block ``name`` for ``spec``, probed after its last convolution (built once)."""
+        key = (name, spec)
+        if key not in self._tapped:
+            variant, rel = self.variants[name][spec], self.points[name][spec]
+            self._tapped[key] = variant if rel is None else _Tapped(probe(variant, [rel], self.leaf_modules), name,
+                                                                     self._sink)
+        return self._tapped[key]
+
+    def _swap(self, model: nn.Module, modules: dict[str, nn.Module]) -> nn.Module:
+        for n in sorted(modules, key=lambda n: -n.count(".")):  # inner blocks first
+            model.set_submodule(n, modules[n])
+        return model
+
+    def build(self, specs: dict[str, str]) -> nn.Module:
+        """A standalone network with one spec per block and exactly the weights the scorer uses."""
+        return self._swap(copy.deepcopy(self.base), {n: copy.deepcopy(self.variants[n][specs[n]]) for n in specs})
+
+    def score(self, specs: dict[str, str], batch, loss_fn: Callable = F.cross_entropy) -> tuple[float, dict[str, float]]:
+        """``(total, per block)`` Fisher potential of the network with one spec per block."""
+        if self._working is None:
+            self._working = copy.deepcopy(self.base)
+        model = self._swap(self._working, {n: self.tap(n, specs[n]) for n in self.names})
+        x, y = batch
+        self._sink.clear()
+        model.train()
+
+        def forward():
+            out = model(x)
+            return out, {n: self._sink[n] for n in self.names if n in self._sink}
+
+        try:
+            signal = fisher_signal(forward, y, loss_fn)
+        finally:
+            self._sink.clear()
+        blocks = {n: float(delta.sum()) for n, delta in signal.items()}
+        return float(sum(blocks.values())), blocks
 
 
 @dataclass(frozen=True)
@@ -333,7 +424,7 @@ def sensitivity(teacher: nn.Module, spec: str | BlockSpec, batch, loss_fn: Calla
 
         iterator = tqdm(blocks, desc=f"sensitivity {spec}", unit="block")
     for b in iterator:
-        with warnings.catch_warnings(), _seeded(derived_seed(seed, b.name, spec)):
+        with warnings.catch_warnings(), seeded(derived_seed(seed, b.name, spec)):
             warnings.simplefilter("ignore")
             student = cheapen(base, {b.name: spec}, leaf_modules=leaf_modules)
         fp = fisher_potential(student, batch, loss_fn, leaf_modules=leaf_modules)

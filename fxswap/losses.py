@@ -25,7 +25,10 @@ docstring says so:
             ``cifar10/main.py``.
 ==========  =================================================================
 
-Users can add their own losses to :data:`LOSSES` with :func:`register_loss`.
+Users can add their own losses to :data:`LOSSES` with :func:`register_loss`;
+:class:`fxswap.Distiller` then uses one by name as a logits term,
+``weight · fn(student_logits, teacher_logits, targets, **options)`` (see
+:mod:`fxswap.distillation.terms`, which also says where each built-in reads).
 """
 
 from __future__ import annotations
@@ -53,8 +56,6 @@ __all__ = [
     "SRRLConnector",
     "srrl_losses",
     "srrl_loss",
-    "SRRLLoss",
-    "make_srrl_loss",
     "lit_ir_loss",
     "lit_kd_loss",
     "lit_loss",
@@ -389,6 +390,18 @@ def mimic_loss(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------
 
 
+def _channel_counts(who: str, student_channels: int, teacher_channels: int) -> tuple[int, int]:
+    if student_channels < 1 or teacher_channels < 1:
+        raise FxswapError(f"{who} needs positive channel counts, got {student_channels} → {teacher_channels}")
+    return int(student_channels), int(teacher_channels)
+
+
+def _check_feature_map(x: Tensor, who: str, student_channels: int, teacher_channels: int) -> None:
+    if x.ndim != 4 or x.shape[1] != student_channels:
+        raise FxswapError(f"{who}({student_channels}→{teacher_channels}) got a tensor of shape {tuple(x.shape)}; "
+                          f"expected (batch, {student_channels}, H, W)")
+
+
 class HintConnector(nn.Module):
     """FitNets regressor: a trainable 1×1 conv from the student's width to the teacher's.
 
@@ -403,23 +416,14 @@ class HintConnector(nn.Module):
 
     def __init__(self, student_channels: int, teacher_channels: int):
         super().__init__()
-        if student_channels < 1 or teacher_channels < 1:
-            raise FxswapError(
-                f"HintConnector needs positive channel counts, got {student_channels} → {teacher_channels}"
-            )
-        self.student_channels = int(student_channels)
-        self.teacher_channels = int(teacher_channels)
+        self.student_channels, self.teacher_channels = _channel_counts("HintConnector", student_channels, teacher_channels)
         if student_channels == teacher_channels:
             self.proj: nn.Module = nn.Identity()
         else:
             self.proj = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.student_channels:
-            raise FxswapError(
-                f"HintConnector({self.student_channels}→{self.teacher_channels}) got a tensor of "
-                f"shape {tuple(x.shape)}; expected (batch, {self.student_channels}, H, W)"
-            )
+        _check_feature_map(x, "HintConnector", self.student_channels, self.teacher_channels)
         return self.proj(x)
 
 
@@ -478,12 +482,7 @@ class SRRLConnector(nn.Module):
 
     def __init__(self, student_channels: int, teacher_channels: int):
         super().__init__()
-        if student_channels < 1 or teacher_channels < 1:
-            raise FxswapError(
-                f"SRRLConnector needs positive channel counts, got {student_channels} → {teacher_channels}"
-            )
-        self.student_channels = int(student_channels)
-        self.teacher_channels = int(teacher_channels)
+        self.student_channels, self.teacher_channels = _channel_counts("SRRLConnector", student_channels, teacher_channels)
         self.conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
         self.bn = nn.BatchNorm2d(teacher_channels)
         self.relu = nn.ReLU()
@@ -492,11 +491,7 @@ class SRRLConnector(nn.Module):
         nn.init.zeros_(self.bn.bias)
 
     def forward(self, x: Tensor) -> Tensor:
-        if x.ndim != 4 or x.shape[1] != self.student_channels:
-            raise FxswapError(
-                f"SRRLConnector({self.student_channels}→{self.teacher_channels}) got a tensor of "
-                f"shape {tuple(x.shape)}; expected (batch, {self.student_channels}, H, W)"
-            )
+        _check_feature_map(x, "SRRLConnector", self.student_channels, self.teacher_channels)
         return self.relu(self.bn(self.conv(x)))
 
 
@@ -615,88 +610,6 @@ def srrl_loss(
     _check_targets(targets, student_logits, "srrl_loss")
     l_fm, l_sr = srrl_losses(student_feat_map, teacher_feat_map, teacher_classifier, teacher_logits, connector)
     return F.cross_entropy(student_logits, targets.long()) + alpha * l_fm + beta * l_sr
-
-
-class SRRLLoss(nn.Module):
-    """SRRL eq. 8 as a module that owns its trainable connector.
-
-    ``parameters()`` yields only the connector's parameters (put them in the
-    student's optimizer); the teacher classifier is held by reference, not as a
-    submodule, so it is never trained and never moved by ``.to()``.
-    ``train()``/``eval()`` switch the connector's BatchNorm.
-
-    Call: ``loss(student_logits, targets, student_feat_map, teacher_feat_map,
-    teacher_logits)``; :meth:`parts` gives ``(L_FM, L_SR)``.
-
-    >>> loss = SRRLLoss(torch.nn.Linear(4, 3), SRRLConnector(2, 4))
-    >>> [name for name, _ in loss.named_parameters()]  # the teacher's Linear is not among them
-    ['connector.conv.weight', 'connector.bn.weight', 'connector.bn.bias']
-    >>> fs, ft, y = torch.randn(5, 2, 3, 3), torch.rand(5, 4, 3, 3), torch.tensor([0, 1, 2, 0, 1])
-    >>> loss(torch.randn(5, 3), y, fs, ft, loss.teacher_classifier(ft.mean((2, 3)))).shape
-    torch.Size([])
-    """
-
-    def __init__(
-        self,
-        teacher_classifier: Callable[[Tensor], Tensor],
-        connector: nn.Module | None,
-        alpha: float = 1.0,
-        beta: float = 1.0,
-    ):
-        super().__init__()
-        self.connector = connector if connector is not None else nn.Identity()
-        self._teacher_classifier = (teacher_classifier,)  # a tuple: not registered as a submodule
-        self.alpha = float(alpha)
-        self.beta = float(beta)
-
-    @property
-    def teacher_classifier(self) -> Callable[[Tensor], Tensor]:
-        return self._teacher_classifier[0]
-
-    def parts(
-        self, student_feat_map: Tensor, teacher_feat_map: Tensor, teacher_logits: Tensor
-    ) -> tuple[Tensor, Tensor]:
-        return srrl_losses(
-            student_feat_map, teacher_feat_map, self.teacher_classifier, teacher_logits, self.connector
-        )
-
-    def forward(
-        self,
-        student_logits: Tensor,
-        targets: Tensor,
-        student_feat_map: Tensor,
-        teacher_feat_map: Tensor,
-        teacher_logits: Tensor,
-    ) -> Tensor:
-        return srrl_loss(
-            student_logits,
-            targets,
-            student_feat_map,
-            teacher_feat_map,
-            self.teacher_classifier,
-            teacher_logits,
-            self.connector,
-            alpha=self.alpha,
-            beta=self.beta,
-        )
-
-
-def make_srrl_loss(
-    teacher_classifier: Callable[[Tensor], Tensor],
-    student_channels: int,
-    teacher_channels: int,
-    alpha: float = 1.0,
-    beta: float = 1.0,
-) -> SRRLLoss:
-    """Build SRRL's combined loss (eq. 8) with a fresh :class:`SRRLConnector`.
-
-    The defaults α = β = 1 are the reference code's (see :func:`srrl_loss`).
-
-    >>> loss = make_srrl_loss(torch.nn.Linear(4, 3), student_channels=2, teacher_channels=4)
-    >>> (loss.alpha, loss.beta), sum(p.numel() for p in loss.parameters())
-    ((1.0, 1.0), 16)
-    """
-    return SRRLLoss(teacher_classifier, SRRLConnector(student_channels, teacher_channels), alpha, beta)
 
 
 # ---------------------------------------------------------------------------

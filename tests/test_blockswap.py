@@ -144,11 +144,12 @@ def test_cli_search(tmp_path, capsys):
     out = tmp_path / "best.json"
     rc = main(["search", "wrn-16-1", "--budget", "50%", "--data", str(npz), "--samples", "3",
                               "--batch-size", "8", "--candidates", "S,G(N/4),B(2),BG(2,M/2)", "--out", str(out),
-                              "--no-progress", "--no-macs"])
+                              "--no-progress", "--no-macs", "--top", "1"])
     assert rc == 0
     data = json.loads(out.read_text())
     teacher = sum(p.numel() for p in wrn(16, 1).parameters())
     assert abs(data["params"] - teacher / 2) <= 0.025 * teacher / 2
+    assert len(data["top"]) == 3  # every scored candidate is kept, not just the printed ones
     assert "best plan" in capsys.readouterr().out
     assert main(["cheapen", "wrn-16-1", str(out)]) == 0
 
@@ -169,3 +170,22 @@ def test_load_batch_normalises(tmp_path):
     assert x.shape == (2, 3, 32, 32) and y.dtype == torch.int64
     assert x[0, 0, 0, 0].item() == pytest.approx((1 - 0.4914) / 0.2023, rel=1e-4)
     assert split_specs("BG(2,M/4),S") == ["BG(2,M/4)", "S"]
+
+
+@pytest.mark.parametrize("budget", ["150%", "101%", "1.5", 1.5, float("nan"), float("inf"), "nan", "-5", "0%", 0])
+def test_bad_budgets_say_what_is_accepted(budget):
+    with pytest.raises(BudgetError, match=r"fraction of the teacher in \(0, 1\]"):
+        parse_budget(budget, 1000)
+
+
+def test_cost_table_is_plain_data_with_room_for_latency(wrn_cm):
+    from fxswap.costs import CostTable
+
+    table = wrn_cm.table
+    assert isinstance(table, CostTable) and table.latency is None
+    plan = {n: wrn_cm.options(n)[-1] for n in wrn_cm.names}
+    assert table.cost(plan) == wrn_cm.cost(plan)
+    table.latency = {n: {s: 1.0 for s in table.options(n)} for n in table.names}
+    table.fixed["latency"] = 0.5
+    assert table.cost(plan, "latency") == 0.5 + len(table.names)
+    table.latency = None

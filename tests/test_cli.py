@@ -61,3 +61,102 @@ def test_cli_package_has_no_import_cycle():
     for name, deps in imports.items():
         if name not in ("main", "__init__"):
             assert deps <= {"common"}, (name, deps)
+
+
+# ---------------------------------------------------------------------------
+# issue 12: the CLI's contract (0 ok, 2 bad input in one line, 1 other failure)
+# ---------------------------------------------------------------------------
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def tiny_npz(tmp_path_factory):
+    rng = np.random.default_rng(0)
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, x_train=rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8), y_train=rng.integers(0, 10, 16),
+             x_test=rng.integers(0, 255, (8, 32, 32, 3), dtype=np.uint8), y_test=rng.integers(0, 10, 8))
+    return str(path)
+
+
+DISTILL = ["distill", "--teacher", "wrn-10-1", "--student", "G(N/4)", "--epochs", "1", "--batch-size", "8",
+           "--workers", "0", "--no-progress"]
+SEARCH = ["search", "wrn-10-1", "--budget", "50%", "--samples", "2", "--batch-size", "4", "--no-macs",
+          "--candidates", "S,G(N/4)", "--no-progress"]
+
+
+@pytest.mark.parametrize("argv, says", [
+    (["blocks", "wrn-15-1"], "depth must be 6n+4"),
+    (["blocks", "wrn-16-0"], "width must be a positive integer"),
+    (["count", "resnet-21"], "depth must be 6n+2"),
+    (["blocks", "wrn-16-1", "--num-classes", "-1"], "integer >= 1"),
+    (SEARCH + ["--batch-size", "0"], "integer >= 1"),
+    (SEARCH + ["--batch-size", "-4"], "integer >= 1"),
+    (SEARCH + ["--seed", "-1"], "integer >= 0"),
+    (SEARCH + ["--top", "0"], "integer >= 1"),
+    (SEARCH + ["--budget", "150%"], "percentage must be in (0, 100]"),
+    (SEARCH + ["--out", "no/such/dir/r.json"], "does not exist"),
+    (["cheapen", "wrn-10-1", "G(2)", "--save", "no/such/dir/s.pt"], "does not exist"),
+    (DISTILL + ["--data", "DATA", "--lr", "-1"], "number > 0"),
+    (DISTILL + ["--data", "DATA", "--finetune-epochs", "-1"], "integer >= 0"),
+    (DISTILL + ["--data", "DATA", "--device", "foo"], "not a device"),
+    (DISTILL + ["--data", "DATA", "--method", '{"kd": {"alpha": 0.9, "temp": 4}}'], "unknown option"),
+    (DISTILL + ["--data", "DATA", "--out", "no/such/dir/run"], "does not exist"),
+])
+def test_bad_input_exits_2_with_one_line(argv, says, capsys, tiny_npz):
+    argv = [tiny_npz if a == "DATA" else a for a in argv]
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip()
+    assert says in err and len(err.splitlines()) == 1 and "Traceback" not in err
+    assert "building the cost table" not in err and "forward check" not in captured.out  # nothing ran
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message when there is no GPU")
+def test_cuda_without_a_gpu(capsys, tiny_npz):
+    assert main(DISTILL + ["--data", tiny_npz, "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_other_failures_exit_1(monkeypatch, capsys):
+    import fxswap.cli.cheapen as cli_cheapen
+
+    def broken(args):
+        raise RuntimeError("disk on fire")
+
+    monkeypatch.setattr(cli_cheapen, "run_blocks", broken)
+    assert main(["blocks", "wrn-10-1"]) == 1
+    err = capsys.readouterr().err
+    assert "disk on fire" in err and len(err.strip().splitlines()) == 1
+
+
+def run_cli(args, encoding, cwd):
+    env = {**os.environ, "PYTHONIOENCODING": encoding, "PYTHONPATH": os.getcwd()}
+    return subprocess.run([sys.executable, "-m", "fxswap", *args], capture_output=True, env=env, cwd=cwd,
+                          timeout=600)
+
+
+def test_results_are_written_and_tables_degrade_under_narrow_encodings(tmp_path):
+    saved = tmp_path / "student.pt"
+    done = run_cli(["cheapen", "wrn-10-1", "G(N/4)", "--save", str(saved)], "cp1252", tmp_path)  # no → in cp1252
+    assert done.returncode == 0, done.stderr
+    assert saved.exists() and "-> params" in done.stdout.decode("cp1252")
+    out = tmp_path / "r.json"
+    done = run_cli(SEARCH[:3] + ["66k"] + SEARCH[4:] + ["--out", str(out)], "ascii", tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert json.loads(out.read_text())["plan"] and "+-" in done.stderr.decode("ascii")
+
+
+def test_distill_no_progress_prints_each_epoch_and_lit_reports_the_real_path(tmp_path, capsys, tiny_npz):
+    out = tmp_path / "run"
+    argv = DISTILL + ["--data", tiny_npz, "--method", "lit", "--finetune-epochs", "0", "--out", str(out)]
+    assert main(argv) == 0
+    text = capsys.readouterr().out
+    assert "lit epoch 1" in text
+    reported = text.strip().splitlines()[-1].split("the student's weights in ")[-1]
+    assert os.path.isfile(reported), reported

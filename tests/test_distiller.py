@@ -3,6 +3,7 @@ import torch
 import timm
 
 import fxswap
+from fxswap import losses as L
 from fxswap.distillation import Distiller, LITDistiller
 from fxswap.models import cifar_resnet, wrn
 
@@ -90,7 +91,7 @@ def test_lit_sections_receive_the_teacher_irs():
     student = fxswap.cheapen(teacher, {"layer*.2": "I"})
     lit = LITDistiller(teacher, student)
     fed = []
-    hooks = [sec.register_forward_pre_hook(lambda m, args: fed.append(args[0])) for sec in lit._sections]
+    hooks = [sec.register_forward_pre_hook(lambda m, args: fed.append(args[0])) for sec in (h.module for h in lit.connectors["lit"].sections)]
     x, y = batch()
     loss, logs = lit(x, y)
     for h in hooks:
@@ -106,6 +107,24 @@ def test_lit_sections_receive_the_teacher_irs():
         h.remove()
     assert len(fed) == 2
     assert torch.equal(fed[0], ref["layer1.2"]) and torch.equal(fed[1], ref["layer2.2"])
+    # and the loss is losses.lit_loss on the student's own first IR, the sections' outputs and the teacher IRs
+    s_ref = {}
+    hs = [student.get_submodule("layer1.1").register_forward_hook(lambda m, i, o: s_ref.__setitem__("first", o))]
+    lit.eval()
+    _, logs = lit(x, y)
+    with torch.no_grad():
+        s_logits = student.eval()(x)
+        t_ref = {}
+        ht = [teacher.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: t_ref.__setitem__(n, o))
+              for n in ("layer1.2", "layer2.2", "layer3.2")]
+        t_logits = teacher(x)
+        for h in hs + ht:
+            h.remove()
+        secs = [h.module.eval() for h in lit.connectors["lit"].sections]
+        s_irs = [s_ref["first"], secs[0](t_ref["layer1.2"]), secs[1](t_ref["layer2.2"])]
+        t_irs = [t_ref[n] for n in ("layer1.2", "layer2.2", "layer3.2")]
+        expected = L.lit_loss(s_logits, t_logits, y, s_irs, t_irs, beta=0.75, T=6.0, alpha=0.95)
+    assert torch.allclose(logs["lit"], expected, rtol=1e-5, atol=1e-6)
     loss.backward()
     assert all(p.grad is None for p in teacher.parameters())
     assert {id(p) for p in lit.parameters()} == {id(p) for p in student.parameters()}
@@ -140,3 +159,92 @@ def test_distiller_on_cuda_with_autocast():
     loss.backward()
     assert torch.isfinite(loss)
     assert all(p.grad is None for p in t.parameters())
+
+
+def stage_outputs(model, x, names):
+    """Block outputs captured with forward hooks on the model itself (independent of probes)."""
+    got = {}
+    hooks = [model.get_submodule(n).register_forward_hook(lambda m, i, o, n=n: got.__setitem__(n, o)) for n in names]
+    with torch.no_grad():
+        logits = model(x)
+    for h in hooks:
+        h.remove()
+    return logits, [got[n] for n in names]
+
+
+def test_adding_a_term_never_changes_another():
+    # issue 9: with a hint term on layer1.*, AT ran on layer1.0, layer1.1, layer2.1, layer3.1 (6.93 -> 5.26)
+    torch.manual_seed(0)
+    teacher = wrn(16, 2)
+    student = fxswap.cheapen(teacher, "G(N/4)")
+    x, y = batch(4)
+    alone = Distiller(teacher, student, {"at": 1000.0}).eval()(x, y)[1]
+    for extra, points in [({"hint": 1.0}, {"hint": ["layer1.*"]}), ({"kd": 0.9, "srrl": 1.0}, None),
+                          ({"hint": 1.0, "mimic": 1.0}, {"hint": ["layer2.0", "layer3.*"]})]:
+        logs = Distiller(teacher, student, {"at": 1000.0, **extra}, points=points).eval()(x, y)[1]
+        assert torch.equal(logs["at"], alone["at"]), extra
+        assert "ce" not in logs or torch.equal(logs["ce"], alone["ce"])
+
+
+def test_each_term_is_its_loss_on_the_right_points():
+    torch.manual_seed(1)
+    teacher = wrn(16, 2).eval()
+    student = wrn(16, 1).eval()
+    d = Distiller(teacher, student, {"at": 1000.0, "kd": {"alpha": 0.5, "T": 2.0}, "hint": 2.0}).eval()
+    x, y = batch(4)
+    _, logs = d(x, y)
+    stages = ["layer1.1", "layer2.1", "layer3.1"]  # the last block of each stage, not every block
+    s_logits, s_feats = stage_outputs(student, x, stages)
+    t_logits, t_feats = stage_outputs(teacher, x, stages)
+    assert torch.allclose(logs["at"], L.attention_transfer(s_feats, t_feats, beta=1000.0), rtol=1e-5)
+    assert torch.allclose(logs["kd"], L.kd_loss(s_logits, t_logits, y, alpha=0.5, T=2.0), rtol=1e-5)
+    with torch.no_grad():
+        hint = 2.0 * sum(L.hint_loss(s, t, c) for s, t, c in zip(s_feats, t_feats, d.connectors["hint"]))
+    assert [c.proj.in_channels for c in d.connectors["hint"]] == [16, 32, 64]
+    assert torch.allclose(logs["hint"], hint, rtol=1e-5)
+    assert "ce" not in logs  # kd carries its own label term
+
+
+def test_a_registered_loss_is_used_by_name():
+    name = "test_only_l1_logits"
+
+    @L.register_loss(name)
+    def l1(s, t, y, scale=1.0):
+        return scale * (s - t).abs().mean()
+
+    try:
+        teacher = wrn(10, 1).eval()
+        student = fxswap.cheapen(teacher, "G(N/4)").eval()
+        d = Distiller(teacher, student, {name: {"weight": 3.0, "scale": 0.5}}).eval()
+        x, y = batch(4)
+        _, logs = d(x, y)
+        with torch.no_grad():
+            expected = 3.0 * 0.5 * (student(x) - teacher(x)).abs().mean()
+        assert torch.allclose(logs[name], expected) and "ce" in logs
+        with pytest.raises(fxswap.DistillError, match="cannot be called"):
+            Distiller(teacher, student, {name: {"nope": 1.0}})
+    finally:
+        L.LOSSES.pop(name, None)
+
+
+def test_unknown_options_are_refused():
+    t = wrn(10, 1)
+    with pytest.raises(fxswap.DistillError, match="unknown option.*accepted: alpha, T, reduction"):
+        Distiller(t, t, {"kd": {"alpha": 0.9, "temperature": 4}})
+    with pytest.raises(fxswap.DistillError, match="points given for"):
+        Distiller(t, t, {"kd": 0.9}, points={"at": "stages"})
+
+
+def test_teacher_copy_stays_in_eval_with_unchanged_buffers():
+    teacher = wrn(10, 2)
+    teacher.train()
+    d = Distiller(teacher, fxswap.cheapen(teacher, "G(N/4)"), {"at": 1000.0, "kd": 0.9, "srrl": 1.0})
+    before = snapshot(d.teacher)
+    d.train()
+    for _ in range(3):
+        loss, _ = d(*batch(4))
+        loss.backward()
+    assert not any(m.training for m in d.teacher.modules())
+    assert not d.connectors["srrl"].teacher_head.module.training
+    assert same(before, d.teacher.state_dict())
+    assert teacher.training and all(m.training for m in teacher.modules())

@@ -117,3 +117,19 @@ def test_sensitivity_table():
     # reproducible
     again = sensitivity(wrn(10, 1), "G(N/4)", _batch(4))
     assert [r.fisher for r in again.rows] == [r.fisher for r in rep.rows]
+
+
+def test_fisher_leaves_every_training_flag_as_found():
+    # a teacher in train mode with its BN layers in eval (a common fine-tuning set-up)
+    from fxswap.models import wrn
+
+    model = wrn(10, 1).train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    flags = [m.training for m in model.modules()]
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    fisher_potential(model, (x, y))
+    assert [m.training for m in model.modules()] == flags
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())

@@ -11,7 +11,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import fxswap
-from fxswap.distillation.loop import CHECKPOINT, HISTORY, distill, fit, format_history, load_checkpoint, train
+from fxswap.distillation import distill, fit, format_history, load_checkpoint, train
+from fxswap.distillation.checkpoint import CHECKPOINT, HISTORY
 from fxswap.distillation.presets import PRESETS, get_preset
 from fxswap.errors import DistillError
 
@@ -272,7 +273,8 @@ def test_lit_runs_both_stages(tmp_path):
     hist = distill(teacher, student, tr, va, method="lit", epochs=1, finetune_epochs=1, progress=False,
                    out_dir=tmp_path)
     assert [h["stage"] for h in hist] == ["lit", "finetune"]
-    assert "train_ir" in hist[0] and "train_lit_kd" in hist[1]
+    assert "train_lit" in hist[0] and "train_lit_kd" in hist[1]
+    assert (tmp_path / "student.pt").exists()
     assert hist[1]["lr"] == pytest.approx(0.01)
     assert (tmp_path / "lit" / CHECKPOINT).exists() and (tmp_path / "finetune" / CHECKPOINT).exists()
     assert same(before, snapshot(teacher))
@@ -362,3 +364,169 @@ def test_amp_on_cuda(tmp_path):
         hist = fit(CEDistiller(tiny_cnn()), tr, va, epochs=1, device="cuda", amp_dtype=torch.bfloat16,
                    progress=False)
         assert math.isfinite(hist[0]["train_loss"])
+
+
+# ---------------------------------------------------------------------------
+# issue 12: nothing non-finite in a checkpoint, clear errors on bad data, crafted files and changed settings
+# ---------------------------------------------------------------------------
+from fxswap.distillation.checkpoint import checksum, non_finite  # noqa: E402
+from fxswap.errors import FxswapError  # noqa: E402
+
+
+def all_checkpoints_finite(root):
+    for path in root.rglob(CHECKPOINT):
+        assert non_finite(torch.load(path, weights_only=True)) == [], path
+
+
+def test_a_poisoned_step_never_reaches_a_checkpoint(tmp_path):
+    tr, _ = loaders(n=48)
+    with pytest.raises(DistillError, match="non-finite"):
+        fit(CEDistiller(tiny_cnn()), tr, epochs=3, lr=1e4, preset="cosine", out_dir=tmp_path, progress=False)
+    all_checkpoints_finite(tmp_path)
+
+
+class Poisoned(Dataset):
+    def __init__(self, value, index=5, n=32):
+        self.x, self.y = torch.randn(n, 3, 8, 8), torch.arange(n) % 4
+        self.x[index, 0, 0, 0] = value
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return self.x[i], int(self.y[i])
+
+
+def test_a_huge_pixel_is_an_error_and_leaves_no_inf_in_a_checkpoint(tmp_path):
+    tr = DataLoader(Poisoned(1e38), batch_size=8)
+    with pytest.raises(DistillError, match="non-finite"):
+        fit(CEDistiller(tiny_cnn()), tr, epochs=2, out_dir=tmp_path, progress=False)
+    all_checkpoints_finite(tmp_path)
+
+
+def test_nan_data_names_the_batch(tmp_path):
+    tr = DataLoader(Poisoned(float("nan"), index=17), batch_size=8)
+    with pytest.raises(DistillError, match=r"training batch 3"):
+        fit(CEDistiller(tiny_cnn()), tr, epochs=1, progress=False)
+    good = DataLoader(Poisoned(0.0), batch_size=8)
+    with pytest.raises(DistillError, match=r"validation batch 2 of 4 has non-finite input"):
+        fit(CEDistiller(tiny_cnn()), good, DataLoader(Poisoned(float("nan"), index=9), batch_size=8), epochs=1,
+            out_dir=tmp_path, progress=False)
+    assert not (tmp_path / CHECKPOINT).exists()
+
+
+def test_resume_applies_a_new_lr_and_refuses_another_preset(tmp_path):
+    tr, _ = loaders(n=32, seed=0)
+    full = fit(CEDistiller(tiny_cnn()), tr, epochs=2, lr=0.05, preset="cosine", progress=False)
+    with pytest.raises(Interrupt):  # killed in epoch 2
+        fit(Crashing(CEDistiller(tiny_cnn()), len(tr) + 1), tr, epochs=2, lr=0.05, preset="cosine", out_dir=tmp_path,
+            progress=False)
+    with pytest.warns(UserWarning, match="lr=0.01 .*applied"):
+        res = fit(CEDistiller(tiny_cnn()), tr, epochs=2, lr=0.01, preset="cosine", out_dir=tmp_path, resume=True,
+                  progress=False)
+    assert res[1]["lr"] == pytest.approx(full[1]["lr"] * 0.2)
+    assert load_checkpoint(tmp_path / CHECKPOINT)["lr"] == 0.01
+    with pytest.raises(DistillError, match="preset 'cosine'.*'moonshine'"):
+        fit(CEDistiller(tiny_cnn()), tr, epochs=3, preset="moonshine", out_dir=tmp_path, resume=True, progress=False)
+
+
+@pytest.fixture()
+def one_checkpoint(tmp_path):
+    tr, _ = loaders(n=16)
+    d = CEDistiller(tiny_cnn())
+    fit(d, tr, epochs=1, out_dir=tmp_path, progress=False)
+    return tmp_path / CHECKPOINT, d
+
+
+def test_a_flipped_byte_in_tensor_data_is_caught(one_checkpoint):
+    path, d = one_checkpoint
+    raw = bytearray(path.read_bytes())
+    needle = d.student[0].weight.detach().numpy().tobytes()[:16]
+    at = bytes(raw).index(needle) + 5
+    raw[at] ^= 0x10
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DistillError, match="checksum"):
+        load_checkpoint(path)
+
+
+def _rewrite(path, change):
+    raw = torch.load(path, weights_only=True)
+    raw.pop("checksum")
+    change(raw)
+    raw["checksum"] = checksum(raw)
+    torch.save(raw, path)
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c.pop("optimizer"), "lacks 'optimizer'"),
+    (lambda c: c["rng"]["numpy"].__setitem__("keys", torch.zeros(5, dtype=torch.int64)), "RNG state"),
+    (lambda c: c["rng"].pop("python"), "RNG state"),
+    (lambda c: c.__setitem__("history", {"a": 1}), "'history' is dict"),
+    (lambda c: c.__setitem__("epoch", "two"), "'epoch' is str"),
+    (lambda c: c.__setitem__("epoch", -5), "inconsistent counters"),
+    (lambda c: c.__setitem__("student", {"w": 3}), "state dict"),
+])
+def test_crafted_checkpoints_are_clear_errors(one_checkpoint, change, match):
+    path, _ = one_checkpoint
+    _rewrite(path, change)
+    with pytest.raises(DistillError, match=match):
+        load_checkpoint(path)
+    tr, _ = loaders(n=16)
+    with pytest.raises(DistillError):
+        fit(CEDistiller(tiny_cnn()), tr, epochs=2, out_dir=path.parent, resume=True, progress=False)
+
+
+def test_another_student_in_the_same_out_dir(one_checkpoint):
+    path, _ = one_checkpoint
+    tr, _ = loaders(n=16)
+    other = nn.Sequential(nn.Conv2d(3, 4, 3), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 4))
+    with pytest.raises(DistillError, match="another student"):
+        fit(CEDistiller(other), tr, epochs=2, out_dir=path.parent, resume=True, progress=False)
+
+
+def test_checkpoint_fuzz_loads_or_raises_an_fxswap_error(one_checkpoint):
+    path, _ = one_checkpoint
+    good = path.read_bytes()
+    rng = np.random.default_rng(0)
+    outcomes = {"loaded": 0, "refused": 0}
+    for i in range(60):
+        data = bytearray(good)
+        kind = i % 4
+        if kind == 0:  # flip a few bytes anywhere
+            for at in rng.integers(0, len(data), size=int(rng.integers(1, 4))):
+                data[at] ^= int(rng.integers(1, 256))
+        elif kind == 1:  # truncate
+            data = data[: int(rng.integers(0, len(data)))]
+        elif kind == 2:  # garbage
+            data = bytearray(rng.integers(0, 256, size=int(rng.integers(0, 2000)), dtype=np.uint8).tobytes())
+        else:  # a zip member's bytes overwritten by a block of zeros
+            at = int(rng.integers(0, len(data) - 64))
+            data[at: at + 64] = bytes(64)
+        path.write_bytes(bytes(data))
+        try:
+            load_checkpoint(path)
+            outcomes["loaded"] += 1
+        except FxswapError:
+            outcomes["refused"] += 1
+    assert outcomes["refused"] > 30
+
+
+def test_run_files_are_not_private(one_checkpoint):
+    path, _ = one_checkpoint
+    mask = os.umask(0)
+    os.umask(mask)
+    for f in path.parent.iterdir():
+        assert f.stat().st_mode & 0o777 == 0o666 & ~mask, f
+
+
+@needs_distiller
+def test_hint_connectors_survive_resume_when_widths_differ(tmp_path):
+    teacher = fxswap.models.wrn(10, 2, num_classes=4)
+
+    def make():
+        torch.manual_seed(0)
+        return Distiller(teacher, fxswap.models.wrn(10, 1, num_classes=4), {"hint": 1.0},
+                         example_input=torch.zeros(2, 3, 8, 8))
+
+    assert sum(p.numel() for p in make().connectors.parameters()) > 0  # 16→32, 32→64, 64→128 1×1 convs
+    _resume_check(tmp_path, make, {"seed": 1, "n": 32}, epochs=2)

@@ -27,7 +27,6 @@ from fxswap.losses import (
     lit_ir_loss,
     lit_kd_loss,
     lit_loss,
-    make_srrl_loss,
     mimic_loss,
     register_loss,
     srrl_loss,
@@ -479,21 +478,6 @@ def test_srrl_loss_is_eq8_and_defaults_are_one():
     assert _f(got) == pytest.approx(ce + 2 * _f(l_fm) + 0.5 * _f(l_sr), rel=1e-5)
     sig = inspect.signature(srrl_loss)
     assert sig.parameters["alpha"].default == 1.0 and sig.parameters["beta"].default == 1.0
-
-
-def test_make_srrl_loss_owns_only_the_connector():
-    torch.manual_seed(10)
-    fc = nn.Linear(4, 5)
-    loss = make_srrl_loss(fc, student_channels=3, teacher_channels=4)
-    names = {n for n, _ in loss.named_parameters()}
-    assert names == {"connector.conv.weight", "connector.bn.weight", "connector.bn.bias"}
-    assert (loss.alpha, loss.beta) == (1.0, 1.0)
-    fs, ft = torch.randn(6, 3, 3, 3), torch.rand(6, 4, 3, 3)
-    s_logits, y, t_logits = torch.randn(6, 5), torch.tensor([0, 1, 2, 3, 4, 0]), torch.randn(6, 5)
-    expected = srrl_loss(s_logits, y, fs, ft, fc, t_logits, loss.connector)
-    assert torch.allclose(loss(s_logits, y, fs, ft, t_logits), expected)
-    l_fm, l_sr = loss.parts(fs, ft, t_logits)
-    assert torch.allclose(l_fm + l_sr + torch.nn.functional.cross_entropy(s_logits, y), expected)
 
 
 # ---------------------------------------------------------------------------

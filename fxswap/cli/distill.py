@@ -37,7 +37,7 @@ __all__ = ["add_parsers", "run_distill", "load_weights"]
 
 def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> None:
     """Add ``distill`` to ``subparsers`` (it names two models, so it takes no model parent parser)."""
-    from ..distillation.loop import METHODS
+    from ..distillation import METHODS
     from ..distillation.presets import PRESETS
 
     p = subparsers.add_parser("distill", help="distil a teacher into a cheapened student on CIFAR",
@@ -139,13 +139,21 @@ def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.M
 
 
 def _method(text: str):
+    """``--method``: a name, or a JSON losses dict checked term by term before any work."""
+    from ..distillation.terms import get_term, term_options
+
     text = text.strip()
-    if text.startswith("{"):
-        try:
-            return json.loads(text)
-        except (json.JSONDecodeError, RecursionError) as e:
-            raise FxswapError(f"--method looks like JSON but is not valid JSON: {e}") from None
-    return text
+    if not text.startswith("{"):
+        return text
+    try:
+        losses = json.loads(text)
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise FxswapError(f"--method looks like JSON but is not valid JSON: {e}") from None
+    if not isinstance(losses, dict) or not losses:
+        raise FxswapError('--method as JSON must be a non-empty dict of loss terms, e.g. {"at": 1000, "kd": 0.9}')
+    for name, value in losses.items():
+        term_options(get_term(name), value)
+    return losses
 
 
 def _params(m: nn.Module) -> int:
@@ -167,7 +175,7 @@ def _device(text: str | None) -> str:
 
 
 def _teacher_weights(args, teacher, train_loader, val_loader, out, common) -> None:
-    from ..distillation.loop import format_history, train
+    from ..distillation import format_history, train
 
     if args.teacher_checkpoint:
         load_weights(teacher, args.teacher_checkpoint)
@@ -185,7 +193,8 @@ def _teacher_weights(args, teacher, train_loader, val_loader, out, common) -> No
 def run_distill(args: argparse.Namespace) -> int:
     """Run ``fxswap distill`` with parsed ``args``; prints the history table; returns the exit code."""
     from ..data import cifar_loaders
-    from ..distillation.loop import distill, evaluate, format_history
+    from ..distillation import distill, evaluate, format_history
+    from ..distillation.checkpoint import STUDENT
     from ..distillation.presets import get_preset
 
     if args.resume and not args.out:
@@ -210,7 +219,8 @@ def run_distill(args: argparse.Namespace) -> int:
     echo(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
     echo(f"student: {how}, {_params(student):,} parameters ({_params(student) / _params(teacher):.1%} of the teacher)")
 
-    common = dict(device=device, amp=args.amp, seed=args.seed, progress=args.progress, resume=args.resume)
+    common = dict(device=device, amp=args.amp, seed=args.seed, progress=args.progress, resume=args.resume,
+                  on_epoch=None if args.progress else _print_epoch)
     _teacher_weights(args, teacher, train_loader, val_loader, out, common)
     t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
     echo(f"teacher val: loss {t_eval['loss']:.4f}, acc {100 * t_eval['acc']:.2f}%")
@@ -222,5 +232,13 @@ def run_distill(args: argparse.Namespace) -> int:
                       out_dir=out / "student" if out else None, **common)
     echo(format_history(history))
     if out:
-        echo(f"history, checkpoints and the student's weights (student.pt) in {out / 'student'}")
+        echo(f"history and checkpoints in {out / 'student'}; the student's weights in {out / 'student' / STUDENT}")
     return 0
+
+
+def _print_epoch(row: dict) -> None:
+    """Without progress bars, one line per epoch (flushed, for logs)."""
+    from ..distillation.history import epoch_summary
+
+    echo(epoch_summary(row))
+    sys.stdout.flush()

@@ -111,6 +111,7 @@ def run_search(args: argparse.Namespace) -> int:
 
     out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
     check_writable(out, "--out")
+    parse_budget(args.budget, 1)  # its form, before any work; the teacher's total comes with the cost table
     model = load_model(args.model, args.num_classes)
     shape = parse_shape(args.input, model)
     num_classes = args.num_classes or getattr(model, "num_classes", None) or _out_features(model) or 10
@@ -133,7 +134,7 @@ def run_search(args: argparse.Namespace) -> int:
     scoring = result.seconds
     result.seconds = time.perf_counter() - start
     result.model = args.model
-    result.to_json(out, args.top)
+    result.to_json(out)
     echo(result.table(args.top))
     per = scoring / max(result.samples, 1)
     echo(f"\nbest plan ({result.candidates[0].params:,} params, Fisher {result.candidates[0].fisher:.5g}) saved to "

@@ -1,0 +1,139 @@
+"""The methods as recipes: which distiller, which preset, which stages; each ends in :func:`.loop.fit`.
+
+* :func:`distill` — a named method (``"at"``, ``"kd"``, ``"at+kd"``,
+  ``"mimic"``, ``"hint"``, ``"srrl"``, ``"lit"``) or a losses dict;
+* :func:`train` — the student alone with cross-entropy (the baseline);
+* LIT — two stages, LIT training then a KD fine-tune (:func:`distill` with
+  ``method="lit"``).
+
+>>> sorted(METHODS)
+['at', 'at+kd', 'hint', 'kd', 'kd+at', 'mimic', 'srrl']
+"""
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ..errors import DistillError
+from .checkpoint import STUDENT, atomic_write
+from .distiller import Distiller
+from .lit import LITDistiller
+from .loop import fit
+
+__all__ = ["METHODS", "distill", "train", "distill_lit"]
+
+#: ``method`` name → the Distiller's ``losses``. The weights are the papers':
+#: Moonshine §4.1 (β = 1000 for AT; α = 0.9, T = 4 for KD), Urban et al. (mimic
+#: alone), FitNets (hint weight 1 + CE), SRRL (α = β = 1 + CE). ``"lit"`` is
+#: :func:`distill_lit`.
+METHODS: dict[str, dict[str, Any]] = {
+    "at": {"at": 1000.0},
+    "kd": {"kd": 0.9},
+    "at+kd": {"at": 1000.0, "kd": 0.9},
+    "kd+at": {"at": 1000.0, "kd": 0.9},
+    "mimic": {"mimic": 1.0},
+    "hint": {"hint": 1.0},
+    "srrl": {"srrl": 1.0},
+}
+
+
+def train(student: nn.Module, train_loader, val_loader=None, *, epochs: int, **fit_kwargs) -> list[dict[str, Any]]:
+    """Train ``student`` alone with cross-entropy (the from-scratch baseline): :func:`fit` on
+    ``Distiller(None, student, {"ce": 1.0})``. ``student`` is trained in place.
+
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> data = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
+    >>> hist = train(torch.nn.Linear(4, 2), DataLoader(data, batch_size=8), epochs=2, progress=False)
+    >>> [h["epoch"] for h in hist]
+    [1, 2]
+    """
+    return fit(Distiller(None, student, {"ce": 1.0}), train_loader, val_loader, epochs=epochs, **fit_kwargs)
+
+
+def _losses(method) -> dict[str, Any] | None:
+    """The losses dict ``method`` names; None for LIT."""
+    if isinstance(method, str):
+        key = method.strip().lower().replace(" ", "")
+        if key == "lit":
+            return None
+        if key not in METHODS:
+            raise DistillError(f"unknown method {method!r}; accepted: {', '.join(list(METHODS) + ['lit'])}, "
+                               "or a losses dict such as {'at': 1000.0, 'kd': 0.9}")
+        return dict(METHODS[key])
+    if isinstance(method, Mapping):
+        return dict(method)
+    raise DistillError(f"method must be a name or a losses dict, got {type(method).__name__}")
+
+
+def distill(
+    teacher: nn.Module,
+    student: nn.Module,
+    train_loader,
+    val_loader=None,
+    method: str | Mapping[str, Any] = "at",
+    *,
+    epochs: int,
+    finetune_epochs: int | None = None,
+    points: Mapping[str, Any] | None = None,
+    example_input: Tensor | None = None,
+    **fit_kwargs,
+) -> list[dict[str, Any]]:
+    """Distil ``teacher`` into ``student`` (trained in place) by ``method``; returns the history.
+
+    ``method`` is a name in :data:`METHODS` (``"at"``, ``"kd"``, ``"at+kd"``,
+    ``"mimic"``, ``"hint"``, ``"srrl"``), ``"lit"`` (:func:`distill_lit`), or a
+    ``losses`` dict for :class:`~fxswap.Distiller` (e.g. ``{"at": 500.0, "kd":
+    {"alpha": 0.5, "T": 2}}``). ``points`` and ``example_input`` go to the
+    Distiller. The remaining keyword arguments go to :func:`fit`; the default
+    preset is ``"moonshine"`` (``"lit"`` for LIT).
+
+    >>> import fxswap
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> teacher = fxswap.models.wrn(10, 1)
+    >>> data = TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)))
+    >>> hist = distill(teacher, fxswap.cheapen(teacher, "G(N/4)"), DataLoader(data, batch_size=4),
+    ...                method="at+kd", epochs=1, progress=False)
+    >>> sorted(k for k in hist[0] if k.startswith("train_"))
+    ['train_acc', 'train_at', 'train_kd', 'train_loss']
+    """
+    if teacher is None:
+        raise DistillError("distill() needs a teacher; use train() to train a student alone")
+    losses = _losses(method)
+    if losses is None:
+        return distill_lit(teacher, student, train_loader, val_loader, epochs=epochs,
+                           finetune_epochs=finetune_epochs, **fit_kwargs)
+    d = Distiller(teacher, student, losses, points=points, example_input=example_input)
+    fit_kwargs.setdefault("preset", "moonshine")
+    return fit(d, train_loader, val_loader, epochs=epochs, **fit_kwargs)
+
+
+def distill_lit(teacher: nn.Module, student: nn.Module, train_loader, val_loader=None, *, epochs: int,
+                finetune_epochs: int | None = None, **fit_kwargs) -> list[dict[str, Any]]:
+    """LIT's two stages (seed 001 §3, appendix A): ``epochs`` of LIT training
+    (:class:`~fxswap.distillation.lit.LITDistiller`, preset ``"lit"``), then
+    ``finetune_epochs`` of KD fine-tuning (preset ``"lit-finetune"``, lr 0.01;
+    default: 75/175 of ``epochs``, the appendix's ratio, rounded). With
+    ``out_dir`` each stage has its own sub-folder (``lit/``, ``finetune/``)
+    and the final ``student.pt`` is also written to ``out_dir``; history rows
+    carry ``"stage"``.
+    """
+    if finetune_epochs is None:
+        finetune_epochs = int(round(epochs * 75 / 175)) if isinstance(epochs, int) else 0
+    if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
+        raise DistillError(f"finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")
+    lit = LITDistiller(teacher, student)
+    out = fit_kwargs.pop("out_dir", None)
+    stage1 = {"preset": "lit", **fit_kwargs}
+    history = fit(lit, train_loader, val_loader, epochs=epochs, stage="lit",
+                  out_dir=None if out is None else Path(out) / "lit", **stage1)
+    if finetune_epochs > 0:
+        stage2 = {k: v for k, v in fit_kwargs.items() if k not in ("preset", "lr")}
+        history += fit(lit.finetune(), train_loader, val_loader, epochs=finetune_epochs, stage="finetune",
+                       preset="lit-finetune", out_dir=None if out is None else Path(out) / "finetune", **stage2)
+    if out is not None:
+        atomic_write(Path(out) / STUDENT, lambda f: torch.save(student.state_dict(), f))
+    return history
