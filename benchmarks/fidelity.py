@@ -98,8 +98,8 @@ SCALES = {
                 moonshine_students=("G(N/4)", "wrn-10-1"), urban_methods=("mimic",), synthetic=True),
     "cpu": Scale("wrn-16-2", "wrn-16-1", "wrn-10-2", 5000, 2000, 5, 8, blockswap_samples=200,
                  blockswap_trained=6, urban_params=100_000),
-    "gpu": Scale("wrn-40-2", "wrn-16-1", "wrn-16-2", None, None, 15, 30, blockswap_samples=1000,
-                 blockswap_trained=10, urban_params=400_000),
+    "gpu": Scale("wrn-40-2", "wrn-16-1", "wrn-16-2", None, None, 10, 30, blockswap_samples=1000,
+                 blockswap_trained=8, urban_params=400_000),
     "paper": Scale("wrn-40-2", "wrn-16-1", "wrn-16-2", None, None, 200, 200, blockswap_samples=1000,
                    blockswap_trained=30, urban_params=1_000_000, preset=None),
 }
