@@ -275,6 +275,10 @@ def _log(ctx: dict, job: Job, res: dict) -> None:
     else:
         msg = f"{res['wall']:.0f}s"
     print(f"[{time.perf_counter() - ctx['t0']:6.0f}s] {job.experiment:9} {job.name:40} {msg}", flush=True)
+    if ctx.get("out"):  # one line per finished job, so a run stopped by a time limit still leaves its results
+        row = {"key": job.key, **{k: v for k, v in res.items() if k != "candidates"}}
+        with open(Path(ctx["out"]) / "progress.jsonl", "a") as f:
+            f.write(json.dumps(row, default=str) + "\n")
 
 
 # ---------------------------------------------------------------------------
@@ -600,7 +604,7 @@ def run(experiments, args) -> dict:
         data = _limited({}, Path(args.data), scale, tmp)
     ctx = {"scale": scale, "data": str(data), "seed": args.seed, "t0": time.perf_counter(),
            "teacher_path": str(out / "teacher.pt"), "threads": args.threads,
-           "image": scale.image if scale.synthetic else 32}
+           "image": scale.image if scale.synthetic else 32, "out": str(out)}
     students = [s.strip() for s in args.students.split(";")] if args.students else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     print(f"scale {args.scale}: {scale}\ndata {args.data or 'synthetic'}, device {_device()}, jobs {args.jobs}, "

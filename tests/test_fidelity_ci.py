@@ -37,6 +37,8 @@ def test_all_five_experiments_run_at_ci_scale(fidelity, tmp_path):
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["experiments"] == list(fidelity.EXPERIMENTS)
     assert dump["blockswap_scoring"]["top"]  # plans were scored
+    progress = (tmp_path / "progress.jsonl").read_text().splitlines()
+    assert len(progress) == len(results)  # every finished job left a line (what survives a time limit)
 
 
 def test_urban_students_have_the_asked_parameters_and_conv_layers(fidelity):
