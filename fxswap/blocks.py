@@ -189,10 +189,8 @@ def _kind(view: GraphView, branch: list[fx.Node], mixers: list[nn.Module]) -> st
     convs = [m for m in mixers if isinstance(m, nn.Conv2d)]
     spatial = [m for m in convs if max(m.kernel_size) > 1]
     pointwise = [m for m in mixers if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and max(m.kernel_size) == 1)]
-    if _is_attention(view, branch):
-        return "attention"
-    if not spatial:
-        return "mlp" if pointwise else "other"
+    if not spatial:  # (a softmax next to k×k convs is a gate, SK/ResNeSt split attention, not a token mixer)
+        return "attention" if _is_attention(view, branch) else "mlp" if pointwise else "other"
     dw = [m for m in spatial if m.groups > 1 and m.groups == m.in_channels]
     first_spatial = next(i for i, m in enumerate(mixers) if m in spatial)
     if dw:
