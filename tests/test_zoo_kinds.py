@@ -129,3 +129,16 @@ def test_trace_does_not_leave_proxies_in_module_caches():
     with torch.no_grad():
         model(torch.randn(1, 3, 224, 224))
     fxswap.cheapen(model, "I")  # the KeyError 'getitem_N' came here
+
+
+def test_identity_on_beit_and_cait_blocks():
+    # BEiT's blocks take a bias computed by the model (their ModuleList parent has no forward);
+    # CaiT's class-attention blocks split tokens (a Linear on a slice): both found, both take I
+    x = torch.randn(1, 3, 32, 32)
+    for model in (timm.create_model("beit_base_patch16_224", img_size=32, depth=2, embed_dim=64, num_heads=2),
+                  timm.create_model("cait_xxs24_224", img_size=32, depth=2, depth_token_only=1)):
+        model.eval()
+        student = fxswap.cheapen(model, "I", example_input=x).eval()
+        with torch.no_grad():
+            assert student(x).shape == model(x).shape
+        assert n_params(student) < n_params(model)
