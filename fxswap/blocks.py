@@ -108,6 +108,8 @@ class Block:
     tail: str = field(default="", repr=False)
     region_scope: str = field(default="", repr=False)
     add_scope: str = field(default="", repr=False)
+    #: the module in whose forward the add itself runs (what ``I`` retraces)
+    add_owner: str = field(default="", repr=False)
     region_problem: str | None = field(default=None, repr=False)
     act_type: type | None = field(default=None, repr=False, compare=False)
     #: convs that ``G`` rewrites: k×k with k > 1 and a single group
@@ -189,10 +191,8 @@ def _kind(view: GraphView, branch: list[fx.Node], mixers: list[nn.Module]) -> st
     convs = [m for m in mixers if isinstance(m, nn.Conv2d)]
     spatial = [m for m in convs if max(m.kernel_size) > 1]
     pointwise = [m for m in mixers if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and max(m.kernel_size) == 1)]
-    if _is_attention(view, branch):
-        return "attention"
-    if not spatial:
-        return "mlp" if pointwise else "other"
+    if not spatial:  # (a softmax next to k×k convs is a gate, SK/ResNeSt split attention, not a token mixer)
+        return "attention" if _is_attention(view, branch) else "mlp" if pointwise else "other"
     dw = [m for m in spatial if m.groups > 1 and m.groups == m.in_channels]
     first_spatial = next(i for i, m in enumerate(mixers) if m in spatial)
     if dw:
@@ -271,7 +271,8 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     in_ch = getattr(first_mod, "in_channels", None) or getattr(first_mod, "in_features", 0)
     split_paths = [c for c in convs if entry is not None and c.args[0] is not entry and tensor_entry(c.args[0]) is entry]
     if split_paths:  # selective kernel: each path convolves a slice of the input
-        in_ch = sum(view.module(c).in_channels for c in split_paths if view.module(c) is not None)
+        in_ch = sum(getattr(view.module(c), "in_channels", None) or getattr(view.module(c), "in_features", 0)
+                    for c in split_paths if view.module(c) is not None)
     out_ch = getattr(last_mod, "out_channels", None) or getattr(last_mod, "out_features", 0)
     joined = [u for u in last.users if is_cat(u)]
     if joined and all(view.is_conv(a) and view.module(a) is not None for a in joined[0].args[0]):
@@ -311,7 +312,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
         norm=norm, act=act_type.__name__ if act_type else None, kind=kind, width=width,
         add=add.meta["qualname"], first_conv=str(first.target),
         last_conv=str(last_conv.target) if not only_linear else "",
-        tail=str(tail.target), region_scope=region_scope, add_scope=add_scope,
+        tail=str(tail.target), region_scope=region_scope, add_scope=add_scope, add_owner=scope_add,
         region_problem=problem, act_type=act_type,
         full_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
                          if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1),

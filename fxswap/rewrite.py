@@ -155,8 +155,14 @@ def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: st
 
 def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str) -> None:
     view = GraphView(gm)
-    first = _find_target(gm, _relative(block.first_conv, owner), block, spec)
-    f = view.index[first]
+    targets = {n.target: n for n in view.nodes if n.op == "call_module"}
+    found = [targets[_relative(c, owner)] for c in (block.first_conv,) + block.convs if _relative(c, owner) in targets]
+    if not found:  # the branch runs in a child module (an attention module called by the block)
+        found = [n for n in view.nodes if n.op == "call_module" and any(
+            c.startswith(f"{owner}.{n.target}." if owner else f"{n.target}.") for c in block.convs)]
+    if not found:
+        _find_target(gm, _relative(block.first_conv, owner), block, spec)  # raises, naming the layer
+    f = view.index[found[0]]
     # the block's own add, by its name in the owner's trace (an add inside the branch, StarReLU's
     # ``+ bias``, must not be taken for it); else the first add downstream of the branch
     named = [n for n in view.nodes if n.meta.get("qualname") == _relative(block.add, owner) and is_add(n)]
@@ -392,7 +398,7 @@ def _rewrite(model, blocks, specs, leaf_modules):
             if block.region_problem and sub.level == "branch":
                 raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {block.region_problem}; "
                                 f"{_applicable(block)}")
-            owner = block.region_scope if sub.level == "branch" else block.add_scope
+            owner = block.region_scope if sub.level == "branch" else block.add_owner
             by_owner.setdefault(owner, []).append((block, spec))
     if unchanged:
         warnings.warn(f"the plan changes nothing in block(s) {_summarise(unchanged)}: they have no convolution "

@@ -38,7 +38,8 @@ import torch
 from torch import nn
 
 __all__ = [
-    "StageSpec", "NetSpec", "BlockGeometry", "PreActBlock", "PostActBlock", "ResidualNet",
+    "StageSpec", "NetSpec", "BlockGeometry", "PreActBlock", "PostActBlock", "BottleneckBlock", "InvertedBlock",
+    "TransformerBlock", "BLOCK_KINDS", "ResidualNet",
     "build", "residual_nets", "specs", "divisors",
 ]
 
@@ -88,6 +89,8 @@ class NetSpec:
     kernel_size: int = 3
     num_classes: int = 10
     resolution: int = 16
+    #: the blocks' structure: "basic" (``order`` decides pre/post), "bottleneck", "inverted", "transformer"
+    block: str = "basic"
 
     def blocks(self) -> list[BlockGeometry]:
         out, width = [], self.stem
@@ -147,6 +150,98 @@ class PostActBlock(nn.Module):
         return self.relu(y + shortcut)
 
 
+class BottleneckBlock(nn.Module):
+    """ResNet-50 block: 1×1 (in→w), k×k (w→w, stride), 1×1 (w→out), each conv-BN, ReLU; w = out // 4.
+
+    >>> BottleneckBlock(16, 32, 2)(torch.randn(1, 16, 8, 8)).shape
+    torch.Size([1, 32, 4, 4])
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, k: int = 3):
+        super().__init__()
+        w = max(1, cout // 4)
+        self.conv1, self.bn1 = nn.Conv2d(cin, w, 1, bias=False), nn.BatchNorm2d(w)
+        self.conv2, self.bn2 = nn.Conv2d(w, w, k, stride, k // 2, bias=False), nn.BatchNorm2d(w)
+        self.conv3, self.bn3 = nn.Conv2d(w, cout, 1, bias=False), nn.BatchNorm2d(cout)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = None
+        if cin != cout or stride != 1:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.relu(self.bn1(self.conv1(x)))
+        y = self.relu(self.bn2(self.conv2(y)))
+        y = self.bn3(self.conv3(y))
+        return self.relu(y + (x if self.downsample is None else self.downsample(x)))
+
+
+class InvertedBlock(nn.Module):
+    """MobileNetV2 block: 1×1 expand (×4), depthwise k×k, 1×1 project; residual only at equal shapes.
+
+    >>> InvertedBlock(8, 8, 1)(torch.randn(1, 8, 8, 8)).shape
+    torch.Size([1, 8, 8, 8])
+    """
+
+    def __init__(self, cin: int, cout: int, stride: int, k: int = 3):
+        super().__init__()
+        e = 4 * cin
+        self.residual = cin == cout and stride == 1
+        self.expand = nn.Sequential(nn.Conv2d(cin, e, 1, bias=False), nn.BatchNorm2d(e), nn.ReLU6(inplace=True))
+        self.dw = nn.Sequential(nn.Conv2d(e, e, k, stride, k // 2, groups=e, bias=False), nn.BatchNorm2d(e),
+                                nn.ReLU6(inplace=True))
+        self.project = nn.Sequential(nn.Conv2d(e, cout, 1, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        y = self.project(self.dw(self.expand(x)))
+        return x + y if self.residual else y
+
+
+class TransformerBlock(nn.Module):
+    """Pre-norm transformer block on the map's pixels as tokens: x + attn(LN(x)), then x + MLP(LN(x)).
+
+    Width- or stride-changing positions of "transformer" and "inverted" nets get a :class:`PostActBlock`.
+
+    >>> TransformerBlock(16)(torch.randn(2, 16, 4, 4)).shape
+    torch.Size([2, 16, 4, 4])
+    """
+
+    def __init__(self, c: int, hidden: int = 0):
+        super().__init__()
+        hidden = hidden or 2 * c
+        self.norm1, self.norm2 = nn.LayerNorm(c), nn.LayerNorm(c)
+        self.qkv, self.proj = nn.Linear(c, 3 * c), nn.Linear(c, c)
+        self.fc1, self.act, self.fc2 = nn.Linear(c, hidden), nn.GELU(), nn.Linear(hidden, c)
+
+    def attn(self, t):
+        q, k, v = self.qkv(t).chunk(3, dim=-1)
+        a = torch.softmax(q @ k.transpose(-2, -1) / q.shape[-1] ** 0.5, dim=-1)
+        return self.proj(a @ v)
+
+    def forward(self, x):
+        b, c, h, w = x.shape
+        t = x.flatten(2).transpose(1, 2)
+        t = t + self.attn(self.norm1(t))
+        t = t + self.fc2(self.act(self.fc1(self.norm2(t))))
+        return t.transpose(1, 2).reshape(b, c, h, w)
+
+
+def _block(kind: str, order: str, cin: int, cout: int, stride: int, k: int) -> nn.Module:
+    if kind == "bottleneck":
+        return BottleneckBlock(cin, cout, stride, k)
+    same = cin == cout and stride == 1
+    if kind == "inverted" and same:
+        return InvertedBlock(cin, cout, stride, k)
+    if kind == "transformer" and same:
+        return TransformerBlock(cout)
+    if kind in ("inverted", "transformer") or order == "post":
+        return PostActBlock(cin, cout, stride, k)
+    return PreActBlock(cin, cout, stride, k)
+
+
+#: block structures :func:`residual_nets` can draw
+BLOCK_KINDS = ("basic", "bottleneck", "inverted", "transformer")
+
+
 class ResidualNet(nn.Module):
     """The model :func:`build` makes from a :class:`NetSpec`."""
 
@@ -157,10 +252,10 @@ class ResidualNet(nn.Module):
         self.conv1 = nn.Conv2d(3, spec.stem, k, 1, k // 2, bias=False)
         self.bn1 = nn.BatchNorm2d(spec.stem) if spec.order == "post" else nn.Identity()
         self.relu = nn.ReLU(inplace=True)
-        cls = PreActBlock if spec.order == "pre" else PostActBlock
         geo = spec.blocks()
         for s in range(len(spec.stages)):
-            blocks = [cls(b.in_channels, b.out_channels, b.stride, k) for b in geo if b.stage == s]
+            blocks = [_block(spec.block, spec.order, b.in_channels, b.out_channels, b.stride, k)
+                      for b in geo if b.stage == s]
             self.add_module(f"layer{s + 1}", nn.Sequential(*blocks))
         last = spec.stages[-1].width
         self.bn_final = nn.BatchNorm2d(last) if spec.order == "pre" else nn.Identity()
@@ -212,12 +307,13 @@ def _st():
 
 
 def residual_nets(max_stages: int = 3, max_blocks: int = 3, max_width: int = 48, kernels=(3, 5),
-                  orders=("pre", "post")):
+                  orders=("pre", "post"), blocks=("basic",)):
     """Strategy of :class:`NetSpec`: 1–``max_stages`` stages of 1–``max_blocks`` blocks.
 
     Widths are multiples of 8 up to ``max_width``; each stage starts with
-    stride 1 or 2; the order and kernel size are drawn once per net. Build
-    the module with :func:`build`.
+    stride 1 or 2; the order, kernel size and block structure (``blocks``:
+    ``"basic"``, ``"bottleneck"``, ``"inverted"``, ``"transformer"``) are drawn
+    once per net. Build the module with :func:`build`.
 
     >>> from hypothesis import given, settings
     >>> @settings(max_examples=5, deadline=None)
@@ -237,7 +333,7 @@ def residual_nets(max_stages: int = 3, max_blocks: int = 3, max_width: int = 48,
         return NetSpec(
             stem=draw(widths), stages=stages, order=draw(st.sampled_from(list(orders))),
             kernel_size=draw(st.sampled_from(list(kernels))), num_classes=draw(st.integers(1, 10)),
-            resolution=max(8, 2 ** n_down * 4),
+            resolution=max(8, 2 ** n_down * 4), block=draw(st.sampled_from(list(blocks))),
         )
 
     return nets()

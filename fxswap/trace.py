@@ -282,7 +282,13 @@ def unpassed_defaults(root: nn.Module, path: str, leaf_modules: Sequence = ()) -
         return None
     parent_path, _, _ = path.rpartition(".")
     parent = root.get_submodule(parent_path) if parent_path else root
-    graph = trace(parent, leaf_modules, _trace_paths=set()).graph  # every child a leaf: we only read calls
+    while isinstance(parent, (nn.ModuleList, nn.ModuleDict)) and parent_path:  # containers have no forward
+        parent_path = parent_path.rpartition(".")[0]
+        parent = root.get_submodule(parent_path) if parent_path else root
+    try:
+        graph = trace(parent, leaf_modules, _trace_paths=set()).graph  # every child a leaf: we only read calls
+    except TraceError:
+        return None
     calls = [n for n in graph.nodes if n.op == "call_module" and
              (f"{parent_path}.{n.target}" if parent_path else n.target) == path]
     if len(calls) != 1:

@@ -77,7 +77,7 @@ def expected_delta(block, spec: str) -> int:
 def _quiet_cheapen(model, plan):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fxswap.cheapen(model, plan)
+        return fxswap.cheapen(model, plan, allow_larger=True)
 
 
 @SETTINGS
@@ -197,3 +197,58 @@ def test_torch_export_on_student():
     exported = torch.export.export(student, (x,))
     with torch.no_grad():
         torch.testing.assert_close(exported.module()(x), student(x))
+
+
+# --- every host kind: bottleneck, inverted residual, transformer blocks (fxswap.testing.BLOCK_KINDS) ---
+
+from fxswap.testing import BLOCK_KINDS  # noqa: E402
+
+KIND_SETTINGS = settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+ANY_SPEC = st.sampled_from(["S-2x2", "G(2)", "G(N/4)", "G(N)", "B(2)", "B(4)", "BG(2,2)", "BG(2,M/4)", "BG(2,M)", "I"])
+SMALL_NETS = residual_nets(max_stages=2, max_blocks=2, max_width=32, kernels=(3,), blocks=BLOCK_KINDS)
+
+
+@KIND_SETTINGS
+@given(net=SMALL_NETS, spec=ANY_SPEC)
+def test_student_never_larger_than_teacher_unless_allowed(net, spec):
+    teacher = build(net)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            student = fxswap.cheapen(teacher, spec)
+    except fxswap.SpecError as exc:
+        assert "does not apply" in str(exc) or "larger" in str(exc) or "applies to none" in str(exc), str(exc)
+        if "larger" in str(exc):  # then allow_larger gives a student that is larger
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                bigger = fxswap.cheapen(teacher, spec, allow_larger=True)
+            blocks = {b.name: b for b in fxswap.find_blocks(teacher)}
+            assert any(name in str(exc) for name in blocks)
+            assert bigger(torch.randn(net.input_shape())).shape == (2, net.num_classes)
+        return
+    assert n_params(student) <= n_params(teacher)
+    with torch.no_grad():
+        assert student.eval()(torch.randn(net.input_shape())).shape == (2, net.num_classes)
+
+
+@KIND_SETTINGS
+@given(net=SMALL_NETS)
+def test_all_s_plan_reproduces_teacher_outputs_exactly(net):
+    teacher = build(net).eval()
+    student = fxswap.cheapen(teacher, "S").eval()
+    x = torch.randn(net.input_shape())
+    with torch.no_grad():
+        assert torch.equal(teacher(x), student(x))
+
+
+@KIND_SETTINGS
+@given(net=SMALL_NETS, data=st.data())
+def test_identity_on_any_block_keeps_output_shape(net, data):
+    teacher = build(net).eval()
+    blocks = fxswap.find_blocks(teacher)
+    block = data.draw(st.sampled_from(blocks))
+    student = fxswap.cheapen(teacher, {block.name: "I"}).eval()
+    x = torch.randn(net.input_shape())
+    with torch.no_grad():
+        assert student(x).shape == teacher(x).shape
+    assert n_params(student) < n_params(teacher)

@@ -113,12 +113,22 @@ def test_find_blocks_count(key):
     assert all(b.convs for b in blocks)
 
 
+CLEAR = ("larger", "applies to none", "does not apply")  # the SpecErrors a whole-model spec may end in
+
+
 @pytest.mark.parametrize("key", PARAMS)
 def test_branch_and_dilated_specs(key):
     model = model_of(key)
     for spec in ALWAYS:
-        student = cheapen_and_run(model, spec)
-        if spec == "I":  # (B(2) on wide_resnet50_2 rebuilds its own bottleneck: same count)
+        try:
+            student = cheapen_and_run(model, spec)
+        except fxswap.SpecError as exc:
+            # depthwise-separable or ConvNeXt-style blocks: BG does not serve them, and B(2) on a block with a
+            # single pointwise conv costs as much as before; fxswap says so instead of returning a larger student
+            assert ZOO[key][2] == "depthwise" and spec != "I" and any(c in str(exc) for c in CLEAR), (spec, exc)
+            continue
+        assert n_params(student) <= n_params(model), spec
+        if spec == "I" or (spec == "B(2)" and ZOO[key][2] != "depthwise"):
             assert n_params(student) < n_params(model), spec
 
 
@@ -129,9 +139,15 @@ def test_grouped_spec(key):
     if kind == "full":
         for spec in ("G(2)", "G(N/4)"):
             assert n_params(cheapen_and_run(model, spec)) < n_params(model), spec
-        # a group count that does not divide the widths is an error, not a silent skip
+        # a group count that does not divide the widths: an error with strict=True ...
         with pytest.raises(fxswap.SpecError, match="groups do not divide"):
-            fxswap.cheapen(model, "G(7)")
+            fxswap.cheapen(model, "G(7)", strict=True)
+        # ... else the nearest divisor (8 for widths 64..512), with one warning
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            s7 = fxswap.cheapen(model, "G(7)")
+        assert len([w for w in caught if "nearest" in str(w.message)]) == 1
+        assert n_params(s7) == n_params(fxswap.cheapen(model, "G(8)"))
     elif kind == "grouped":
         # the k×k convs of these blocks are grouped already (ResNeXt, RegNet, ResNeSt): at least
         # one block has no full conv for G to rewrite, and fxswap says so
@@ -143,14 +159,16 @@ def test_grouped_spec(key):
 
 
 @pytest.mark.parametrize("key", ["tv_resnet18", "timm_resnet10t"])
-def test_invalid_branch_specs_raise(key):
+def test_widths_not_divisible(key):
     model = model_of(key)
-    with pytest.raises(fxswap.SpecError, match="not divisible by b=3"):
-        fxswap.cheapen(model, "B(3)")
+    # B(3): M = N // 3, floored as Moonshine's reference code does (64 -> 21)
+    s3 = cheapen_and_run(model, "B(3)")
+    assert n_params(s3) < n_params(model)
+    assert s3.layer1[0].substitute.down.out_channels == 64 // 3
     with pytest.raises(fxswap.SpecError, match="groups do not divide"):
-        fxswap.cheapen(model, "BG(2,5)")
+        fxswap.cheapen(model, "BG(2,5)", strict=True)
     with pytest.raises(fxswap.SpecError, match=r"groups = N/3 do not divide"):
-        fxswap.cheapen(model, "G(N/3)")
+        fxswap.cheapen(model, "G(N/3)", strict=True)
 
 
 def test_train_mode_backward_on_mixed_plan():
