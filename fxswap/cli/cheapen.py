@@ -15,7 +15,8 @@ import argparse
 
 import torch
 
-from .common import check_writable, echo, forwarded_warnings, load_model, load_plan, parse_shape
+from .common import (check_writable, echo, forwarded_warnings, load_plan, model_from_args, parse_shape, positive_int,
+                     print_json)
 
 __all__ = ["add_parsers", "blocks_table"]
 
@@ -23,13 +24,35 @@ __all__ = ["add_parsers", "blocks_table"]
 def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
     """Add ``blocks``, ``count`` and ``cheapen`` to ``subparsers``; ``model`` is the shared model parent parser."""
     p = subparsers.add_parser("blocks", parents=[model], help="list the residual blocks found")
+    _add_json(p)
     p.set_defaults(run=run_blocks)
     p = subparsers.add_parser("count", parents=[model], help="parameters and MACs per block")
+    _add_json(p)
+    _add_latency(p)
     p.set_defaults(run=run_count)
     p = subparsers.add_parser("cheapen", parents=[model], help="rewrite blocks by a spec or plan and compare costs")
     p.add_argument("spec", help='a spec ("G(N/4)"), a JSON dict {"glob": "spec"}, or a plan .json file')
-    p.add_argument("--save", help="save the student's state_dict to this path")
+    p.add_argument("--save", help="save the student with the record that rebuilds it (fxswap.load_student reads it)")
+    _add_json(p)
+    _add_latency(p)
     p.set_defaults(run=run_cheapen)
+
+
+def _add_json(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print the result as JSON instead of tables")
+
+
+def _add_latency(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--latency", action="store_true",
+                   help="also measure latency (torch.utils.benchmark: median and IQR, per block and total)")
+    p.add_argument("--batch", type=positive_int, default=1, help="batch size for --latency (default 1)")
+    p.add_argument("--device", default="cpu", help="device for --latency (default cpu)")
+
+
+def _block_dict(b) -> dict:
+    return {"name": b.name, "stage": b.stage, "in_channels": b.in_channels, "out_channels": b.out_channels,
+            "stride": b.stride, "kernel_size": b.kernel_size, "convs": list(b.convs), "order": b.order,
+            "shortcut": b.shortcut}
 
 
 def blocks_table(blocks) -> str:
@@ -50,16 +73,30 @@ def run_blocks(args: argparse.Namespace) -> int:
     """``fxswap blocks``: print the residual blocks of the model."""
     from ..blocks import find_blocks
 
-    echo(blocks_table(find_blocks(load_model(args.model, args.num_classes))))
+    blocks = find_blocks(model_from_args(args))
+    if args.json:
+        print_json({"blocks": [_block_dict(b) for b in blocks]})
+    else:
+        echo(blocks_table(blocks))
     return 0
 
 
 def run_count(args: argparse.Namespace) -> int:
     """``fxswap count``: print parameters and MACs per block."""
     from ..accounting import count
+    from ..timing import latency
 
-    model = load_model(args.model, args.num_classes)
-    echo(count(model, parse_shape(args.input, model)).table())
+    model = model_from_args(args)
+    shape = parse_shape(args.input, model)
+    report = count(model, shape)
+    timed = latency(model, shape, args.device, args.batch) if args.latency else None
+    if args.json:
+        print_json({"count": report.to_dict(), **({"latency": timed.to_dict()} if timed else {})})
+        return 0
+    echo(report.table())
+    if timed:
+        echo()
+        echo(timed.table())
     return 0
 
 
@@ -69,23 +106,33 @@ def run_cheapen(args: argparse.Namespace) -> int:
     from ..blocks import find_blocks
     from ..rewrite import cheapen
 
+    from ..student_io import save_student
+
     check_writable(args.save, "--save")
-    model = load_model(args.model, args.num_classes)
+    model = model_from_args(args)
     shape = parse_shape(args.input, model)
     plan = load_plan(args.spec)
     with forwarded_warnings():
         student = cheapen(model, plan)
     if args.save:
-        torch.save(student.state_dict(), args.save)
+        save_student(student, args.save, model=args.model, plan=plan, input_shape=shape, num_classes=args.num_classes)
     student.eval()
     with torch.no_grad():
         x = torch.randn(2, *shape)
         out_t, out_s = model.eval()(x), student(x)
+    ok = out_t.shape == out_s.shape
+    comparison = compare(model, student, shape, latency=args.latency, device=args.device, batch=args.batch)
+    if args.json:
+        print_json({"blocks": [_block_dict(b) for b in find_blocks(model)], "comparison": comparison.to_dict(),
+                    "forward_check": {"input": list(x.shape), "teacher": list(out_t.shape),
+                                      "student": list(out_s.shape), "ok": ok},
+                    "saved": args.save})
+        return 0 if ok else 1
     echo(blocks_table(find_blocks(model)))
     echo()
-    echo(compare(model, student, shape).table())
+    echo(comparison.table())
     echo(f"\nforward check: input {tuple(x.shape)} -> teacher {tuple(out_t.shape)}, student {tuple(out_s.shape)}: "
-         f"{'OK' if out_t.shape == out_s.shape else 'SHAPE MISMATCH'}")
+         f"{'OK' if ok else 'SHAPE MISMATCH'}")
     if args.save:
-        echo(f"saved the student's state_dict to {args.save}")
-    return 0 if out_t.shape == out_s.shape else 1
+        echo(f"saved the student and its record to {args.save} (load it with fxswap.load_student)")
+    return 0 if ok else 1

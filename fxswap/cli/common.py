@@ -20,6 +20,7 @@ from ..errors import FxswapError
 __all__ = [
     "CliParser", "model_parent", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
     "parse_shape", "load_plan", "load_model", "forwarded_warnings", "echo", "check_writable",
+    "model_from_args", "load_weights", "print_json",
 ]
 
 MODEL_HELP = "wrn-40-2, resnet-20, a timm name or tv:<torchvision name>"
@@ -98,6 +99,11 @@ def model_parent() -> argparse.ArgumentParser:
     parent.add_argument("model", help=MODEL_HELP)
     parent.add_argument("--num-classes", type=positive_int, default=None, help="classes of the model's head")
     parent.add_argument("--input", default=None, help="input shape C,H,W (default: the model's)")
+    weights = parent.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", action="store_true",
+                         help="start from the published weights of a timm or torchvision model (downloads them)")
+    weights.add_argument("--weights", metavar="FILE", default=None,
+                         help="load the model's weights from a state_dict file (read with weights_only=True)")
     return parent
 
 
@@ -176,6 +182,86 @@ def load_model(name: str, num_classes: int | None, flag: str = "model"):
         raise
     except (ValueError, TypeError) as e:
         raise FxswapError(f"{flag} {name!r}: {e}") from None
+
+
+def model_from_args(args: argparse.Namespace, flag: str = "model"):
+    """The model of a :func:`model_parent` command: built by name, then ``--pretrained`` or ``--weights``.
+
+    >>> args = argparse.Namespace(model="wrn-10-1", num_classes=None, pretrained=False, weights=None)
+    >>> type(model_from_args(args)).__name__
+    'WideResNet'
+    """
+    name, num_classes = args.model, args.num_classes
+    if getattr(args, "pretrained", False):
+        return _pretrained(name, num_classes)
+    model = load_model(name, num_classes, flag)
+    if getattr(args, "weights", None):
+        load_weights(model, args.weights)
+    return model
+
+
+def _pretrained(name: str, num_classes: int | None):
+    import re
+
+    key = name.strip().lower()
+    kwargs = {} if num_classes is None else {"num_classes": num_classes}
+    if re.fullmatch(r"wrn-?\d+-\d+|(cifar-?)?resnet-\d+", key):
+        raise FxswapError(f"--pretrained: fxswap's own {name!r} has no published weights; pass --weights FILE")
+    try:
+        if key.startswith(("tv:", "torchvision:")):
+            import torchvision
+
+            return torchvision.models.get_model(name.split(":", 1)[1], weights="DEFAULT", **kwargs)
+        import timm
+
+        return timm.create_model(name.split(":", 1)[1] if key.startswith("timm:") else name, pretrained=True, **kwargs)
+    except (RuntimeError, ValueError, OSError) as exc:  # unknown name, no weights, or no network
+        raise FxswapError(f"--pretrained {name!r}: could not get the published weights: {exc}") from None
+
+
+def load_weights(model, path: str | Path) -> None:
+    """Load a state_dict file into ``model`` (``weights_only=True``; a ``{"state_dict": ...}`` or
+    ``{"model": ...}`` wrapper, as timm and many trainers write, is unwrapped).
+
+    >>> from torch import nn
+    >>> load_weights(nn.Linear(2, 2), "missing.pt")
+    Traceback (most recent call last):
+    ...
+    fxswap.errors.FxswapError: --weights missing.pt: no such file
+    """
+    import torch
+
+    path = Path(path)
+    if not path.is_file():
+        raise FxswapError(f"--weights {path}: no such file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise FxswapError(f"--weights {path}: not a weights-only torch file ({type(exc).__name__})") from None
+    if isinstance(state, dict) and "fxswap_student" in state:
+        raise FxswapError(f"--weights {path}: this is a saved student; load it with fxswap.load_student")
+    for key in ("state_dict", "model", "state_dict_ema"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+            break
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise FxswapError(f"--weights {path}: expected a state_dict (names -> tensors)")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()
+        raise FxswapError(f"--weights {path}: does not fit the model: {' '.join(first[:3])[:400]}") from None
+
+
+def print_json(data) -> None:
+    """``data`` as indented JSON on stdout (the ``--json`` output of every command).
+
+    >>> print_json({"a": 1})
+    {
+      "a": 1
+    }
+    """
+    print(json.dumps(data, indent=2))
 
 
 @contextlib.contextmanager

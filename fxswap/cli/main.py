@@ -13,26 +13,35 @@ import os
 import sys
 
 from ..errors import FxswapError
-from . import cheapen, distill, search
+from . import cheapen, distill, search, ship
 from .common import CliParser, model_parent
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_GROUPS = (cheapen, search, distill)
+COMMAND_GROUPS = (cheapen, search, distill, ship)
 
 
 def build_parser() -> CliParser:
     """The ``fxswap`` parser: each command group adds its sub-commands, sharing the model parent parser.
 
     >>> sorted(build_parser().parse_args(["blocks", "resnet-20"]).__dict__)
-    ['command', 'input', 'model', 'num_classes', 'run']
+    ['command', 'input', 'json', 'model', 'num_classes', 'pretrained', 'run', 'weights']
     """
     parser = CliParser(prog="fxswap", description="Cheapen the residual blocks of a CNN with torch.fx.")
+    parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", required=True)
     model = model_parent()
     for group in COMMAND_GROUPS:
         group.add_parsers(sub, model)
     return parser
+
+
+def _version() -> str:
+    import torch
+
+    from .. import __version__
+
+    return f"fxswap {__version__} (torch {torch.__version__})"
 
 
 def main(argv: list[str] | None = None) -> int:

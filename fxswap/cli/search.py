@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FxswapError
-from .common import (check_writable, echo, forwarded_warnings, load_model, non_negative_int, parse_shape,
+from .common import (check_writable, echo, forwarded_warnings, model_from_args, non_negative_int, parse_shape,
                      positive_float, positive_int)
 
 __all__ = ["add_parsers", "run_search", "split_specs", "load_batch"]
@@ -112,7 +112,7 @@ def run_search(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
     check_writable(out, "--out")
     parse_budget(args.budget, 1)  # its form, before any work; the teacher's total comes with the cost table
-    model = load_model(args.model, args.num_classes)
+    model = model_from_args(args)
     shape = parse_shape(args.input, model)
     num_classes = args.num_classes or getattr(model, "num_classes", None) or _out_features(model) or 10
     x, y, what = load_batch(args.data, args.batch_size, shape, num_classes, args.seed)
