@@ -593,6 +593,10 @@ def run(experiments, args) -> dict:
         scale = replace(scale, epochs=args.epochs)
     if args.teacher_epochs:
         scale = replace(scale, teacher_epochs=args.teacher_epochs)
+    if args.train_images and not scale.synthetic:
+        scale = replace(scale, train=args.train_images)
+    if args.test_images and not scale.synthetic:
+        scale = replace(scale, val=args.test_images)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="fidelity-"))
@@ -666,11 +670,12 @@ def main(argv=None):
     ap.add_argument("--epochs", type=int, help="override the scale's epochs per student")
     ap.add_argument("--teacher-epochs", type=int, help="override the scale's teacher epochs")
     ap.add_argument("--teacher-checkpoint", help="a trained teacher's state dict: skip training it")
-    ap.add_argument("--train-images", type=int, default=15000, help="prepare-data: training images kept")
-    ap.add_argument("--test-images", type=int, default=3000, help="prepare-data: test images kept")
+    ap.add_argument("--train-images", type=int, help="training images kept (prepare-data: default 15000; else "
+                    "overrides the scale's)")
+    ap.add_argument("--test-images", type=int, help="test images kept (prepare-data: default 3000)")
     args = ap.parse_args(argv)
     if args.experiment == "prepare-data":
-        prepare_data(Path(args.data), Path(args.out), args.train_images, args.test_images)
+        prepare_data(Path(args.data), Path(args.out), args.train_images or 15000, args.test_images or 3000)
         return None
     experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
     return run(experiments, args)
