@@ -28,10 +28,13 @@ True
 from __future__ import annotations
 
 import contextlib
+import functools
 import io
 import json
+import os
 import random
 import re
+import tempfile
 import traceback
 import zipfile
 from dataclasses import dataclass
@@ -281,18 +284,19 @@ def make_plan_case(rng: random.Random, folder: Path) -> Path:
     return path
 
 
-_PLAN_MODEL: list = []
+@functools.lru_cache(maxsize=1)
+def _plan_model():
+    from .models import wrn
+
+    return wrn(10, 1)
 
 
 def run_plan_case(path: Path) -> None:
     """What ``fxswap cheapen wrn-10-1 PATH`` does with the file: load the plan, cheapen the model."""
     from .cli.common import load_plan
-    from .models import wrn
     from .rewrite import cheapen
 
-    if not _PLAN_MODEL:
-        _PLAN_MODEL.append(wrn(10, 1))
-    cheapen(_PLAN_MODEL[0], load_plan(str(path)))
+    cheapen(_plan_model(), load_plan(str(path)))
 
 
 # ---------------------------------------------------------------------------
@@ -422,8 +426,14 @@ def run_cli_case(argv: list[str]) -> tuple[str, str]:
     from .cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main(argv)
+    home = os.getcwd()
+    # a command may write a default output file (search: blockswap-MODEL-BUDGET.json) into the working folder
+    with tempfile.TemporaryDirectory() as scratch, contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        os.chdir(scratch)
+        try:
+            code = main(argv)
+        finally:
+            os.chdir(home)
     text = err.getvalue()
     errors = [line for line in text.splitlines() if _ERROR_LINE.match(line)]
     if code == 0:

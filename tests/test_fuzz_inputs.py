@@ -46,8 +46,10 @@ def _known(detail: str) -> bool:
 
 
 @pytest.mark.parametrize("surface", sorted(SURFACES))
-def test_every_fuzz_input_works_or_fails_clearly(surface, tmp_path_factory):
+def test_every_fuzz_input_works_or_fails_clearly(surface, tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp(f"fuzz-{surface}")
+    cwd = tmp_path_factory.mktemp("cwd")
+    monkeypatch.chdir(cwd)
     seen = {"ok": 0, "clear error": 0}
 
     @settings(max_examples=settings.default.max_examples if NIGHTLY else SIZES[surface], deadline=None, suppress_health_check=list(HealthCheck))
@@ -61,6 +63,7 @@ def test_every_fuzz_input_works_or_fails_clearly(surface, tmp_path_factory):
 
     check()
     assert seen["clear error"] > 0  # the fuzz does reach the error paths
+    assert list(cwd.iterdir()) == []  # nothing was written where the user stands
 
 
 @pytest.mark.parametrize("pattern", list(KNOWN_RAW), ids=["huge-int-spec", "nested-plan", "input-channels", "save-to-folder"])
@@ -86,3 +89,11 @@ def test_known_raw_failures(pattern, tmp_path):
 def test_the_npz_fuzz_reaches_working_files(tmp_path):
     kinds = [outcome(SURFACES["npz"], SURFACES["npz"].make(random.Random(s), tmp_path))[0] for s in range(40)]
     assert kinds.count("ok") >= 2 and kinds.count("clear error") >= 10 and "raw exception" not in kinds
+
+
+def test_cli_cases_write_nothing_where_the_user_stands(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    argv = ["search", "wrn-10-1", "--budget", "60%", "--samples", "1", "--batch-size", "4", "--no-macs",
+            "--no-progress"]  # no --out: search writes blockswap-wrn-10-1-60.json into the working folder
+    assert outcome(SURFACES["cli"], argv)[0] == "ok"
+    assert list(tmp_path.iterdir()) == []
