@@ -306,7 +306,8 @@ def compare(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...]
     >>> c = compare(t, fxswap.cheapen(t, "G(N/4)"), (3, 32, 32))
     >>> c.student.params < c.teacher.params
     True
-    >>> c = compare(t, fxswap.cheapen(t, "B(2)"), (3, 32, 32), latency=True, min_run_time=0.01)
+    >>> t = fxswap.models.wrn(10, 1)
+    >>> c = compare(t, fxswap.cheapen(t, "B(2)"), (3, 32, 32), latency=True, min_run_time=0.01, num_threads=1)
     >>> c.has_latency, "-> ms" in c.table()
     (True, True)
     """

@@ -37,7 +37,7 @@ def test_quickstart_runs_as_written(tmp_path, monkeypatch):
     text = (DOCS / "quickstart.md").read_text(encoding="utf-8")
     blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
     assert len(blocks) >= 4
-    code = "\n".join(blocks).replace("224, 224", "64, 64").replace("batch=8)", "batch=2, min_run_time=0.01)")
+    code = "\n".join(blocks).replace("224, 224", "64, 64").replace("batch=8)", "batch=2, min_run_time=0.01, num_threads=1)")
     code = code.replace("resnet18", "resnet10t")
     code = "\n".join(line for line in code.splitlines() if '"student.onnx"' not in line)
     monkeypatch.chdir(tmp_path)
