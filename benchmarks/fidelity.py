@@ -220,7 +220,7 @@ def run_student(ctx: dict, student: str, method: str) -> dict:
 
 def run_blockswap_scoring(ctx: dict, budget: int, samples: int) -> dict:
     """Fisher potential of ``samples`` random plans at ``budget`` (randomly initialised teacher, one minibatch)."""
-    teacher = fxswap.models.create_model(ctx["scale"].teacher)
+    teacher = fxswap.models.create_model(ctx["scale"].teacher).to(_device())  # blockswap scores where it lives
     train, _ = _loaders(ctx, ctx["seed"])
     x, y = next(iter(train))
     with warnings.catch_warnings():
