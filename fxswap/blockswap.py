@@ -247,7 +247,7 @@ class CostModel:
         key = spec if isinstance(plan, str) else f"{spec}@{next(iter(plan))}"
         with warnings.catch_warnings(), seeded(derived_seed(self.seed, key)):
             warnings.simplefilter("ignore")
-            return cheapen(self.base, plan, leaf_modules=self.leaf_modules)
+            return cheapen(self.base, plan, leaf_modules=self.leaf_modules, strict=True)
 
     # -- the table's answers, for a plan in any form cheapen accepts ---------------------------
     @property
