@@ -65,7 +65,11 @@ def resolve_plan(blocks: Sequence[Block], plan: Plan) -> dict[str, BlockSpec]:
         return {n: spec for n in names}
     if isinstance(plan, Mapping):
         if "plan" in plan and isinstance(plan["plan"], (Mapping, list)):
-            return resolve_plan(blocks, plan["plan"])  # a saved search result
+            inner = plan["plan"]  # a saved search result: unwrapped once, so a crafted nesting cannot recurse
+            if isinstance(inner, Mapping) and isinstance(inner.get("plan"), (Mapping, list)):
+                raise SpecError("a saved search result holds one plan, {'plan': {glob: spec}}; got a 'plan' "
+                                "nested inside another 'plan'")
+            return resolve_plan(blocks, inner)
         bad_keys = [key for key in plan if not isinstance(key, str)]
         if bad_keys:
             raise SpecError(f"plan keys are block-name globs (strings, e.g. 'layer3.*'); got "

@@ -4,14 +4,12 @@ Small here (the ``ci`` profile); ``HYPOTHESIS_PROFILE=nightly`` runs each with
 1,000 cases, and ``benchmarks/fuzz.py`` counts the outcomes. The cases come from
 :mod:`fxswap.fuzzing`, drawn from a seeded ``random.Random``.
 
-Raw failures already known, in code other branches are fixing, are listed in
-``KNOWN_RAW`` with one pinned input each (an xfail test below); the fuzz
-tolerates them so that a *new* raw failure still fails the suite.
+Inputs that once ended in a raw exception are pinned in ``REGRESSIONS``, one
+each, and must now be clear errors; the fuzz itself tolerates no raw exception.
 """
 from __future__ import annotations
 
 import random
-import re
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,8 +18,8 @@ from hypothesis import strategies as st
 import fxswap
 from fxswap.fuzzing import SURFACES, Surface, outcome
 
-# pattern of the raw failure's text -> (surface, one input that shows it, why it is tolerated)
-KNOWN_RAW = {
+# the raw failure each input once gave -> (surface, the input, what it was)
+REGRESSIONS = {
     r"Exceeds the limit \(\d+ digits\) for integer string conversion": (
         "plan-json", '{"*": "G(' + "9" * 5000 + ')"}', "huge integers in specs: spec.py, fixed on branch models"),
     r"RecursionError": (
@@ -41,10 +39,6 @@ SIZES = {"npz": 60, "plan-json": 25, "cli": 12}
 NIGHTLY = settings.default.max_examples >= 1000
 
 
-def _known(detail: str) -> bool:
-    return any(re.search(p, detail) for p in KNOWN_RAW)
-
-
 @pytest.mark.parametrize("surface", sorted(SURFACES))
 def test_every_fuzz_input_works_or_fails_clearly(surface, tmp_path_factory, monkeypatch):
     folder = tmp_path_factory.mktemp(f"fuzz-{surface}")
@@ -57,7 +51,7 @@ def test_every_fuzz_input_works_or_fails_clearly(surface, tmp_path_factory, monk
     def check(seed):
         case = SURFACES[surface].make(random.Random(seed), folder)
         kind, detail = outcome(SURFACES[surface], case)
-        assert kind != "raw exception" or _known(detail), f"{surface} case {case!r}: {detail}"
+        assert kind != "raw exception", f"{surface} case {case!r}: {detail}"
         if kind in seen:
             seen[kind] += 1
 
@@ -66,9 +60,9 @@ def test_every_fuzz_input_works_or_fails_clearly(surface, tmp_path_factory, monk
     assert list(cwd.iterdir()) == []  # nothing was written where the user stands
 
 
-@pytest.mark.parametrize("pattern", list(KNOWN_RAW), ids=["huge-int-spec", "nested-plan", "input-channels", "save-to-folder"])
-def test_known_raw_failures(pattern, tmp_path):
-    surface, case, reason = KNOWN_RAW[pattern]
+@pytest.mark.parametrize("pattern", list(REGRESSIONS), ids=["huge-int-spec", "nested-plan", "input-channels", "save-to-folder"])
+def test_once_raw_failures_are_clear_errors(pattern, tmp_path):
+    surface, case, reason = REGRESSIONS[pattern]
     if surface == "plan":
         nested = "G(2)"
         for _ in range(5000):
@@ -76,14 +70,11 @@ def test_known_raw_failures(pattern, tmp_path):
         runner = Surface("plan", lambda r, f: None, lambda _: fxswap.cheapen(fxswap.models.wrn(10, 1), nested))
     elif surface == "plan-json":
         runner, case = SURFACES[surface], tmp_path / "plan.json"
-        case.write_text(KNOWN_RAW[pattern][1])
+        case.write_text(REGRESSIONS[pattern][1])
     else:
         runner, case = SURFACES[surface], [a.format(folder=tmp_path) for a in case]
     kind, detail = outcome(runner, case)
-    if kind == "raw exception":
-        assert re.search(pattern, detail), detail  # the pinned input shows the known failure...
-        pytest.xfail(reason)  # ...which another branch fixes
-    assert kind in ("ok", "clear error")
+    assert kind == "clear error", f"{reason}: {kind}: {detail}"
 
 
 def test_the_npz_fuzz_reaches_working_files(tmp_path):

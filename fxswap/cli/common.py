@@ -123,6 +123,13 @@ def parse_shape(text: str | None, model) -> tuple[int, ...]:
         raise FxswapError(f"--input must look like 3,32,32 (C,H,W), got {text!r}") from None
     if len(shape) != 3 or min(shape) < 1:
         raise FxswapError(f"--input must be three positive numbers C,H,W, got {text!r}")
+    from torch import nn
+
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None) if isinstance(model, nn.Module) else None
+    if first is not None and shape[0] != first.in_channels:
+        # caught here so that the user reads one line, not conv2d's shape error from inside the forward
+        raise FxswapError(f"--input {text}: the model's first convolution takes {first.in_channels} channels, "
+                          f"not {shape[0]} (e.g. --input {first.in_channels},{shape[1]},{shape[2]})")
     return shape
 
 
@@ -309,6 +316,8 @@ def check_writable(path: str | Path | None, flag: str) -> None:
     """
     if path is None:
         return
+    if Path(path).is_dir():
+        raise FxswapError(f"{flag} {path}: is a folder; give a file path in it (e.g. {Path(path) / 'out.json'})")
     parent = Path(path).parent
     if not parent.is_dir():
         raise FxswapError(f"{flag} {path}: the folder {parent} does not exist")
