@@ -183,9 +183,9 @@ class CostModel:
 
     def _costs(self, model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
         """(params, MACs) of ``model`` (key ``""``) and of each block module."""
-        from .accounting import _macs_by_module
+        from .accounting import macs_by_module
 
-        macs = _macs_by_module(model, self.input_shape) if self.has_macs else {}
+        macs = macs_by_module(model, self.input_shape) if self.has_macs else {}
         params = {n: _count_params(model.get_submodule(n)) for n in self.names}
         params[""] = _count_params(model)
         return params, {k: int(v) for k, v in macs.items()}
@@ -463,7 +463,7 @@ class BlockSwapResult:
 
     def table(self, top: int = 10) -> str:
         """The ``top`` candidates: rank, params, MACs, Fisher potential and their specs in block order."""
-        from .accounting import _render
+        from .accounting import render_table
 
         rows = []
         for i, c in enumerate(self.candidates[:top]):
@@ -471,7 +471,7 @@ class BlockSwapResult:
                          " ".join(c.plan.values())))
         head = (f"BlockSwap: {len(self.candidates)} samples within {self.budget:,} {self.metric} "
                 f"±{self.tolerance:.1%}" + (f" (teacher: {self.teacher_params:,} params)" if self.teacher_params else ""))
-        return head + "\n" + _render(["rank", "params", "MACs", "fisher", "specs (block order)"], rows)
+        return head + "\n" + render_table(["rank", "params", "MACs", "fisher", "specs (block order)"], rows)
 
     def __str__(self) -> str:
         return self.table()

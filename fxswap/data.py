@@ -81,7 +81,7 @@ NPZ_FORMAT = ("an .npz archive (np.savez) holding x_train, y_train, x_test, y_te
               "and integer labels N (optional class_names)")
 CIFAR_IMAGE = (32, 32, 3)  # H, W, C of every image cifar_loaders accepts
 
-_DATASETS = {
+CIFAR_DATASETS = {
     "cifar10": {"num_classes": 10, "mean": CIFAR10_MEAN, "std": CIFAR10_STD},
     "cifar100": {"num_classes": 100, "mean": CIFAR100_MEAN, "std": CIFAR100_STD},
 }
@@ -564,15 +564,15 @@ def cifar_loaders(
     (torch.Size([4, 3, 32, 32]), 3, 2, 10)
     >>> tmp.cleanup()
     """
-    if dataset not in _DATASETS:
-        raise FxswapError(f"dataset must be one of {', '.join(map(repr, _DATASETS))}, got {dataset!r}")
+    if dataset not in CIFAR_DATASETS:
+        raise FxswapError(f"dataset must be one of {', '.join(map(repr, CIFAR_DATASETS))}, got {dataset!r}")
     if batch_size < 1:
         raise FxswapError(f"batch_size must be >= 1, got {batch_size}")
     if num_workers < 0:
         raise FxswapError(f"num_workers must be >= 0, got {num_workers}")
     if limit is not None and limit < 1:
         raise FxswapError(f"limit must be >= 1 or None, got {limit}")
-    info = _DATASETS[dataset]
+    info = CIFAR_DATASETS[dataset]
     train_tf = cifar_transforms(True, cutout=cutout, mean=info["mean"], std=info["std"])
     val_tf = cifar_transforms(False, mean=info["mean"], std=info["std"])
 
@@ -602,7 +602,7 @@ def cifar_loaders(
             raise DataError(
                 f"{getattr(ds, 'path', path)}: labels go up to {int(ds.targets.max())} but "
                 f"dataset={dataset!r} has {info['num_classes']} classes; pass the right dataset "
-                f"({', '.join(map(repr, _DATASETS))})"
+                f"({', '.join(map(repr, CIFAR_DATASETS))})"
             )
         if ds.classes is None:
             ds.classes = [str(i) for i in range(info["num_classes"])]

@@ -46,7 +46,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import _DATASETS, CIFAR10_MEAN, CIFAR10_STD, ArrayDataset, NpzDataset
+from .data import CIFAR_DATASETS, CIFAR10_MEAN, CIFAR10_STD, ArrayDataset, NpzDataset
 from .errors import FxswapError
 
 __all__ = ["DeviceLoader", "augment_batch", "draw_augmentation", "device_cifar_loaders"]
@@ -261,12 +261,12 @@ def device_cifar_loaders(path: str | os.PathLike, batch_size: int = 128, *, cuto
     (3, 2, ['0', '1', '2', '3', '4', '5', '6', '7', '8', '9'])
     >>> tmp.cleanup()
     """
-    if dataset not in _DATASETS:
-        raise FxswapError(f"dataset must be one of {', '.join(map(repr, _DATASETS))}, got {dataset!r}")
+    if dataset not in CIFAR_DATASETS:
+        raise FxswapError(f"dataset must be one of {', '.join(map(repr, CIFAR_DATASETS))}, got {dataset!r}")
     path = Path(path)
     if path.suffix.lower() != ".npz":
         raise FxswapError(f"device_cifar_loaders reads an .npz file (x_train, y_train, x_test, y_test), got {path}")
-    info = _DATASETS[dataset]
+    info = CIFAR_DATASETS[dataset]
     common = dict(mean=info["mean"], std=info["std"], device=device, channels_last=channels_last)
     loaders = []
     for split, train in (("train", True), ("test", False)):

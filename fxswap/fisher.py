@@ -377,7 +377,7 @@ class SensitivityReport:
 
     def table(self) -> str:
         """One row per block: params after cheapening it, params saved, Fisher (and change)."""
-        from .accounting import _render
+        from .accounting import render_table
 
         rows = []
         for r in self.rows:
@@ -385,7 +385,7 @@ class SensitivityReport:
             rows.append((r.block, r.stage, r.params, r.saved, f"{r.fisher:.4g}", f"{change:+.1%}",
                          f"{r.block_fisher:.4g}"))
         rows.append(("(none)", "", self.teacher_params, 0, f"{self.baseline:.4g}", "+0.0%", ""))
-        return _render(["block", "stage", "params", "saved", "fisher", "Δfisher", "block fisher"], rows)
+        return render_table(["block", "stage", "params", "saved", "fisher", "Δfisher", "block fisher"], rows)
 
     def __str__(self) -> str:
         return self.table()

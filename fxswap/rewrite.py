@@ -38,7 +38,7 @@ from .errors import FxswapError
 from .graph import GraphView, ancestry, is_add, region_from, tensor_entry
 from .errors import SpecError
 from .spec import BlockSpec, parse_spec
-from .substitutes import _ADJUSTED, _STRICT, SUBSTITUTES, conv_targets
+from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets
 from .trace import retrace_both_modes, trace, unpassed_defaults
 
 __all__ = ["cheapen", "resolve_plan", "Plan", "example_input_for"]
@@ -313,12 +313,12 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     expected = _expected_shapes(gm, blocks, specs) if x is not None else {}
     del gm
     adjusted: list = []
-    token = (_STRICT.set(strict), _ADJUSTED.set(adjusted))
+    token = (STRICT_GROUPS.set(strict), GROUPS_ADJUSTED.set(adjusted))
     try:
         student, costs, places = _rewrite(model, blocks, specs, leaf_modules)
     finally:
-        _STRICT.reset(token[0])
-        _ADJUSTED.reset(token[1])
+        STRICT_GROUPS.reset(token[0])
+        GROUPS_ADJUSTED.reset(token[1])
     if adjusted:
         listed = sorted({f"{name} ({spec}: {asked} -> {used} groups on {ch} channels)"
                          for name, spec, ch, asked, used in adjusted})

@@ -161,9 +161,9 @@ def _init(module: nn.Module) -> nn.Module:
 
 
 #: how ``G``/``BG`` group counts that do not divide the channels are handled (see :func:`fit_groups`)
-_STRICT: contextvars.ContextVar[bool] = contextvars.ContextVar("fxswap_strict_groups", default=False)
+STRICT_GROUPS: contextvars.ContextVar[bool] = contextvars.ContextVar("fxswap_strict_groups", default=False)
 #: (block, spec, channels, asked, used) for each group count that was adjusted in this cheapen call
-_ADJUSTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("fxswap_adjusted_groups", default=None)
+GROUPS_ADJUSTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("fxswap_adjusted_groups", default=None)
 
 
 def nearest_divisor(channels: int, wanted: float) -> int:
@@ -193,7 +193,7 @@ def fit_groups(arg, channels: int, what: str, block: Block, spec: BlockSpec) -> 
     wanted = channels / arg.divisor if hasattr(arg, "divisor") else arg
     if wanted >= 1 and float(wanted).is_integer() and channels % int(wanted) == 0:
         return int(wanted)
-    if _STRICT.get():
+    if STRICT_GROUPS.get():
         count = f"{int(wanted)} groups" if float(wanted).is_integer() and wanted >= 1 else f"groups = {arg}"
         raise SpecError(
             f"{spec} on block {block.name!r}: {what} has {channels} channels, which {count} do not divide; "
@@ -201,7 +201,7 @@ def fit_groups(arg, channels: int, what: str, block: Block, spec: BlockSpec) -> 
             f"to use the nearest group count that divides"
         )
     used = nearest_divisor(channels, max(wanted, 1))
-    adjusted = _ADJUSTED.get()
+    adjusted = GROUPS_ADJUSTED.get()
     if adjusted is not None:
         adjusted.append((block.name, str(spec), channels, str(arg), used))
     return used

@@ -104,11 +104,11 @@ class LatencyReport:
 
     def table(self) -> str:
         """Fixed-width table: one row per block, then the total, then the conditions."""
-        from .accounting import _render
+        from .accounting import render_table
 
         rows = [(b.name, f"{b.timing.median_ms:.3f}", f"{b.timing.iqr_ms:.3f}", b.timing.runs) for b in self.blocks]
         rows.append(("total", f"{self.total.median_ms:.3f}", f"{self.total.iqr_ms:.3f}", self.total.runs))
-        return _render(["block", "median ms", "IQR ms", "runs"], rows) + "\n" + self.conditions()
+        return render_table(["block", "median ms", "IQR ms", "runs"], rows) + "\n" + self.conditions()
 
     def conditions(self) -> str:
         """Where the numbers hold: device, batch, input shape, threads.

@@ -62,11 +62,11 @@ def blocks_table(blocks) -> str:
     >>> print(blocks_table(find_blocks(models.wrn(10, 1))).splitlines()[0])
     block     stage  in  out  stride  k  convs  order    shortcut
     """
-    from ..accounting import _render
+    from ..accounting import render_table
 
     rows = [(b.name, b.stage, b.in_channels, b.out_channels, b.stride, b.kernel_size, len(b.convs), b.order, b.shortcut)
             for b in blocks]
-    return _render(["block", "stage", "in", "out", "stride", "k", "convs", "order", "shortcut"], rows)
+    return render_table(["block", "stage", "in", "out", "stride", "k", "convs", "order", "shortcut"], rows)
 
 
 def run_blocks(args: argparse.Namespace) -> int:
