@@ -278,12 +278,14 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     if joined and all(view.is_conv(a) and view.module(a) is not None for a in joined[0].args[0]):
         # mixed kernels (MixConv): parallel convs on channel slices, concatenated
         out_ch = sum(view.module(a).out_channels for a in joined[0].args[0])
-    dim = -1 if only_linear else 1
+    # a Linear acts on the last dim: channels-last there (ConvNeXt's MLP between permutes), NCHW for a conv
+    in_dim = -1 if isinstance(first_mod, nn.Linear) else 1
+    out_dim = -1 if isinstance(last_mod, nn.Linear) else 1
     entry_shape, tail_shape = _shape(entry), _shape(tail)
     if entry_shape and len(entry_shape) > 1:  # real shapes beat module attributes (partial convs, splits)
-        in_ch = entry_shape[dim]
+        in_ch = entry_shape[in_dim]
     if tail_shape and len(tail_shape) > 1:
-        out_ch = tail_shape[dim]
+        out_ch = tail_shape[out_dim]
     kernel = max((m.kernel_size[0] for m in conv_mods if isinstance(m, nn.Conv2d)), default=1)
     norm = next((type(view.module(n)).__name__ for n in branch if view.is_norm(n) and view.module(n) is not None), None)
     act_type = next((t for t in (view.act_type(n) for n in on_map) if t is not None), None)
