@@ -306,8 +306,8 @@ def echo(text: str = "", file=None) -> None:
     print(text, file=stream)
 
 
-def check_writable(path: str | Path | None, flag: str) -> None:
-    """Fail before any work if ``path``'s folder does not exist (``--out``, ``--save``).
+def check_writable(path: str | Path | None, flag: str, *, is_file: bool = True) -> None:
+    """Fail before any work if ``path``'s folder does not exist, or (``is_file``) if ``path`` is a folder.
 
     >>> check_writable("no/such/folder/x.json", "--out")
     Traceback (most recent call last):
@@ -316,7 +316,7 @@ def check_writable(path: str | Path | None, flag: str) -> None:
     """
     if path is None:
         return
-    if Path(path).is_dir():
+    if is_file and Path(path).is_dir():
         raise FxswapError(f"{flag} {path}: is a folder; give a file path in it (e.g. {Path(path) / 'out.json'})")
     parent = Path(path).parent
     if not parent.is_dir():

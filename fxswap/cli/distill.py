@@ -199,7 +199,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
     if args.resume and not args.out:
         raise FxswapError("--resume needs --out (the folder of the run to continue)")
-    check_writable(args.out, "--out")
+    check_writable(args.out, "--out", is_file=False)  # a run folder, made if missing
     method = _method(args.method)
     preset = args.preset or ("lit" if method == "lit" else "moonshine")
     epochs = args.epochs if args.epochs is not None else get_preset(preset).paper_epochs
