@@ -226,12 +226,20 @@ def _pretrained(name: str, num_classes: int | None):
         raise FxswapError(f"--pretrained {name!r}: could not get the published weights: {exc}") from None
 
 
-def load_weights(model, path: str | Path) -> None:
-    """Load a state_dict file into ``model`` (``weights_only=True``; a ``{"state_dict": ...}`` or
-    ``{"model": ...}`` wrapper, as timm and many trainers write, is unwrapped).
+def load_weights(model, path: str | Path, flag: str = "--weights") -> None:
+    """Load a state_dict file into ``model`` (``weights_only=True``), for ``--weights`` and ``--teacher-checkpoint``.
 
-    >>> from torch import nn
-    >>> load_weights(nn.Linear(2, 2), "missing.pt")
+    A raw state dict, or one under ``"student"`` (an fxswap checkpoint), ``"state_dict"``, ``"model"``,
+    ``"state_dict_ema"`` or ``"net"`` (timm and common trainers); DataParallel's ``module.`` prefix is dropped.
+
+    >>> import os, tempfile, torch
+    >>> src, dst = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     torch.save({"student": src.state_dict()}, os.path.join(d, "ckpt.pt"))
+    ...     load_weights(dst, os.path.join(d, "ckpt.pt"))
+    >>> torch.equal(src.weight, dst.weight)
+    True
+    >>> load_weights(dst, "missing.pt")
     Traceback (most recent call last):
     ...
     fxswap.errors.FxswapError: --weights missing.pt: no such file
@@ -240,24 +248,26 @@ def load_weights(model, path: str | Path) -> None:
 
     path = Path(path)
     if not path.is_file():
-        raise FxswapError(f"--weights {path}: no such file")
+        raise FxswapError(f"{flag} {path}: no such file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise FxswapError(f"--weights {path}: not a weights-only torch file ({type(exc).__name__})") from None
+        raise FxswapError(f"{flag} {path}: not a weights-only torch file ({type(exc).__name__})") from None
     if isinstance(state, dict) and "fxswap_student" in state:
-        raise FxswapError(f"--weights {path}: this is a saved student; load it with fxswap.load_student")
-    for key in ("state_dict", "model", "state_dict_ema"):
+        raise FxswapError(f"{flag} {path}: this is a saved student; load it with fxswap.load_student")
+    for key in ("student", "state_dict", "model", "state_dict_ema", "net"):
         if isinstance(state, dict) and isinstance(state.get(key), dict):
             state = state[key]
             break
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FxswapError(f"--weights {path}: expected a state_dict (names -> tensors)")
+        raise FxswapError(f"{flag} {path}: expected a state_dict (names -> tensors), raw or under 'student', "
+                          f"'state_dict', 'model', 'state_dict_ema' or 'net'")
+    state = {str(k).removeprefix("module."): v for k, v in state.items()}
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()
-        raise FxswapError(f"--weights {path}: does not fit the model: {' '.join(first[:3])[:400]}") from None
+        raise FxswapError(f"{flag} {path}: does not fit the model: {' '.join(first[:3])[:400]}") from None
 
 
 def print_json(data) -> None:

@@ -29,10 +29,10 @@ import torch
 from torch import nn
 
 from ..errors import FxswapError, SpecError
-from .common import (check_writable, echo, forwarded_warnings, load_model, load_plan, non_negative_int,
+from .common import (check_writable, echo, forwarded_warnings, load_model, load_plan, load_weights, non_negative_int,
                      positive_float, positive_int)
 
-__all__ = ["add_parsers", "run_distill", "load_weights"]
+__all__ = ["add_parsers", "run_distill"]
 
 
 def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> None:
@@ -75,43 +75,6 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bars (without: one line per epoch)")
     p.set_defaults(run=run_distill)
-
-
-def load_weights(model: nn.Module, path: str | Path) -> None:
-    """Load ``path`` (``torch.load(..., weights_only=True)``) into ``model``.
-
-    Accepts a raw state dict or a dict holding one under ``"student"`` (an
-    fxswap checkpoint), ``"model"``, ``"state_dict"`` or ``"net"``.
-
-    >>> import os, tempfile, torch
-    >>> src, dst = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
-    >>> with tempfile.TemporaryDirectory() as d:
-    ...     torch.save({"student": src.state_dict()}, os.path.join(d, "ckpt.pt"))
-    ...     load_weights(dst, os.path.join(d, "ckpt.pt"))
-    >>> torch.equal(src.weight, dst.weight)
-    True
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FxswapError(f"no checkpoint file at {path}")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:
-        raise FxswapError(f"cannot read {path} with torch.load(weights_only=True): {e}") from e
-    state = obj
-    if isinstance(obj, dict):
-        for key in ("student", "model", "state_dict", "net"):
-            if isinstance(obj.get(key), dict):
-                state = obj[key]
-                break
-    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
-        raise FxswapError(f"{path} holds no state dict (expected a dict of tensors, or one under "
-                          "'student', 'model', 'state_dict' or 'net')")
-    state = {str(k).removeprefix("module."): v for k, v in state.items()}
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise FxswapError(f"the weights in {path} do not fit the teacher: {e}") from e
 
 
 def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.Module, str]:
@@ -178,7 +141,7 @@ def _teacher_weights(args, teacher, train_loader, val_loader, out, common) -> No
     from ..distillation import format_history, train
 
     if args.teacher_checkpoint:
-        load_weights(teacher, args.teacher_checkpoint)
+        load_weights(teacher, args.teacher_checkpoint, "--teacher-checkpoint")
         echo(f"teacher weights: {args.teacher_checkpoint}")
     elif args.train_teacher_epochs > 0:
         echo(f"training the teacher for {args.train_teacher_epochs} epoch(s) (preset {args.teacher_preset})")
