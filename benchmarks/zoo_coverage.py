@@ -50,21 +50,38 @@ _SIZE_WORDS = ["atto", "femto", "pico", "nano", "zepto", "xxs", "xs", "tiny", "m
                "s0", "b0", "_0", "18", "26", "050", "100", "base"]
 
 
-def timm_families() -> list[str]:
-    """One model per timm module: the name with the smallest-sounding size word (ties: shortest name)."""
+def _meta_params(name: str) -> int | None:
+    """Parameter count of a timm model built on the meta device (no memory, no init cost), None if it fails."""
     import timm
+    import torch
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with torch.device("meta"):
+                model = timm.create_model(name, pretrained=False)
+        return sum(p.numel() for p in model.parameters())
+    except Exception:  # noqa: BLE001 - a model that cannot be built on meta is ranked by its name instead
+        return None
+
+
+def timm_families() -> list[str]:
+    """One model per timm module: the smallest by parameter count (built on the meta device), ``test_*``
+    models excluded; where none builds on meta, the name with the smallest-sounding size word."""
+    import timm
+
+    def rank(name: str):
+        at = next((i for i, w in enumerate(_SIZE_WORDS) if w in name), len(_SIZE_WORDS))
+        return at, len(name), name
 
     picks = []
     for module in sorted(timm.list_modules()):
-        names = timm.list_models(module=module)
+        names = [n for n in timm.list_models(module=module) if not n.startswith("test_")]
         if not names:
             continue
-
-        def rank(name: str):
-            at = next((i for i, w in enumerate(_SIZE_WORDS) if w in name), len(_SIZE_WORDS))
-            return at, len(name), name
-
-        picks.append(min(names, key=rank))
+        sizes = {n: _meta_params(n) for n in names}
+        sized = {n: s for n, s in sizes.items() if s}
+        picks.append(min(sized, key=lambda n: (sized[n], rank(n))) if sized else min(names, key=rank))
     return picks
 
 
@@ -98,6 +115,15 @@ def _inputs(model, source: str):
     return [torch.randn(1, c, 64, 64), torch.randn(1, c, 96, 96), full]
 
 
+def _commit() -> str:
+    """The fxswap commit a row was measured with (a sweep is resumed across fixes)."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
+                              cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+    except OSError:
+        return ""
+
+
 def _short(exc: BaseException) -> str:
     text = str(exc).split("\n")[0]
     return f"{type(exc).__name__}: {text[:160]}"
@@ -109,7 +135,7 @@ def probe(source: str, name: str, specs=SPECS) -> dict:
 
     import fxswap
 
-    row: dict = {"model": f"{source}:{name}", "specs": {}}
+    row: dict = {"model": f"{source}:{name}", "specs": {}, "commit": _commit()}
     t0 = time.time()
     torch.manual_seed(0)
     try:
@@ -273,6 +299,8 @@ def report(results: str) -> str:
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--all", action="store_true", help="one model per timm family + every torchvision classifier")
+    parser.add_argument("--source", choices=["timm", "torchvision"],
+                        help="with --all: only this source (run two sweeps side by side into two files)")
     parser.add_argument("--only", nargs="*", help="models to try, as timm:name or torchvision:name")
     parser.add_argument("--results", default="zoo_results.jsonl", help="JSON-lines results file (appended, resumable)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per model")
@@ -287,7 +315,8 @@ def main(argv=None) -> None:
         print(report(args.report))
         return
     if args.all:
-        models = [("timm", m) for m in timm_families()] + [("torchvision", m) for m in torchvision_classifiers()]
+        models = ([("timm", m) for m in timm_families()] if args.source != "torchvision" else [])
+        models += [("torchvision", m) for m in torchvision_classifiers()] if args.source != "timm" else []
     elif args.only:
         models = [tuple(m.split(":", 1)) for m in args.only]
     else:
