@@ -31,6 +31,9 @@ import time
 import warnings
 from collections import Counter, defaultdict
 
+# measure the fxswap of the checkout this script is in (not whichever fxswap is installed)
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
 SPECS = ["G(N/4)", "B(2)", "BG(2,M/8)", "S-2x2", "I"]
 
 TORCHVISION = [

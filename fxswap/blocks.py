@@ -45,7 +45,7 @@ from .graph import (
 )
 from .trace import node_scope, trace
 
-__all__ = ["Block", "KINDS", "find_blocks", "propagate_shapes", "is_add", "common_path"]
+__all__ = ["Block", "KINDS", "find_blocks", "propagate_shapes", "is_add", "common_path", "branch_operand"]
 
 # Deprecated private aliases: the graph helpers now live in fxswap.graph.
 _GraphView, _bits, _region_from, _tensor_entry = GraphView, ancestry, region_from, tensor_entry
@@ -128,6 +128,8 @@ class Block:
     groups: int = field(default=1, repr=False)
     #: whether the branch's spatial conv is depthwise (kept depthwise by ``B``)
     depthwise: bool = field(default=False, repr=False)
+    #: qualname of the add's operand that is the branch (what ``I`` removes; the other operand is kept)
+    branch_out: str = field(default="", repr=False)
 
 
 def _analyse_add(view: GraphView, add: fx.Node):
@@ -149,7 +151,20 @@ def _analyse_add(view: GraphView, add: fx.Node):
         if mixers[1 - k] or view.scale[view.index[add]] in (None, float("inf")):
             return None
         convs = mixers[k]
-    return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), convs
+    return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), convs, k
+
+
+def branch_operand(view: GraphView, add: fx.Node) -> int | None:
+    """Which operand of a residual ``add`` is its branch (0 or 1), by the rule :func:`find_blocks` uses.
+
+    >>> from fxswap.models import wrn
+    >>> view = GraphView(trace(wrn(10, 1)))
+    >>> add = next(n for n in view.nodes if is_add(n))
+    >>> branch_operand(view, add), add.args[branch_operand(view, add)].meta["qualname"]
+    (1, 'layer1.0.conv2')
+    """
+    analysed = _analyse_add(view, add)
+    return None if analysed is None else analysed[-1]
 
 
 def _region(view: GraphView, branch: list[fx.Node], convs: list[fx.Node], tail: fx.Node):
@@ -230,7 +245,8 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_inpu
         analysed = _analyse_add(view, add)
         if analysed is None:
             continue
-        found.append(_describe(view, add, *analysed, index=len(found)))
+        *analysed, k = analysed
+        found.append(_describe(view, add, *analysed, index=len(found), branch_out=add.args[k].meta.get("qualname", "")))
     if not found:
         raise NoBlocksError(
             f"no residual block was found in {type(model).__name__}: fxswap looks for an add whose two operands "
@@ -241,7 +257,8 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_inpu
     return _finalise(found)
 
 
-def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, convs, index: int) -> Block:
+def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, convs, index: int,
+              branch_out: str = "") -> Block:
     # gates (SE, SK attention) run on globally pooled maps: not the main path
     on_map = [n for n in branch if view.scale[view.index[n]] not in (None, float("inf"))]
     convs = [n for n in convs if n in on_map] or convs
@@ -322,6 +339,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
                             if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1),
         downsampling=downsampling if downsampling is not None and math.isfinite(downsampling) else float("inf"),
         tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise, branch_stride=branch_stride, groups=groups,
+        branch_out=branch_out,
     )
 
 

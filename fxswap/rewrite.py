@@ -33,7 +33,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .blocks import KINDS as KIND_TEXT, Block, find_blocks, propagate_shapes
+from .blocks import KINDS as KIND_TEXT, Block, branch_operand, find_blocks, propagate_shapes
 from .errors import FxswapError
 from .graph import GraphView, ancestry, is_add, region_from, tensor_entry
 from .errors import SpecError
@@ -99,8 +99,11 @@ def _summarise(names: Sequence[str], at_most: int = 12) -> str:
     return ", ".join(names[:at_most]) + f", ... ({len(names)} in all)"
 
 
-def _relative(path: str, owner: str) -> str:
-    return path[len(owner) + 1:] if owner else path
+def _relative(path: str, owner: str) -> str | None:
+    """``path`` relative to module ``owner`` (``None`` when it is not inside it)."""
+    if not owner:
+        return path
+    return path[len(owner) + 1:] if path.startswith(owner + ".") else None
 
 
 def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
@@ -114,14 +117,17 @@ def _like(new: nn.Module, old: nn.Module) -> nn.Module:
     return new.to(device=ref.device, dtype=ref.dtype) if ref is not None else new
 
 
-def _find_target(gm: fx.GraphModule, target: str, block: Block, spec: BlockSpec) -> fx.Node:
+def _find_target(gm: fx.GraphModule, path: str, owner: str, block: Block, spec: BlockSpec) -> fx.Node:
+    """The call of layer ``path`` (a full module path) in the trace of module ``owner``."""
+    target = _relative(path, owner)
     for n in gm.graph.nodes:
-        if n.op == "call_module" and n.target == target:
+        if target is not None and n.op == "call_module" and n.target == target:
             return n
     raise SpecError(
-        f"{spec} cannot rewrite block {block.name!r}: its layer {target!r} is not called inside the module that "
-        f"owns the branch (it is shared with another block, called from elsewhere, or inside a nested block that "
-        f"this plan rewrites too: give the inner or the outer block 'S'); {_applicable(block)}"
+        f"{spec} cannot rewrite block {block.name!r}: its layer {path!r} does not run inside "
+        f"{repr(owner) if owner else 'the model'} as one piece with the rest of the branch (it is shared with "
+        f"another block, called from elsewhere, or inside a nested block that this plan rewrites too: give the "
+        f"inner or the outer block 'S'); {_applicable(block)}"
     )
 
 
@@ -132,22 +138,32 @@ def _applicable(block: Block) -> str:
     return f"specs that apply to this {block.kind} block: {', '.join(names)}"
 
 
+class _Kept(SpecError):
+    """A block a whole-model spec leaves as it is (the reason is the message)."""
+
+
 def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str, sub_name: str, sub: nn.Module,
-                    costs: dict) -> None:
+                    costs: dict, cheaper_only: bool = False) -> None:
     view = GraphView(gm)
-    tail = _find_target(gm, _relative(block.tail, owner), block, spec)
+    tail = _find_target(gm, block.tail, owner, block, spec)
     for _ in range(block.tail_skip):  # a permute back to NCHW after the last Linear (ConvNeXt)
         tail = next(iter(tail.users))
-    convs = [_find_target(gm, _relative(c, owner), block, spec) for c in block.convs]
+    convs = [_find_target(gm, c, owner, block, spec) for c in block.convs]
     common = -1
     for c in convs:
         common &= ancestry(view, c.args[0])
+    if common <= 0:
+        raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: its layers share no input inside "
+                        f"{repr(owner) if owner else 'the model'}; {_applicable(block)}")
     entry = tensor_entry(view.nodes[common.bit_length() - 1])
     region, problem = region_from(view, list(view.nodes), entry, tail)
     if problem:
         raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {problem}; {_applicable(block)}")
     mods = {n.target for n in region if n.op == "call_module"}
-    costs.setdefault(block.name, _params(gm.get_submodule(t) for t in mods))
+    old = _params(gm.get_submodule(t) for t in mods)
+    if cheaper_only and _params([sub]) > old:
+        raise _Kept(f"would be larger: {old:,} -> {_params([sub]):,} parameters")
+    costs.setdefault(block.name, old)
     gm.add_submodule(sub_name, sub)
     with gm.graph.inserting_after(tail):
         new = gm.graph.call_module(sub_name, (entry,))
@@ -158,35 +174,31 @@ def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: st
 
 
 def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str) -> None:
+    """Replace the block's add by its shortcut operand (the add is matched by name, its branch operand by name,
+    else by the rule find_blocks uses: the operand with more convolutions or Linear layers)."""
     view = GraphView(gm)
-    targets = {n.target: n for n in view.nodes if n.op == "call_module"}
-    found = [targets[_relative(c, owner)] for c in (block.first_conv,) + block.convs if _relative(c, owner) in targets]
-    if not found:  # the branch runs in a child module (an attention module called by the block)
-        found = [n for n in view.nodes if n.op == "call_module" and any(
-            c.startswith(f"{owner}.{n.target}." if owner else f"{n.target}.") for c in block.convs)]
-    if not found:
-        _find_target(gm, _relative(block.first_conv, owner), block, spec)  # raises, naming the layer
-    f = view.index[found[0]]
-    # the block's own add, by its name in the owner's trace (an add inside the branch, StarReLU's
-    # ``+ bias``, must not be taken for it); else the first add downstream of the branch
-    named = [n for n in view.nodes if n.meta.get("qualname") == _relative(block.add, owner) and is_add(n)]
-    for add in named or view.nodes[f:]:
-        if not is_add(add) or any(a.op == "get_attr" for a in add.args[:2]):
-            continue
-        a, b = add.args[0], add.args[1]
-        on_a, on_b = (ancestry(view, a) >> f) & 1, (ancestry(view, b) >> f) & 1
-        if on_a != on_b:
-            keep = b if on_a else a
-            if any(_in_place(gm, u) for u in add.users):
-                # the add made a fresh tensor; an in-place consumer (ReLU(inplace=True))
-                # must not overwrite the shortcut that autograd or later blocks still need
-                with gm.graph.inserting_before(add):
-                    keep = gm.graph.call_method("clone", (keep,))
-            add.replace_all_uses_with(keep)
-            gm.graph.erase_node(add)
-            return
-    raise SpecError(f"I cannot remove the branch of block {block.name!r}: its residual add is not inside the module "
-                    f"that owns the branch; {_applicable(block)}")
+    where = repr(owner) if owner else "the model"
+    rel_add = _relative(block.add, owner)
+    adds = [n for n in view.nodes if rel_add is not None and n.meta.get("qualname") == rel_add and is_add(n)]
+    if not adds:
+        raise SpecError(f"I cannot remove the branch of block {block.name!r}: its residual add does not run inside "
+                        f"{where} (the branch and the shortcut meet in a different module than the one that holds "
+                        f"the add); {_applicable(block)}")
+    add = adds[0]
+    rel_branch = _relative(block.branch_out, owner) if block.branch_out else None
+    named = [i for i, a in enumerate(add.args[:2]) if rel_branch is not None and a.meta.get("qualname") == rel_branch]
+    k = named[0] if len(named) == 1 else branch_operand(view, add)
+    if k is None:
+        raise SpecError(f"I cannot remove the branch of block {block.name!r}: inside {where} its two operands share "
+                        f"no input, so fxswap cannot tell its branch from its shortcut; {_applicable(block)}")
+    keep = add.args[1 - k]
+    if any(_in_place(gm, u) for u in add.users):
+        # the add made a fresh tensor; an in-place consumer (ReLU(inplace=True))
+        # must not overwrite the shortcut that autograd or later blocks still need
+        with gm.graph.inserting_before(add):
+            keep = gm.graph.call_method("clone", (keep,))
+    add.replace_all_uses_with(keep)
+    gm.graph.erase_node(add)
 
 
 def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -309,26 +321,44 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     x = _shapes_of(gm, model, example_input)
     blocks = find_blocks(gm)
     specs = resolve_plan(blocks, plan)
-    specs = _check_kinds(blocks, specs, whole_model=isinstance(plan, (str, BlockSpec)))
+    whole_model = isinstance(plan, (str, BlockSpec))
+    specs = _check_kinds(blocks, specs, whole_model=whole_model)
     expected = _expected_shapes(gm, blocks, specs) if x is not None else {}
     del gm
+    # one spec for the whole model keeps a block it cannot rewrite, or would make larger, as it is (one
+    # warning); a per-block plan names its blocks, so there each of these is an error
+    kept: dict[str, str] | None = {} if whole_model else None
+    asked = dict(specs)
     adjusted: list = []
-    token = (STRICT_GROUPS.set(strict), GROUPS_ADJUSTED.set(adjusted))
-    try:
-        student, costs, places = _rewrite(model, blocks, specs, leaf_modules)
-    finally:
-        STRICT_GROUPS.reset(token[0])
-        GROUPS_ADJUSTED.reset(token[1])
+    for attempt in range(_SELF_CHECK_ROUNDS):
+        adjusted.clear()
+        token = (STRICT_GROUPS.set(strict), GROUPS_ADJUSTED.set(adjusted))
+        try:
+            student, costs, places = _rewrite(model, blocks, specs, leaf_modules, kept,
+                                              cheaper_only=whole_model and not allow_larger)
+        finally:
+            STRICT_GROUPS.reset(token[0])
+            GROUPS_ADJUSTED.reset(token[1])
+        if kept:
+            specs.update({name: BlockSpec("S") for name in kept})
+        if not allow_larger:
+            _check_costs(blocks, specs, costs)
+        failures = _check_shapes(student, x, places, expected, blocks, specs) if x is not None else []
+        if not failures:
+            break
+        if kept is None or attempt == _SELF_CHECK_ROUNDS - 1:
+            raise SpecError(failures[0][1])
+        for name, message in failures:  # rewrite again with these blocks kept
+            kept[name] = _reason(message)
+            specs[name] = BlockSpec("S")
+    if kept:
+        _warn_kept(blocks, asked, specs, kept)
     if adjusted:
         listed = sorted({f"{name} ({spec}: {asked} -> {used} groups on {ch} channels)"
-                         for name, spec, ch, asked, used in adjusted})
+                         for name, spec, ch, asked, used in adjusted if name not in (kept or {})})
         warnings.warn(f"group counts that do not divide the channels were set to the nearest that does (ties to "
                       f"more groups) in {len(listed)} place(s): {_summarise(listed, 10)}; strict=True makes "
                       f"this an error", stacklevel=2)
-    if not allow_larger:
-        _check_costs(blocks, specs, costs)
-    if x is not None:
-        _check_shapes(student, x, places, expected, blocks, specs)
     if reinit:
         for m in student.modules():
             if hasattr(m, "reset_parameters") and m is not student:
@@ -336,6 +366,32 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
         for p in student.parameters():
             p.requires_grad_(True)
     return student
+
+
+#: rewrites tried when the self-check finds blocks whose substitute does not fit (a whole-model spec then
+#: keeps them and rewrites the rest again)
+_SELF_CHECK_ROUNDS = 4
+
+
+def _reason(message: str) -> str:
+    """The part of a SpecError message that says why a block cannot take its spec (for the kept-blocks warning)."""
+    text = message.split("; specs that apply")[0]
+    head, sep, rest = text.partition("': ")
+    return rest if sep and " block '" in head + "'" else text
+
+
+def _warn_kept(blocks, asked: dict, specs: dict, kept: dict) -> None:
+    """One warning listing the blocks a whole-model spec kept as they are, and why; an error if it kept all."""
+    spec = asked[next(iter(kept))]
+    rewritten = [b.name for b in blocks if str(specs[b.name]) != "S"]
+    listed = [f"{name} ({why})" for name, why in kept.items()]
+    if not rewritten:
+        larger = all(why.startswith("would be larger") for why in kept.values())
+        raise SpecError(f"{spec} would make no block cheaper: {_summarise(listed, 6)}"
+                        + ("; use a spec that is cheaper on these blocks (docs/specs.md), or allow_larger=True to "
+                           "accept" if larger else f"; {_applicable(next(b for b in blocks if b.name in kept))}"))
+    warnings.warn(f"{spec} cannot rewrite {len(kept)} block(s), kept as they are: {_summarise(listed, 10)}",
+                  stacklevel=3)
 
 
 def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
@@ -368,8 +424,12 @@ def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
     return out
 
 
-def _rewrite(model, blocks, specs, leaf_modules):
-    """The student, each block's (old params, new params), and the module path checked for each rewrite."""
+def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheaper_only: bool = False):
+    """The student, each block's (old params, new params), and the module path checked for each rewrite.
+
+    With ``kept`` (a whole-model spec), a block that cannot be rewritten, or with ``cheaper_only`` would be
+    larger, is left as it is and ``kept[name]`` says why; otherwise that is an error.
+    """
     student = copy.deepcopy(model)
     unchanged = []
     replaced: set[str] = set()  # a conv shared by nested blocks (Res2Net, HRNet) is replaced once
@@ -383,21 +443,23 @@ def _rewrite(model, blocks, specs, leaf_modules):
             targets = conv_targets(spec.kind, block)
             if not targets:
                 unchanged.append(block.name)
-            build = sub.builder_for(block.kind)
-            for path in targets:
-                if path in replaced:
-                    continue
+            try:
+                swaps = _build_convs(student, block, spec, [t for t in targets if t not in replaced])
+            except SpecError as exc:
+                if kept is None:
+                    raise
+                kept[block.name] = _reason(str(exc))
+                continue
+            old, new = sum(_params([o]) for _, o, _ in swaps), sum(_params([n]) for _, _, n in swaps)
+            if cheaper_only and new > old:
+                kept[block.name] = f"would be larger: {old:,} -> {new:,} parameters"
+                continue
+            for path, conv, substitute in swaps:
                 replaced.add(path)
-                old = student.get_submodule(path)
-                try:
-                    new = build(spec, old, block)
-                except SpecError as exc:
-                    raise SpecError(f"{exc} (the conv is {path!r})") from None
-                cost = costs.setdefault(block.name, [0, 0])
-                cost[0] += _params([old])
-                cost[1] += _params([new])
-                _set_module(student, path, _like(new, old))
+                _set_module(student, path, _like(substitute, conv))
                 places[("conv", path)] = (block, spec, path)
+            if swaps:
+                costs[block.name] = [old, new]
         elif sub.level in ("branch", "remove"):
             if block.region_problem and sub.level == "branch":
                 raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {block.region_problem}; "
@@ -410,16 +472,45 @@ def _rewrite(model, blocks, specs, leaf_modules):
     # deepest owners first, so an enclosing owner traces the already rewritten child
     for owner in sorted(by_owner, key=lambda p: -len(p.split("."))):
         try:
-            student = _rewrite_owner(student, owner, by_owner[owner], leaf_modules, costs, places)
+            student = _rewrite_owner(student, owner, by_owner[owner], leaf_modules, costs, places, kept,
+                                     cheaper_only)
         except FxswapError:
             raise
         except Exception as exc:  # an fx failure while rewriting: say which blocks and specs
             edits = ", ".join(f"{b.name} ({s})" for b, s in by_owner[owner])
-            raise SpecError(f"fxswap could not rewrite block(s) {edits}: {type(exc).__name__}: {exc}") from exc
+            message = (f"torch.fx could not retrace module {owner or type(student).__name__!r} to rewrite its "
+                       f"block(s) {edits}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+            if kept is None:
+                raise SpecError(message + "; pass its offending submodule as leaf_modules=[...], or give these "
+                                          "blocks 'S'") from exc
+            for b, _ in by_owner[owner]:
+                kept[b.name] = f"torch.fx could not retrace {owner or 'the model'!r} ({type(exc).__name__})"
+                places.pop(("branch", b.name), None)
+                places.pop(("remove", b.name), None)
+                costs.pop(b.name, None)
     return student, costs, places
 
 
-def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, places) -> nn.Module:
+def _build_convs(student: nn.Module, block: Block, spec: BlockSpec, paths) -> list:
+    """(path, old conv, substitute) for each conv of ``block`` that a conv-level spec replaces."""
+    build = SUBSTITUTES[spec.kind].builder_for(block.kind)
+    swaps = []
+    for path in paths:
+        old = student.get_submodule(path)
+        try:
+            new = build(spec, old, block)
+        except SpecError as exc:
+            raise SpecError(f"{exc} (the conv is {path!r})") from None
+        except Exception as exc:  # a conv class the builder does not know how to copy
+            raise SpecError(f"{spec} cannot rewrite block {block.name!r}: its conv {path!r} "
+                            f"({type(old).__name__}) cannot be rebuilt: {type(exc).__name__}: {exc}; "
+                            f"{_applicable(block)}") from exc
+        swaps.append((path, old, new))
+    return swaps
+
+
+def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, places, kept=None,
+                   cheaper_only=False) -> nn.Module:
     owner_mod = student.get_submodule(owner) if owner else student
     built = []
     for i, (block, spec) in enumerate(edits):
@@ -431,23 +522,37 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
             places[("branch", block.name)] = (block, spec, f"{owner}.{name}" if owner else name)
         else:
             built.append((block, spec, None, None))
-            costs[block.name] = [None, 0]
             places[("remove", block.name)] = (block, spec, None)
     old_costs: dict[str, int] = {}
+    left: set[str] = set()  # blocks kept as they are (decided on the first trace, kept on the second)
 
     def edit(gm: fx.GraphModule) -> None:
         for block, spec, name, sub in built:
-            if name is None:
-                _remove_branch(gm, block, spec, owner)
-            else:
-                _replace_branch(gm, block, spec, owner, name, sub, old_costs)
+            if block.name in left:
+                continue
+            try:
+                if name is None:
+                    _remove_branch(gm, block, spec, owner)
+                else:
+                    _replace_branch(gm, block, spec, owner, name, sub, old_costs, cheaper_only)
+            except SpecError as exc:
+                if kept is None:
+                    raise
+                left.add(block.name)
+                kept[block.name] = _reason(str(exc))
 
     subs = tuple(sub for *_, sub in built if sub is not None)
     fixed = unpassed_defaults(student, owner, tuple(leaf_modules))
     new = retrace_both_modes(owner_mod, edit, tuple(leaf_modules) + subs, concrete_args=fixed)
     for block, spec, name, sub in built:
-        if sub is not None:
+        if block.name in left:
+            places.pop(("branch" if sub is not None else "remove", block.name), None)
+        elif sub is not None:
             costs[block.name] = [old_costs.get(block.name, 0), _params([sub])]
+        else:
+            costs[block.name] = [None, 0]
+    if len(left) == len(built):
+        return student  # nothing changed in this module: keep the original (not a retraced copy)
     if not owner:
         warnings.warn(f"block(s) {[b.name for b, _ in edits]} live in the model's own forward: the student is a "
                       f"GraphModule, not a {type(student).__name__}", stacklevel=4)
@@ -466,8 +571,12 @@ def _check_costs(blocks, specs, costs) -> None:
                         f"allow_larger=True to accept")
 
 
-def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, specs) -> None:
-    """Run the student once; every rewritten place must give the shape its original gave."""
+def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, specs) -> list[tuple[str, str]]:
+    """Run the student once; every rewritten place must give the shape its original gave.
+
+    Returns ``(block name, message)`` for each rewritten block that does not (a student that fails to run:
+    the innermost rewritten block running at the time); a failure no rewritten block was running is raised.
+    """
     got: dict = {}
     stack: list = []
     handles = []
@@ -494,31 +603,36 @@ def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, s
         with torch.no_grad():
             student(x)
     except Exception as exc:
-        _compare(got, expected, places)  # a wrong shape upstream is the better explanation
+        wrong = _compare(got, expected, places)  # a wrong shape upstream is the better explanation
+        if wrong:
+            return wrong
         if stack:
             block, spec, path = places[stack[-1]]
             where = f"block {block.name!r} ({spec}{', conv ' + repr(path) if stack[-1][0] == 'conv' else ''})"
-        else:
-            where = "block(s) " + _summarise([f"{b.name} ({specs[b.name]})" for b in blocks
-                                              if str(specs[b.name]) != "S"], 6)
+            return [(block.name, f"the rewritten student does not run: {where} fails with {type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:300] if str(exc) else ''}")]
+        where = "block(s) " + _summarise([f"{b.name} ({specs[b.name]})" for b in blocks
+                                          if str(specs[b.name]) != "S"], 6)
         raise SpecError(f"the rewritten student does not run: {where} fails with {type(exc).__name__}: "
-                        f"{str(exc).splitlines()[0][:300]}") from exc
+                        f"{str(exc).splitlines()[0][:300] if str(exc) else ''}") from exc
     finally:
         for h in handles:
             h.remove()
         for m, flag in flags:
             m.training = flag
-    _compare(got, expected, places)
+    return _compare(got, expected, places)
 
 
-def _compare(got: dict, expected: dict, places: dict) -> None:
+def _compare(got: dict, expected: dict, places: dict) -> list[tuple[str, str]]:
+    wrong = []
     for key, shape in got.items():
         want = expected.get(key)
         if want is not None and shape is not None and shape != want:
             block, spec, path = places[key]
             what = f"conv {path!r}" if key[0] == "conv" else "its branch"
-            raise SpecError(f"{spec} on block {block.name!r}: {what} now gives shape {shape} instead of {want}; "
-                            f"{_applicable(block)}")
+            wrong.append((block.name, f"{spec} on block {block.name!r}: {what} now gives shape {shape} instead of "
+                                      f"{want}; {_applicable(block)}"))
+    return wrong
 
 
 def _free_name(module: nn.Module, base: str, i: int) -> str:

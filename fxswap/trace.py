@@ -101,7 +101,8 @@ def node_scope(node: fx.Node) -> str:
     >>> node_scope(nodes["layer2.0.conv1"]), node_scope(nodes["layer2.0.add"]), node_scope(nodes["fc"])
     ('layer2.0', 'layer2.0', '')
     """
-    stack = list(node.meta.get("nn_module_stack", {}).keys())
+    # a module called more than once is recorded as "conv@1", "conv@2", ...: the path is the part before "@"
+    stack = [key.split("@")[0] for key in node.meta.get("nn_module_stack", {}).keys()]
     if node.op == "call_module" and stack and stack[-1] == node.target:
         stack = stack[:-1]
     return stack[-1] if stack else ""
