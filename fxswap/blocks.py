@@ -130,6 +130,12 @@ class Block:
     depthwise: bool = field(default=False, repr=False)
     #: qualname of the add's operand that is the branch (what ``I`` removes; the other operand is kept)
     branch_out: str = field(default="", repr=False)
+    #: the replaced region turns NCHW maps into channels-last ``(B, H, W, C)`` (a Linear MLP whose permute
+    #: back to NCHW comes after a layer scale): branch substitutes are followed by that permute
+    channels_last_out: bool = field(default=False, repr=False)
+    #: the k×k padding that keeps the region's output size (an int, or "same" where only an uneven pad
+    #: does: a 2×2 conv after a ZeroPad2d); None when shapes are unknown (then k // 2)
+    padding: int | str | None = field(default=None, repr=False)
 
 
 def _analyse_add(view: GraphView, add: fx.Node):
@@ -281,6 +287,9 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
             region = region + [nxt]
     if problem is None and (first.op != "call_module" or tail.op != "call_module"):
         problem = "its convolutions or norms are functional calls, not modules"
+    if problem is None and region is not None and any(c not in set(region) for c in convs):
+        problem = ("its convolutions run on parallel paths that are summed (a re-parameterisable multi-branch "
+                   "block, RepVGG/MobileOne style), not one chain of layers that a substitute can replace")
     conv_mods = [view.module(n) for n in convs]
     mixer_mods = [view.module(n) for n in mixers]
     first_mod, last_mod = view.module(first), view.module(last)
@@ -299,6 +308,9 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     in_dim = -1 if isinstance(first_mod, nn.Linear) else 1
     out_dim = -1 if isinstance(last_mod, nn.Linear) else 1
     entry_shape, tail_shape = _shape(entry), _shape(tail)
+    # a Linear on a 4-D map acts on its last dim: the branch ends channels-last unless a permute back follows
+    channels_last_out = (isinstance(first_mod, nn.Conv2d) and isinstance(last_mod, nn.Linear) and tail_skip == 0
+                         and tail_shape is not None and len(tail_shape) == 4)
     if entry_shape and len(entry_shape) > 1:  # real shapes beat module attributes (partial convs, splits)
         in_ch = entry_shape[in_dim]
     if tail_shape and len(tail_shape) > 1:
@@ -320,6 +332,10 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     downsampling = view.scale[view.index[add]]
     inner = view.scale[view.index[tail]] / view.scale[view.index[entry]] if entry is not None and view.scale[view.index[entry]] else 1.0
     branch_stride = int(inner) if math.isfinite(inner) and inner >= 1 and inner == int(inner) else 1
+    padding = None
+    if isinstance(first_mod, nn.Conv2d) and entry_shape and tail_shape and len(entry_shape) == len(tail_shape) == 4:
+        out_size = tail_shape[1:3] if channels_last_out else tail_shape[2:]
+        padding = _padding_for(entry_shape[2:], out_size, kernel, branch_stride)
     return Block(
         name=name, index=index, stage=0,
         in_channels=int(in_ch), out_channels=int(out_ch),
@@ -339,8 +355,23 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
                             if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1),
         downsampling=downsampling if downsampling is not None and math.isfinite(downsampling) else float("inf"),
         tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise, branch_stride=branch_stride, groups=groups,
-        branch_out=branch_out,
+        branch_out=branch_out, channels_last_out=channels_last_out, padding=padding,
     )
+
+
+def _padding_for(in_size, out_size, kernel: int, stride: int) -> int | str | None:
+    """The symmetric padding of a k×k conv with ``stride`` that maps ``in_size`` to ``out_size`` (k // 2
+    preferred), ``"same"`` where only an uneven pad does at stride 1, else None.
+
+    >>> _padding_for((8, 8), (8, 8), 3, 1), _padding_for((5, 5), (4, 4), 2, 1), _padding_for((4, 4), (4, 4), 2, 1)
+    (1, 0, 'same')
+    """
+    for p in sorted(range(kernel), key=lambda p: abs(p - kernel // 2)):
+        if all((i + 2 * p - kernel) // stride + 1 == o for i, o in zip(in_size, out_size)):
+            return p
+    if stride == 1 and tuple(in_size) == tuple(out_size):
+        return "same"
+    return None
 
 
 def _inner_width(kind: str, mixers: list, spatial: list, out_channels: int) -> int:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import io
 import fnmatch
 import operator
 import warnings
@@ -38,7 +39,7 @@ from .errors import FxswapError
 from .graph import GraphView, ancestry, is_add, region_from, tensor_entry
 from .errors import SpecError
 from .spec import BlockSpec, parse_spec
-from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets
+from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets, for_host
 from .trace import retrace_both_modes, trace, unpassed_defaults
 
 __all__ = ["cheapen", "resolve_plan", "Plan", "example_input_for"]
@@ -414,7 +415,10 @@ def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
                         f"({KIND_TEXT.get(block.kind, block.kind)}); {_applicable(block)}")
     if skipped and len(skipped) == len(blocks):
         block = skipped[0]
-        why = f": {block.region_problem}" if block.region_problem and sub.serves(block.kind) else ""
+        sub = SUBSTITUTES[specs[block.name].kind]
+        problems = [b for b in skipped if sub.serves(b.kind) and b.region_problem]
+        why = (f"; on the {', '.join(sorted({b.kind for b in problems}))} block(s) it serves ({_summarise([b.name for b in problems], 3)}): "
+               f"{problems[0].region_problem}" if problems else "")
         raise SpecError(f"{specs[block.name]} applies to none of the blocks (kinds: "
                         f"{', '.join(sorted({b.kind for b in blocks}))}){why}; {_applicable(block)}")
     if skipped:
@@ -464,8 +468,7 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
             if block.region_problem and sub.level == "branch":
                 raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {block.region_problem}; "
                                 f"{_applicable(block)}")
-            owner = block.region_scope if sub.level == "branch" else block.add_owner
-            by_owner.setdefault(owner, []).append((block, spec))
+            by_owner.setdefault(_owner(block, sub.level), []).append((block, spec))
     if unchanged:
         warnings.warn(f"the plan changes nothing in block(s) {_summarise(unchanged)}: they have no convolution "
                       f"that the spec applies to (G needs a full k×k conv, S-2x2 a k×k conv)", stacklevel=3)
@@ -489,6 +492,16 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
                 places.pop(("remove", b.name), None)
                 costs.pop(b.name, None)
     return student, costs, places
+
+
+def _owner(block: Block, level: str) -> str:
+    """The module whose forward a branch-level or remove edit retraces: the smallest one holding the region
+    (``B``), or the add and its branch operand (``I``: the add's own module unless the branch is passed in)."""
+    if level == "branch":
+        return block.region_scope
+    if not block.branch_out or _relative(block.branch_out, block.add_owner) is not None:
+        return block.add_owner
+    return block.add_scope
 
 
 def _build_convs(student: nn.Module, block: Block, spec: BlockSpec, paths) -> list:
@@ -517,7 +530,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
         sub = SUBSTITUTES[spec.kind]
         if sub.level == "branch":
             name = _free_name(owner_mod, "substitute", i)
-            new = _like(sub.builder_for(block.kind)(spec, block), owner_mod)
+            new = _like(for_host(sub.builder_for(block.kind)(spec, block), block), owner_mod)
             built.append((block, spec, name, new))
             places[("branch", block.name)] = (block, spec, f"{owner}.{name}" if owner else name)
         else:
@@ -600,7 +613,7 @@ def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, s
     flags = [(m, m.training) for m in student.modules()]
     try:
         student.eval()
-        with torch.no_grad():
+        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # fx prints what it re-raises
             student(x)
     except Exception as exc:
         wrong = _compare(got, expected, places)  # a wrong shape upstream is the better explanation

@@ -42,7 +42,7 @@ from .spec import BlockSpec, register_form
 __all__ = [
     "Substitute", "SUBSTITUTES", "register_substitute", "create_grouped_pointwise",
     "create_dilated_2x2", "create_bottleneck", "create_separable", "create_mlp", "conv_params",
-    "conv_targets", "fit_groups", "nearest_divisor",
+    "conv_targets", "fit_groups", "nearest_divisor", "ChannelsLast", "for_host",
 ]
 
 
@@ -265,12 +265,18 @@ def create_dilated_2x2(conv: nn.Conv2d) -> nn.Conv2d:
                             conv.bias is not None))
 
 
+def _pad(padding: int | str | None, kernel_size: int) -> int | str:
+    return kernel_size // 2 if padding is None else padding
+
+
 def create_bottleneck(in_channels: int, out_channels: int, width: int, kernel_size: int, stride: int,
-                      groups: int, act: Callable[[], nn.Module], post_norm: bool) -> nn.Sequential:
+                      groups: int, act: Callable[[], nn.Module], post_norm: bool,
+                      padding: int | str | None = None) -> nn.Sequential:
     """``B(b)`` / ``BG(b,g)``: 1×1 (in→M), BN, act, k×k (M→M, stride, g groups), BN, act, 1×1 (M→out).
 
     With ``post_norm`` (a post-activation host such as ResNet) a BN follows the
     last 1×1, since the host's own last BN was part of the replaced branch.
+    ``padding`` defaults to k // 2 (the host's, where it is known: :attr:`Block.padding`).
 
     >>> m = create_bottleneck(64, 64, 32, 3, 1, 1, nn.ReLU, post_norm=False)
     >>> sum(p.numel() for n, p in m.named_parameters() if "conv" in n or "down" in n or "up" in n)
@@ -280,7 +286,7 @@ def create_bottleneck(in_channels: int, out_channels: int, width: int, kernel_si
         down=nn.Conv2d(in_channels, width, 1, bias=False),
         bn1=nn.BatchNorm2d(width),
         act1=act(),
-        conv=nn.Conv2d(width, width, kernel_size, stride, kernel_size // 2, groups=groups, bias=False),
+        conv=nn.Conv2d(width, width, kernel_size, stride, _pad(padding, kernel_size), groups=groups, bias=False),
         bn2=nn.BatchNorm2d(width),
         act2=act(),
         up=nn.Conv2d(width, out_channels, 1, bias=False),
@@ -291,7 +297,7 @@ def create_bottleneck(in_channels: int, out_channels: int, width: int, kernel_si
 
 
 def create_separable(in_channels: int, out_channels: int, width: int, kernel_size: int, stride: int,
-                     act: Callable[[], nn.Module], post_norm: bool) -> nn.Sequential:
+                     act: Callable[[], nn.Module], post_norm: bool, padding: int | str | None = None) -> nn.Sequential:
     """``B(b)`` on a mixer host (ConvNeXt, FasterNet): depthwise k×k, BN, 1×1 (in→M), act, 1×1 (M→out).
 
     The host's depthwise token mixer is kept; its MLP's hidden width becomes M.
@@ -301,7 +307,8 @@ def create_separable(in_channels: int, out_channels: int, width: int, kernel_siz
     ['Conv2d', 'BatchNorm2d', 'Conv2d', 'GELU', 'Conv2d']
     """
     layers = OrderedDict(
-        dw=nn.Conv2d(in_channels, in_channels, kernel_size, stride, kernel_size // 2, groups=in_channels, bias=False),
+        dw=nn.Conv2d(in_channels, in_channels, kernel_size, stride, _pad(padding, kernel_size), groups=in_channels,
+                     bias=False),
         bn1=nn.BatchNorm2d(in_channels),
         fc1=nn.Conv2d(in_channels, width, 1),
         act=act(),
@@ -328,6 +335,31 @@ def create_mlp(in_features: int, out_features: int, hidden: int, act: Callable[[
     else:
         fc1, fc2 = nn.Conv2d(in_features, hidden, 1), nn.Conv2d(hidden, out_features, 1)
     return nn.Sequential(OrderedDict(fc1=fc1, act=act(), fc2=fc2))
+
+
+class ChannelsLast(nn.Module):
+    """``(B, C, H, W) -> (B, H, W, C)``: follows a branch substitute whose host ends channels-last.
+
+    >>> import torch
+    >>> ChannelsLast()(torch.zeros(1, 8, 4, 5)).shape
+    torch.Size([1, 4, 5, 8])
+    """
+
+    def forward(self, x):
+        return x.permute(0, 2, 3, 1)
+
+
+def for_host(substitute: nn.Module, block: Block) -> nn.Module:
+    """``substitute`` (NCHW in and out) as the host needs it: permuted to channels-last where the host's
+    branch ends channels-last (:attr:`Block.channels_last_out`).
+
+    >>> b = Block("b", 0, 0, 8, 8, 1, 3, (), "pre", "identity", channels_last_out=True)
+    >>> [type(m).__name__ for m in for_host(nn.Conv2d(8, 8, 1), b)]
+    ['Conv2d', 'ChannelsLast']
+    """
+    if not block.channels_last_out or isinstance(substitute, nn.Linear):
+        return substitute
+    return nn.Sequential(OrderedDict(branch=substitute, to_channels_last=ChannelsLast()))
 
 
 @register_substitute("I", level="remove", example="I")
@@ -369,13 +401,14 @@ def _bottleneck(spec: BlockSpec, block: Block) -> nn.Module:
         groups = fit_groups(spec.groups.value, width, f"the bottleneck (M = {block.width}//{spec.bottleneck})",
                             block, spec)
     return create_bottleneck(block.in_channels, block.out_channels, width, block.kernel_size, block.branch_stride,
-                             groups, lambda: _act(block), post_norm=block.order == "post")
+                             groups, lambda: _act(block), post_norm=block.order == "post", padding=block.padding)
 
 
 @register_substitute("B", level="branch", params=("int",), kinds=("mixer",))
 def _separable(spec: BlockSpec, block: Block) -> nn.Module:
     return create_separable(block.in_channels, block.out_channels, _bottleneck_width(spec, block), block.kernel_size,
-                            block.branch_stride, lambda: _act(block), post_norm=block.order == "post")
+                            block.branch_stride, lambda: _act(block), post_norm=block.order == "post",
+                            padding=block.padding)
 
 
 @register_substitute("B", level="branch", params=("int",), kinds=("mlp",))
