@@ -35,7 +35,6 @@ import torch.fx as fx
 from torch import nn
 
 from .blocks import KINDS as KIND_TEXT, Block, branch_operand, find_blocks, propagate_shapes
-from .errors import FxswapError
 from .graph import GraphView, ancestry, is_add, region_from, tensor_entry
 from .errors import SpecError
 from .spec import BlockSpec, parse_spec
@@ -472,22 +471,32 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
     if unchanged:
         warnings.warn(f"the plan changes nothing in block(s) {_summarise(unchanged)}: they have no convolution "
                       f"that the spec applies to (G needs a full k×k conv, S-2x2 a k×k conv)", stacklevel=3)
-    # deepest owners first, so an enclosing owner traces the already rewritten child
-    for owner in sorted(by_owner, key=lambda p: -len(p.split("."))):
+    # deepest owners first, so an enclosing owner traces the already rewritten child; a module that does not
+    # trace on its own (HRNet's HighResolutionModule indexes the list its parent passes) hands its edits up
+    pending = {owner: list(edits) for owner, edits in by_owner.items()}
+    while pending:
+        owner = max(pending, key=lambda p: (len(p.split(".")) if p else 0, p))
+        edits = pending.pop(owner)
+        before = dict(kept) if kept is not None else None
         try:
-            student = _rewrite_owner(student, owner, by_owner[owner], leaf_modules, costs, places, kept,
-                                     cheaper_only)
-        except FxswapError:
+            student = _rewrite_owner(student, owner, edits, leaf_modules, costs, places, kept, cheaper_only)
+        except SpecError:
             raise
-        except Exception as exc:  # an fx failure while rewriting: say which blocks and specs
-            edits = ", ".join(f"{b.name} ({s})" for b, s in by_owner[owner])
-            message = (f"torch.fx could not retrace module {owner or type(student).__name__!r} to rewrite its "
-                       f"block(s) {edits}: {type(exc).__name__}: {str(exc).splitlines()[0][:200] if str(exc) else ''}")
+        except Exception as exc:  # an fx failure while retracing (TraceError included)
+            if kept is not None:  # what this attempt decided is decided again by the next
+                kept.clear()
+                kept.update(before)
+            if owner:
+                pending.setdefault(owner.rpartition(".")[0], []).extend(edits)
+                continue
+            listed = ", ".join(f"{b.name} ({s})" for b, s in edits)
+            message = (f"torch.fx could not retrace the model to rewrite block(s) {listed}: {type(exc).__name__}: "
+                       f"{str(exc).splitlines()[0][:200] if str(exc) else ''}")
             if kept is None:
                 raise SpecError(message + "; pass its offending submodule as leaf_modules=[...], or give these "
                                           "blocks 'S'") from exc
-            for b, _ in by_owner[owner]:
-                kept[b.name] = f"torch.fx could not retrace {owner or 'the model'!r} ({type(exc).__name__})"
+            for b, _ in edits:
+                kept[b.name] = f"torch.fx could not retrace the model ({type(exc).__name__})"
                 places.pop(("branch", b.name), None)
                 places.pop(("remove", b.name), None)
                 costs.pop(b.name, None)

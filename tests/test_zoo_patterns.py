@@ -207,3 +207,32 @@ def test_whole_model_spec_keeps_the_blocks_it_would_make_larger():
         cheapen(OneSmallOneWide(), {"*": "G(2)"})
     bigger = cheapen(OneSmallOneWide(), {"*": "G(2)"}, allow_larger=True)
     assert not isinstance(bigger.a, nn.Conv2d)
+
+
+class ListFuse(nn.Module):
+    """HRNet's HighResolutionModule: its forward takes the list its parent builds and assigns into it, so it
+    does not trace on its own (``'Proxy' object does not support item assignment``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8))
+
+    def forward(self, xs):
+        xs[0] = xs[0] + self.conv(xs[1])
+        return xs
+
+
+class ListNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fuse = ListFuse()
+
+    def forward(self, x):
+        return self.fuse([x, torch.relu(x)])[0]
+
+
+def test_a_block_whose_module_does_not_trace_alone_is_rewritten_from_its_parent():
+    with pytest.raises(fxswap.TraceError):
+        fxswap.trace(ListFuse())
+    for spec in ("I", "B(2)"):
+        cheaper_and_runs(ListNet(), spec, torch.randn(1, 8, 8, 8))
