@@ -564,7 +564,9 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
                 kept[block.name] = _reason(str(exc))
 
     subs = tuple(sub for *_, sub in built if sub is not None)
-    fixed = unpassed_defaults(student, owner, tuple(leaf_modules))
+    # a submodule is traced with the arguments its parent leaves at their default frozen ({}: none known),
+    # the model itself as model(x) runs it (None defaults frozen: fxswap.trace's default)
+    fixed = (unpassed_defaults(student, owner, tuple(leaf_modules)) or {}) if owner else None
     new = retrace_both_modes(owner_mod, edit, tuple(leaf_modules) + subs, concrete_args=fixed)
     for block, spec, name, sub in built:
         if block.name in left:

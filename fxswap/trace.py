@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import TraceError
 
-__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes"]
+__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "none_defaults"]
 
 
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
@@ -155,6 +155,10 @@ def trace(
     Never mutates ``model``. ``leaf_modules`` are module classes or instances
     to keep as opaque calls (the usual fix for data-dependent control flow);
     ``autowrap_functions`` are functions to record as calls, not trace into.
+    Without ``concrete_args``, ``forward`` arguments that default to ``None``
+    are traced as ``None`` (the model as ``model(x)`` runs it: an optional
+    ``mask=None`` traced as a tensor would take its ``if mask is not None``
+    branch); ``concrete_args={}`` traces every argument.
 
     >>> from fxswap.models import wrn
     >>> gm = trace(wrn(16, 1))
@@ -164,6 +168,8 @@ def trace(
     if not isinstance(model, nn.Module):
         raise TraceError(f"fxswap.trace needs a torch.nn.Module, got {type(model).__name__}")
     _refuse_wrappers(model)
+    if concrete_args is None:
+        concrete_args = none_defaults(model)
     tracer = FxswapTracer(tuple(leaf_modules), tuple(autowrap_functions), _trace_paths)
     caches = _dict_attributes(model)
     try:
@@ -186,6 +192,25 @@ def trace(
     gm = fx.GraphModule(tracer.root, graph, name)
     _assign_qualnames(gm)
     return gm
+
+
+def none_defaults(module: nn.Module) -> dict[str, Any] | None:
+    """The ``forward`` arguments of ``module`` that default to ``None`` (traced as ``None`` by :func:`trace`).
+
+    >>> class Net(nn.Module):
+    ...     def forward(self, x, mask=None, scale=1.0):
+    ...         return x if mask is None else x * mask
+    >>> none_defaults(Net())
+    {'mask': None}
+    """
+    import inspect
+
+    try:
+        params = list(inspect.signature(module.forward).parameters.values())[1:]  # the first is the input
+    except (TypeError, ValueError):
+        return None
+    frozen = {p.name: None for p in params if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    return frozen or None
 
 
 def _refuse_wrappers(model: nn.Module) -> None:

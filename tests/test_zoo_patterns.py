@@ -236,3 +236,24 @@ def test_a_block_whose_module_does_not_trace_alone_is_rewritten_from_its_parent(
         fxswap.trace(ListFuse())
     for spec in ("I", "B(2)"):
         cheaper_and_runs(ListNet(), spec, torch.randn(1, 8, 8, 8))
+
+
+class OptionalMask(nn.Module):
+    """Hiera: ``forward(x, mask=None)`` with ``if mask is not None`` (a traced proxy would take that branch)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(8, 8, 3, padding=1)
+
+    def forward(self, x, mask=None):
+        if mask is not None:
+            x = x * mask.view(1, 1, 8, 8)
+        return x + self.conv(torch.relu(x))
+
+
+def test_optional_arguments_are_traced_as_the_model_runs_without_them():
+    x = torch.randn(1, 8, 8, 8)
+    model = OptionalMask()
+    assert torch.equal(fxswap.trace(model)(x), model(x))
+    for spec in ("I", "B(2)", "G(2)"):
+        cheaper_and_runs(OptionalMask(), spec, x)
