@@ -106,6 +106,9 @@ class Block:
     first_conv: str = field(default="", repr=False)
     last_conv: str = field(default="", repr=False)
     tail: str = field(default="", repr=False)
+    #: whether ``tail`` is a module path (a norm or layer) or the qualname of an op (the sum or concat joining
+    #: the branch's paths)
+    tail_is_module: bool = field(default=True, repr=False)
     region_scope: str = field(default="", repr=False)
     add_scope: str = field(default="", repr=False)
     #: the module in whose forward the add itself runs (what ``I`` retraces)
@@ -275,6 +278,14 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     order = "post" if norms_after else "pre"
     tail = norms_after[0] if norms_after else last
     region, problem, entry = _region(view, branch, convs, tail)
+    if entry is not None and (problem is not None or not set(convs) <= set(region or ())):
+        # the branch's paths join after its last norm (RepVGG's sum of conv-BNs, GhostNet's concat):
+        # the region ends at the first node where it is one piece holding every convolution
+        for cand in sorted((n for n in branch if view.index[n] > view.index[tail]), key=view.index.get):
+            cand_region, cand_problem = region_from(view, branch, entry, cand)
+            if cand_problem is None and set(convs) <= set(cand_region):
+                region, problem, tail = cand_region, None, cand
+                break
     tail_skip = 0
     if region and any(is_layout(n) for n in region):
         # channels-last inside the branch (ConvNeXt: permute, LayerNorm, Linear, permute back):
@@ -285,8 +296,8 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
             nxt = next(iter(nxt.users))
             tail_skip += 1
             region = region + [nxt]
-    if problem is None and (first.op != "call_module" or tail.op != "call_module"):
-        problem = "its convolutions or norms are functional calls, not modules"
+    if problem is None and any(c.op != "call_module" for c in convs):
+        problem = "its convolutions are functional calls (F.conv2d), not modules"
     if problem is None and region is not None and any(c not in set(region) for c in convs):
         problem = ("its convolutions run on parallel paths that are summed (a re-parameterisable multi-branch "
                    "block, RepVGG/MobileOne style), not one chain of layers that a substitute can replace")
@@ -347,7 +358,8 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
         norm=norm, act=act_type.__name__ if act_type else None, kind=kind, width=width,
         add=add.meta["qualname"], first_conv=str(first.target),
         last_conv=str(last_conv.target) if not only_linear else "",
-        tail=str(tail.target), region_scope=region_scope, add_scope=add_scope, add_owner=scope_add,
+        tail=str(tail.target) if tail.op == "call_module" else tail.meta["qualname"],
+        tail_is_module=tail.op == "call_module", region_scope=region_scope, add_scope=add_scope, add_owner=scope_add,
         region_problem=problem, act_type=act_type,
         full_convs=tuple(str(n.target) for n, m in zip(convs, conv_mods)
                          if isinstance(m, nn.Conv2d) and m.groups == 1 and max(m.kernel_size) > 1),

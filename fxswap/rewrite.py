@@ -131,6 +131,17 @@ def _find_target(gm: fx.GraphModule, path: str, owner: str, block: Block, spec: 
     )
 
 
+def _find_op(gm: fx.GraphModule, block: Block, owner: str, spec: BlockSpec) -> fx.Node:
+    """The op ending the block's branch (the sum or concat that joins its paths), by its name in ``owner``."""
+    name = _relative(block.tail, owner)
+    for n in gm.graph.nodes:
+        if name is not None and n.meta.get("qualname") == name:
+            return n
+    raise SpecError(f"{spec} cannot rewrite block {block.name!r}: the op {block.tail!r} that joins its branch does "
+                    f"not run inside {repr(owner) if owner else 'the model'} (a nested block that this plan rewrites "
+                    f"too: give the inner or the outer block 'S'); {_applicable(block)}")
+
+
 def _applicable(block: Block) -> str:
     """Which registered specs serve this block's kind (for error messages)."""
     names = [name for name, sub in SUBSTITUTES.items() if sub.serves(block.kind) and not
@@ -145,7 +156,7 @@ class _Kept(SpecError):
 def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str, sub_name: str, sub: nn.Module,
                     costs: dict, cheaper_only: bool = False) -> None:
     view = GraphView(gm)
-    tail = _find_target(gm, block.tail, owner, block, spec)
+    tail = _find_target(gm, block.tail, owner, block, spec) if block.tail_is_module else _find_op(gm, block, owner, spec)
     for _ in range(block.tail_skip):  # a permute back to NCHW after the last Linear (ConvNeXt)
         tail = next(iter(tail.users))
     convs = [_find_target(gm, c, owner, block, spec) for c in block.convs]
@@ -276,7 +287,7 @@ def _expected_shapes(gm: fx.GraphModule, blocks, specs) -> dict:
             for path in conv_targets(spec.kind, block):
                 out[("conv", path)] = _shape(by_target.get(path))
         elif level == "branch":
-            tail = by_target.get(block.tail)
+            tail = by_target.get(block.tail) if block.tail_is_module else by_qualname.get(block.tail)
             for _ in range(block.tail_skip):
                 tail = next(iter(tail.users)) if tail is not None and tail.users else None
             out[("branch", block.name)] = _shape(tail)

@@ -99,14 +99,38 @@ class RepVGGBlock(nn.Module):
         return torch.relu(self.dense(x) + self.one(x) + self.identity(x))
 
 
-def test_branch_specs_on_summed_parallel_convs_say_why():
+def test_branch_specs_replace_summed_parallel_convs_up_to_their_sum():
+    x = torch.randn(1, 16, 8, 8)
     blocks = find_blocks(RepVGGBlock())
     outer = blocks[-1]
     assert set(outer.convs) == {"dense.0", "one.0"} and outer.shortcut == "projection"
-    with pytest.raises(SpecError, match="parallel paths that are summed") as err:
-        cheapen(RepVGGBlock(), {outer.name: "B(2)"})
-    assert "specs that apply" in str(err.value) and outer.name in str(err.value)
-    cheaper_and_runs(RepVGGBlock(), {outer.name: "I"}, torch.randn(1, 16, 8, 8))
+    student, _ = cheaper_and_runs(RepVGGBlock(), {outer.name: "B(2)"}, x)
+    names = {n for n, _ in student.named_modules()}
+    assert "identity" in names and not {"dense", "one"} & names  # both conv paths replaced, the BN shortcut kept
+    for spec in ("B(2)", "I", "S-2x2"):
+        cheaper_and_runs(RepVGGBlock(), spec, x)
+
+
+class GhostBranch(nn.Module):
+    """GhostNet's ghost module: a primary conv, a cheap depthwise conv on its output, both concatenated (the
+    primary output is used after the last norm, by the concat)."""
+
+    def __init__(self, c=16):
+        super().__init__()
+        self.primary = nn.Sequential(nn.Conv2d(c, c // 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU())
+        self.cheap = nn.Sequential(nn.Conv2d(c // 2, c // 2, 3, padding=1, groups=c // 2, bias=False),
+                                   nn.BatchNorm2d(c // 2))
+
+    def forward(self, x):
+        y = self.primary(x)
+        return x + torch.cat([y, self.cheap(y)], 1)
+
+
+def test_branch_that_ends_in_a_concat_is_replaced_up_to_the_concat():
+    block = find_blocks(GhostBranch())[0]
+    assert block.region_problem is None
+    student, warned = cheaper_and_runs(GhostBranch(), "B(2)", torch.randn(1, 16, 8, 8))
+    assert not any("kept as they are" in w for w in warned), warned
 
 
 class AddInChild(nn.Module):
