@@ -39,7 +39,7 @@ from .graph import GraphView, ancestry, is_add, region_from, tensor_entry
 from .errors import SpecError
 from .spec import BlockSpec, parse_spec
 from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets, for_host
-from .trace import retrace_both_modes, trace, unpassed_defaults
+from .trace import callers, retrace_both_modes, trace, unpassed_defaults
 
 __all__ = ["cheapen", "resolve_plan", "Plan", "example_input_for"]
 
@@ -335,6 +335,7 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     whole_model = isinstance(plan, (str, BlockSpec))
     specs = _check_kinds(blocks, specs, whole_model=whole_model)
     expected = _expected_shapes(gm, blocks, specs) if x is not None else {}
+    called_by = callers(gm)
     del gm
     # one spec for the whole model keeps a block it cannot rewrite, or would make larger, as it is (one
     # warning); a per-block plan names its blocks, so there each of these is an error
@@ -346,7 +347,7 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
         token = (STRICT_GROUPS.set(strict), GROUPS_ADJUSTED.set(adjusted))
         try:
             student, costs, places = _rewrite(model, blocks, specs, leaf_modules, kept,
-                                              cheaper_only=whole_model and not allow_larger)
+                                              cheaper_only=whole_model and not allow_larger, called_by=called_by)
         finally:
             STRICT_GROUPS.reset(token[0])
             GROUPS_ADJUSTED.reset(token[1])
@@ -438,7 +439,8 @@ def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
     return out
 
 
-def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheaper_only: bool = False):
+def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheaper_only: bool = False,
+             called_by: dict | None = None):
     """The student, each block's (old params, new params), and the module path checked for each rewrite.
 
     With ``kept`` (a whole-model spec), a block that cannot be rewritten, or with ``cheaper_only`` would be
@@ -490,7 +492,8 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
         edits = pending.pop(owner)
         before = dict(kept) if kept is not None else None
         try:
-            student = _rewrite_owner(student, owner, edits, leaf_modules, costs, places, kept, cheaper_only)
+            student = _rewrite_owner(student, owner, edits, leaf_modules, costs, places, kept, cheaper_only,
+                                     called_by)
         except SpecError:
             raise
         except Exception as exc:  # an fx failure while retracing (TraceError included)
@@ -543,7 +546,8 @@ def _build_convs(student: nn.Module, block: Block, spec: BlockSpec, paths) -> li
 
 
 def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, places, kept=None,
-                   cheaper_only=False) -> nn.Module:
+                   cheaper_only=False, called_by: dict | None = None) -> nn.Module:
+    called_by = called_by or {}
     owner_mod = student.get_submodule(owner) if owner else student
     built = []
     for i, (block, spec) in enumerate(edits):
@@ -577,7 +581,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
     subs = tuple(sub for *_, sub in built if sub is not None)
     # a submodule is traced with the arguments its parent leaves at their default frozen ({}: none known),
     # the model itself as model(x) runs it (None defaults frozen: fxswap.trace's default)
-    fixed = (unpassed_defaults(student, owner, tuple(leaf_modules)) or {}) if owner else None
+    fixed = (unpassed_defaults(student, owner, tuple(leaf_modules), caller=called_by.get(owner)) or {}) if owner else None
     new = retrace_both_modes(owner_mod, edit, tuple(leaf_modules) + subs, concrete_args=fixed)
     for block, spec, name, sub in built:
         if block.name in left:

@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import TraceError
 
-__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "none_defaults"]
+__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "none_defaults", "callers"]
 
 
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
@@ -188,10 +188,24 @@ def trace(
         ) from exc
     finally:
         _restore(caches)
+    if concrete_args:
+        _keep_argument_names(graph, concrete_args)
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
     _assign_qualnames(gm)
     return gm
+
+
+def _keep_argument_names(graph: fx.Graph, concrete_args: dict) -> None:
+    """fx renames a frozen argument (``mask`` -> ``mask_1``); name it as ``forward`` does, so that callers
+    passing ``mask=None`` by keyword still can."""
+    placeholders = [n for n in graph.nodes if n.op == "placeholder"]
+    taken = {str(n.target) for n in placeholders}
+    for n in placeholders:
+        base = str(n.target).rsplit("_", 1)[0]
+        if str(n.target) not in concrete_args and base in concrete_args and base not in taken:
+            taken.add(base)
+            n.target = base
 
 
 def none_defaults(module: nn.Module) -> dict[str, Any] | None:
@@ -288,12 +302,16 @@ class ModeSwitch(nn.Module):
         return self
 
 
-def unpassed_defaults(root: nn.Module, path: str, leaf_modules: Sequence = ()) -> dict[str, Any] | None:
+def unpassed_defaults(root: nn.Module, path: str, leaf_modules: Sequence = (),
+                      caller: str | None = None) -> dict[str, Any] | None:
     """Defaulted ``forward`` arguments that the parent never passes to submodule ``path``.
 
     fx traces ``if shortcut is None:`` with a proxy, so a retraced module would
     bake in the branch for a passed argument; freezing the arguments the
     parent leaves at their default (as ``concrete_args``) keeps the one it runs.
+    ``caller`` is the path of the module whose forward calls ``path`` (see
+    :func:`callers`; a model that loops over an ``nn.Sequential`` calls its
+    blocks itself); by default the nearest ancestor that is not a container.
     """
     import inspect
 
@@ -306,9 +324,9 @@ def unpassed_defaults(root: nn.Module, path: str, leaf_modules: Sequence = ()) -
                  and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)]
     if not defaulted or not path:
         return None
-    parent_path, _, _ = path.rpartition(".")
+    parent_path = caller if caller is not None else path.rpartition(".")[0]
     parent = root.get_submodule(parent_path) if parent_path else root
-    while isinstance(parent, (nn.ModuleList, nn.ModuleDict)) and parent_path:  # containers have no forward
+    while caller is None and isinstance(parent, (nn.ModuleList, nn.ModuleDict)) and parent_path:  # no forward
         parent_path = parent_path.rpartition(".")[0]
         parent = root.get_submodule(parent_path) if parent_path else root
     try:
@@ -319,9 +337,28 @@ def unpassed_defaults(root: nn.Module, path: str, leaf_modules: Sequence = ()) -
              (f"{parent_path}.{n.target}" if parent_path else n.target) == path]
     if len(calls) != 1:
         return None
-    positional = [p.name for p in params[: len(calls[0].args)]]
-    passed = set(positional) | set(calls[0].kwargs)
-    return {p.name: p.default for p in defaulted if p.name not in passed} or None
+    given = dict(zip((p.name for p in params), calls[0].args)) | dict(calls[0].kwargs)
+    # an argument the parent leaves out, or passes as a literal None, is that value in every call
+    return {p.name: p.default if p.name not in given else None for p in defaulted
+            if p.name not in given or given[p.name] is None} or None
+
+
+def callers(gm: fx.GraphModule) -> dict[str, str]:
+    """For each module that ran in a :func:`trace`, the path of the module whose ``forward`` called it.
+
+    >>> from fxswap.models import wrn
+    >>> found = callers(trace(wrn(10, 1)))
+    >>> found["layer2.0"], found["layer2"]
+    ('layer2', '')
+    """
+    out: dict[str, str] = {}
+    for node in gm.graph.nodes:
+        stack = [key.split("@")[0] for key in node.meta.get("nn_module_stack", {}).keys()]
+        if node.op == "call_module" and (not stack or stack[-1] != node.target):
+            stack.append(str(node.target))
+        for outer, inner in zip([""] + stack, stack):
+            out.setdefault(inner, outer)
+    return out
 
 
 def retrace_both_modes(

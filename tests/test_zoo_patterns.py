@@ -281,3 +281,37 @@ def test_optional_arguments_are_traced_as_the_model_runs_without_them():
     assert torch.equal(fxswap.trace(model)(x), model(x))
     for spec in ("I", "B(2)", "G(2)"):
         cheaper_and_runs(OptionalMask(), spec, x)
+
+
+class MaskedBlock(nn.Module):
+    def __init__(self, c=8):
+        super().__init__()
+        self.fc1, self.fc2 = nn.Linear(c, 4 * c), nn.Linear(4 * c, c)
+        self.attn = nn.Linear(c, c)
+
+    def forward(self, x, mask=None):
+        a = self.attn(x)
+        if mask is not None:
+            a = a * mask
+        x = x + a
+        return x + self.fc2(torch.relu(self.fc1(x)))
+
+
+class LoopNet(nn.Module):
+    """NaFlexViT: the model's own forward loops over an ``nn.Sequential`` of blocks, passing ``attn_mask=``
+    (so the Sequential's forward never runs, and a retraced block must keep its ``mask`` argument)."""
+
+    def __init__(self):
+        super().__init__()
+        self.blocks = nn.Sequential(MaskedBlock(), MaskedBlock())
+
+    def forward(self, x, mask=None):
+        for blk in self.blocks:
+            x = blk(x, mask=mask)
+        return x
+
+
+def test_blocks_called_in_a_loop_with_keyword_arguments_are_rewritten():
+    x = torch.randn(2, 5, 8)
+    for spec in ("I", "B(2)"):
+        cheaper_and_runs(LoopNet(), spec, x)
