@@ -27,7 +27,7 @@ from torch import nn
 
 from .errors import TraceError
 
-__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "none_defaults", "callers"]
+__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "default_arguments", "callers"]
 
 
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
@@ -72,7 +72,12 @@ class FxswapTracer(fx.Tracer):
         self.failed_at: tuple[str, type] | None = None  # innermost module whose trace raised
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if id(m) in self._leaf_instances or isinstance(m, self._leaf_types):
+        if id(m) in self._leaf_instances:
+            return True
+        if isinstance(m, self._leaf_types) and not _traces_anyway(m):
+            return True
+        if isinstance(m, (nn.Conv2d, nn.Linear)):
+            # a conv subclass (timm's ScaledStdConv2d standardises its weight, then F.conv2d) is still a conv
             return True
         if self._trace_paths is not None and qualname not in self._trace_paths:
             return True
@@ -88,6 +93,19 @@ class FxswapTracer(fx.Tracer):
             raise
         finally:
             self.path_stack.pop()
+
+
+#: timm modules registered as not traceable that trace correctly in the configuration given (by class name,
+#: so timm stays optional): NF-ResNet's block is a leaf only for ``out.mul_(skipinit_gain)``, which fx would
+#: drop; without skipinit its residual add is what fxswap needs to see
+_TRACEABLE_WHEN = {
+    "NormFreeBlock": lambda m: getattr(m, "skipinit_gain", None) is None,
+}
+
+
+def _traces_anyway(m: nn.Module) -> bool:
+    check = _TRACEABLE_WHEN.get(type(m).__name__)
+    return bool(check and check(m))
 
 
 def node_scope(node: fx.Node) -> str:
@@ -155,10 +173,11 @@ def trace(
     Never mutates ``model``. ``leaf_modules`` are module classes or instances
     to keep as opaque calls (the usual fix for data-dependent control flow);
     ``autowrap_functions`` are functions to record as calls, not trace into.
-    Without ``concrete_args``, ``forward`` arguments that default to ``None``
-    are traced as ``None`` (the model as ``model(x)`` runs it: an optional
-    ``mask=None`` traced as a tensor would take its ``if mask is not None``
-    branch); ``concrete_args={}`` traces every argument.
+    Without ``concrete_args``, ``forward`` arguments after the input that
+    have a plain default (``mask=None``, ``is_causal=False``) are traced at
+    that value, as ``model(x)`` runs (a ``mask`` traced as a tensor would take
+    its ``if mask is not None`` branch); ``concrete_args={}`` traces every
+    argument.
 
     >>> from fxswap.models import wrn
     >>> gm = trace(wrn(16, 1))
@@ -169,7 +188,7 @@ def trace(
         raise TraceError(f"fxswap.trace needs a torch.nn.Module, got {type(model).__name__}")
     _refuse_wrappers(model)
     if concrete_args is None:
-        concrete_args = none_defaults(model)
+        concrete_args = default_arguments(model)
     tracer = FxswapTracer(tuple(leaf_modules), tuple(autowrap_functions), _trace_paths)
     caches = _dict_attributes(model)
     try:
@@ -208,14 +227,15 @@ def _keep_argument_names(graph: fx.Graph, concrete_args: dict) -> None:
             n.target = base
 
 
-def none_defaults(module: nn.Module) -> dict[str, Any] | None:
-    """The ``forward`` arguments of ``module`` that default to ``None`` (traced as ``None`` by :func:`trace`).
+def default_arguments(module: nn.Module) -> dict[str, Any] | None:
+    """The ``forward`` arguments of ``module`` after its input that have a plain default (``None``, a bool,
+    number or string): :func:`trace` traces them at that value, as ``module(x)`` runs.
 
     >>> class Net(nn.Module):
-    ...     def forward(self, x, mask=None, scale=1.0):
+    ...     def forward(self, x, mask=None, causal=False, scale=1.0):
     ...         return x if mask is None else x * mask
-    >>> none_defaults(Net())
-    {'mask': None}
+    >>> default_arguments(Net())
+    {'mask': None, 'causal': False, 'scale': 1.0}
     """
     import inspect
 
@@ -223,7 +243,8 @@ def none_defaults(module: nn.Module) -> dict[str, Any] | None:
         params = list(inspect.signature(module.forward).parameters.values())[1:]  # the first is the input
     except (TypeError, ValueError):
         return None
-    frozen = {p.name: None for p in params if p.default is None and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)}
+    frozen = {p.name: p.default for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+              and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
     return frozen or None
 
 

@@ -46,6 +46,9 @@ MODELS = {
     "inception_next": (lambda: timm.create_model("inception_next_atto"), 64, None, ["I", "B(2)", "S-2x2"]),
     # LCNetV2: ConvNormAct inside nested re-parameterisable adds
     "lcnetv2": (lambda: timm.create_model("lcnetv2_small"), 64, None, ["S-2x2"]),
+    # NF-RegNet: timm registers its block as not traceable (for skipinit's mul_), its convs standardise their
+    # weights, and the branch is scaled by a constant before the add
+    "nf_regnet": (lambda: timm.create_model("nf_regnet_b0"), 64, {"bottleneck": 16}, ["I", "B(2)", "BG(2,M/8)"]),
     # ResNet-26 + ViT hybrid: "same"-padded StdConv2dSame under G / S-2x2
     "r26_vit": (lambda: timm.create_model("vit_small_r26_s32_224", img_size=64, depth=2), 64, None,
                 ["I", "G(N/4)", "S-2x2", "B(2)"]),

@@ -315,3 +315,33 @@ def test_blocks_called_in_a_loop_with_keyword_arguments_are_rewritten():
     x = torch.randn(2, 5, 8)
     for spec in ("I", "B(2)"):
         cheaper_and_runs(LoopNet(), spec, x)
+
+
+class StandardisedConv(nn.Conv2d):
+    """timm's ScaledStdConv2d: standardises its weight, then F.conv2d (a conv, though not torch.nn's own)."""
+
+    def forward(self, x):
+        w = (self.weight - self.weight.mean((1, 2, 3), keepdim=True)) / (self.weight.std((1, 2, 3), keepdim=True) + 1e-5)
+        return nn.functional.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class NormFreeBlock(nn.Module):
+    """NF-ResNet: pre-activation scaled by beta, no norms, the branch scaled by a constant alpha before the add."""
+
+    def __init__(self, c=16, alpha=0.2, beta=1.0):
+        super().__init__()
+        self.alpha, self.beta = alpha, beta
+        self.conv1 = StandardisedConv(c, c, 3, padding=1)
+        self.conv2 = StandardisedConv(c, c, 3, padding=1)
+
+    def forward(self, x):
+        out = torch.relu(x) * self.beta
+        out = self.conv2(torch.relu(self.conv1(out)))
+        return out * self.alpha + x
+
+
+def test_norm_free_block_with_standardised_convs_and_a_scaled_branch():
+    block = find_blocks(NormFreeBlock())[0]
+    assert block.kind == "basic" and block.convs == ("conv1", "conv2") and block.region_problem is None
+    for spec in ("I", "B(2)", "G(4)", "S-2x2"):
+        cheaper_and_runs(NormFreeBlock(), spec, torch.randn(1, 16, 8, 8))
