@@ -297,18 +297,20 @@ def create_bottleneck(in_channels: int, out_channels: int, width: int, kernel_si
 
 
 def create_separable(in_channels: int, out_channels: int, width: int, kernel_size: int, stride: int,
-                     act: Callable[[], nn.Module], post_norm: bool, padding: int | str | None = None) -> nn.Sequential:
+                     act: Callable[[], nn.Module], post_norm: bool, padding: int | str | None = None,
+                     groups: int | None = None) -> nn.Sequential:
     """``B(b)`` on a mixer host (ConvNeXt, FasterNet): depthwise k×k, BN, 1×1 (in→M), act, 1×1 (M→out).
 
     The host's depthwise token mixer is kept; its MLP's hidden width becomes M.
+    ``groups`` (``BG``) gives the k×k conv that many groups instead (default: depthwise).
 
     >>> m = create_separable(64, 64, 128, 7, 1, nn.GELU, post_norm=False)
     >>> [type(x).__name__ for x in m]
     ['Conv2d', 'BatchNorm2d', 'Conv2d', 'GELU', 'Conv2d']
     """
     layers = OrderedDict(
-        dw=nn.Conv2d(in_channels, in_channels, kernel_size, stride, _pad(padding, kernel_size), groups=in_channels,
-                     bias=False),
+        dw=nn.Conv2d(in_channels, in_channels, kernel_size, stride, _pad(padding, kernel_size),
+                     groups=groups or in_channels, bias=False),
         bn1=nn.BatchNorm2d(in_channels),
         fc1=nn.Conv2d(in_channels, width, 1),
         act=act(),
@@ -405,10 +407,18 @@ def _bottleneck(spec: BlockSpec, block: Block) -> nn.Module:
 
 
 @register_substitute("B", level="branch", params=("int",), kinds=("mixer",))
+@register_substitute("BG", level="branch", params=("int", "M"), kinds=("mixer",))
 def _separable(spec: BlockSpec, block: Block) -> nn.Module:
-    return create_separable(block.in_channels, block.out_channels, _bottleneck_width(spec, block), block.kernel_size,
+    width = _bottleneck_width(spec, block)
+    groups = None
+    if spec.kind == "BG":  # g groups (M/d: of M = H//b) on the k×k conv, fitted to its channels
+        arg = spec.groups.value
+        wanted = max(1, width // arg.divisor) if hasattr(arg, "divisor") else arg
+        groups = fit_groups(wanted, block.in_channels, f"the k×k conv (M = {block.width}//{spec.bottleneck})",
+                            block, spec)
+    return create_separable(block.in_channels, block.out_channels, width, block.kernel_size,
                             block.branch_stride, lambda: _act(block), post_norm=block.order == "post",
-                            padding=block.padding)
+                            padding=block.padding, groups=groups)
 
 
 @register_substitute("B", level="branch", params=("int",), kinds=("mlp",))

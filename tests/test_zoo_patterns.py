@@ -345,3 +345,12 @@ def test_norm_free_block_with_standardised_convs_and_a_scaled_branch():
     assert block.kind == "basic" and block.convs == ("conv1", "conv2") and block.region_problem is None
     for spec in ("I", "B(2)", "G(4)", "S-2x2"):
         cheaper_and_runs(NormFreeBlock(), spec, torch.randn(1, 16, 8, 8))
+
+
+def test_bg_on_a_mixer_host_groups_its_kxk_conv_by_m_over_d():
+    # M = hidden 64 // 2 = 32, M/8 = 4 groups on the 16-channel k×k conv (depthwise: 16 groups, in the teacher)
+    student, _ = cheaper_and_runs(LayerScaledLinearMLP(), "BG(2,M/8)", torch.randn(1, 16, 8, 8))
+    spatial = [m for m in student.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (3, 3)]
+    assert [(m.in_channels, m.groups) for m in spatial] == [(16, 4)]
+    hidden = [m.out_channels for m in student.modules() if isinstance(m, nn.Conv2d) and m.kernel_size == (1, 1)]
+    assert hidden[0] == 32
