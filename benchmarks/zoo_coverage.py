@@ -19,6 +19,7 @@ to a JSON-lines file so an interrupted sweep resumes where it stopped::
 
     nice python benchmarks/zoo_coverage.py --all --results docs/zoo_results.jsonl --timeout 300
     python benchmarks/zoo_coverage.py --report docs/zoo_results.jsonl   # the Markdown tables of docs/zoo.md
+    python benchmarks/zoo_coverage.py --report sweep.jsonl rerun.jsonl --merge-into docs/zoo_results.jsonl
 """
 from __future__ import annotations
 
@@ -234,15 +235,28 @@ def sweep(models: list[tuple[str, str]], results: str, timeout: float) -> None:
         print(f"{key} {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
 
 
-def report(results: str) -> str:
+def merged(paths: list[str]) -> list[dict]:
+    """The rows of several results files; a model's row in a later file replaces its row in an earlier one
+    (a sweep of one commit, then the models re-run on a later one: each row keeps its ``commit``)."""
+    rows: dict[str, dict] = {}
+    for path in paths:
+        with open(path) as f:
+            for line in f:
+                if line.strip():
+                    row = json.loads(line)
+                    rows[row["model"]] = row
+    return list(rows.values())
+
+
+def report(results: str | list[str]) -> str:
     """Markdown: totals per outcome, per spec and per host kind, and the list of problems."""
-    with open(results) as f:
-        rows = [json.loads(line) for line in f if line.strip()]
+    rows = merged([results] if isinstance(results, str) else results)
     per_spec: dict[str, Counter] = defaultdict(Counter)
     per_source: dict[str, Counter] = defaultdict(Counter)
     kinds_blocks, kinds_models, kinds_kept = Counter(), Counter(), defaultdict(Counter)
     models = Counter()
-    problems, unsupported = [], []
+    problems, unsupported, reasons = [], [], {}
+    commits = Counter(r.get("commit", "?") for r in rows)
     for r in rows:
         src = r["model"].split(":")[0]
         if "timeout" in r:
@@ -251,10 +265,13 @@ def report(results: str) -> str:
             continue
         if "build" in r:
             models["not built / does not run"] += 1
+            reasons[r["model"]] = f"not built / does not run: {r['build']}"
             continue
         if r.get("find_blocks"):
             models["find_blocks " + ("crash" if r.get("find_crash") else "error")] += 1
-            problems.append(f"{r['model']}: find_blocks: {r['find_blocks']}")
+            if r.get("find_crash"):
+                problems.append(f"{r['model']}: find_blocks: {r['find_blocks']}")
+            reasons[r["model"]] = r["find_blocks"]
             continue
         if not r.get("blocks"):
             models["no residual add (NoBlocksError)"] += 1
@@ -279,7 +296,8 @@ def report(results: str) -> str:
         if not any_ok:
             problems.append(f"{r['model']}: no spec gives a cheaper student")
     outcomes = ["ok", "unchanged", "error", "larger", "crash"]
-    lines = [f"Models tried: {len(rows)} — " + ", ".join(f"{k}: {v}" for k, v in models.items()), ""]
+    lines = [f"Models tried: {len(rows)} — " + ", ".join(f"{k}: {v}" for k, v in models.items()), "",
+             "Rows per fxswap commit: " + ", ".join(f"{c}: {n}" for c, n in commits.most_common()), ""]
     lines += ["| spec | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
     for spec in SPECS:
         lines.append(f"| {spec} | " + " | ".join(str(per_spec[spec][o]) for o in outcomes) + " |")
@@ -294,8 +312,10 @@ def report(results: str) -> str:
     for kind, n in kinds_blocks.most_common():
         lines.append(f"| {kind} | {n} | {kinds_models[kind]} | " + " | ".join(str(kinds_kept[kind][s]) for s in SPECS)
                      + " |")
-    lines += ["", f"No residual add ({len(unsupported)}): " + ", ".join(unsupported), "",
-              f"Problems ({len(problems)}):", ""] + [f"* {p}" for p in problems]
+    lines += ["", f"No residual add ({len(unsupported)}): " + ", ".join(unsupported), ""]
+    if reasons:
+        lines += [f"Not analysed ({len(reasons)}):", ""] + [f"* {m}: {why}" for m, why in reasons.items()] + [""]
+    lines += [f"Problems ({len(problems)}):", ""] + [f"* {p}" for p in problems]
     return "\n".join(lines)
 
 
@@ -308,13 +328,18 @@ def main(argv=None) -> None:
     parser.add_argument("--results", default="zoo_results.jsonl", help="JSON-lines results file (appended, resumable)")
     parser.add_argument("--timeout", type=float, default=300, help="seconds per model")
     parser.add_argument("--one", help=argparse.SUPPRESS)
-    parser.add_argument("--report", help="print the Markdown summary of a results file")
+    parser.add_argument("--report", nargs="+", help="print the Markdown summary of results files (a model's row "
+                                                    "in a later file replaces its row in an earlier one)")
+    parser.add_argument("--merge-into", help="with --report: also write the merged rows to this JSON-lines file")
     args = parser.parse_args(argv)
     if args.one:
         source, name = args.one.split(":", 1)
         print(json.dumps(probe(source, name)), flush=True)
         return
     if args.report:
+        if args.merge_into:
+            with open(args.merge_into, "w") as f:
+                f.writelines(json.dumps(row) + "\n" for row in merged(args.report))
         print(report(args.report))
         return
     if args.all:
