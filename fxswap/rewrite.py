@@ -329,10 +329,13 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
         return cheapen_part(model, plan, root, reinit=reinit, leaf_modules=leaf_modules,
                             example_input=example_input, allow_larger=allow_larger, strict=strict)
     gm = trace(model, leaf_modules)
+    whole_model = isinstance(plan, (str, BlockSpec))
+    with warnings.catch_warnings():  # a spec that applies to no block fails here, before any forward
+        warnings.simplefilter("ignore")
+        _check_kinds(find_blocks(gm), resolve_plan(find_blocks(gm), plan), whole_model=whole_model)
     x = _shapes_of(gm, model, example_input)
     blocks = find_blocks(gm)
     specs = resolve_plan(blocks, plan)
-    whole_model = isinstance(plan, (str, BlockSpec))
     specs = _check_kinds(blocks, specs, whole_model=whole_model)
     expected = _expected_shapes(gm, blocks, specs) if x is not None else {}
     called_by = callers(gm)
