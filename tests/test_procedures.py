@@ -1,0 +1,189 @@
+"""The procedures as the reference code runs them (issue 10, item 4): LIT's frozen stem and head, SRRL's
+separate L_FM / L_SR weights, FitNets' two-stage hint training, BlockSwap's reference candidates and its
+fresh minibatch / fresh initialisation per candidate."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, TensorDataset
+
+import fxswap
+from fxswap import losses as L
+from fxswap.distillation import Distiller, LITDistiller
+from fxswap.models import cifar_resnet, wrn
+
+
+def _state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def _perturbed(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Random weights and BN statistics, so that "copied from the teacher" can be told from "initialised alike"."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]:
+            t.copy_(t + 0.1 * torch.randn(t.shape, generator=g))
+            if t.ndim == 1 and t.min() < 0.05:  # keep running variances positive
+                t.abs_().add_(0.05)
+    return model
+
+
+def _batch(n=8, size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 3, size, size, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+
+# ---------------------------------------------------------------------------
+# LIT: the teacher's stem and head, copied and frozen; only the sections train
+# ---------------------------------------------------------------------------
+
+STEM_HEAD = ("conv1.", "bn1.", "fc.")  # cifar_resnet: the reference's conv1, bn1 and linear
+
+
+def _lit_pair(seed=0):
+    torch.manual_seed(seed)
+    teacher = _perturbed(cifar_resnet(14), seed)
+    student = fxswap.cheapen(teacher, {"layer*.1": "I"}, reinit=True)
+    return teacher, student
+
+
+def test_lit_copies_the_teachers_stem_and_head_and_trains_only_the_sections():
+    teacher, student = _lit_pair()
+    t_before = _state(teacher)
+    t_flags = [(n, m.training) for n, m in teacher.named_modules()]
+    assert not torch.equal(student.conv1.weight, teacher.conv1.weight)
+    lit = LITDistiller(teacher, student)
+    s_state, t_state = student.state_dict(), teacher.state_dict()
+    fixed_keys = [k for k in s_state if k.startswith(STEM_HEAD)]
+    assert fixed_keys and all(torch.equal(s_state[k], t_state[k]) for k in fixed_keys)
+    # parameters(): the sections only
+    trained = {id(p) for p in lit.parameters()}
+    assert trained == {id(p) for n, p in student.named_parameters() if n.startswith("layer")}
+    # a few optimiser steps (with weight decay, which would move any parameter handed to SGD)
+    opt = torch.optim.SGD(lit.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    frozen = _state(student)
+    lit.train()
+    for step in range(3):
+        x, y = _batch(seed=step)
+        loss, _ = lit(x, y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    after = student.state_dict()
+    assert all(torch.equal(after[k], frozen[k]) for k in fixed_keys), "the stem or head moved"
+    assert all(p.grad is None for n, p in student.named_parameters() if n.startswith(STEM_HEAD))
+    assert all(p.requires_grad for p in student.parameters()), "the student's requires_grad flags are given back"
+    moved = [k for k in after if k.startswith("layer") and not torch.equal(after[k], frozen[k])]
+    assert moved, "the sections did not train"
+    # the teacher passed in is untouched: weights, statistics, modes
+    assert all(torch.equal(v, t_before[k]) for k, v in teacher.state_dict().items())
+    assert [(n, m.training) for n, m in teacher.named_modules()] == t_flags
+
+
+def test_lit_stem_bn_stays_in_eval_and_section_one_sees_the_teachers_stem_output():
+    teacher, student = _lit_pair(1)
+    lit = LITDistiller(teacher, student).train()
+    assert not student.bn1.training and not student.fc.training
+    assert student.layer1[0].bn1.training and student.layer3[0].bn1.training
+    seen = []
+    hook = student.layer1[0].conv1.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach().clone()))
+    x, y = _batch(seed=3)
+    try:
+        lit(x, y)
+    finally:
+        hook.remove()
+    ref = copy.deepcopy(teacher).eval()
+    with torch.no_grad():
+        t_stem = F.relu(ref.bn1(ref.conv1(x)))
+    assert len(seen) == 1 and torch.allclose(seen[0], t_stem, atol=1e-6)
+    # eval() then train() again: still held
+    lit.eval().train()
+    assert not student.bn1.training and student.layer2[0].bn1.training
+
+
+def test_lit_train_stem_and_head_trains_everything_and_copies_nothing():
+    teacher, student = _lit_pair(2)
+    own_stem = student.conv1.weight.detach().clone()
+    lit = LITDistiller(teacher, student, train_stem_and_head=True)
+    assert torch.equal(student.conv1.weight, own_stem) and lit.fixed == ()
+    assert {id(p) for p in lit.parameters()} == {id(p) for p in student.parameters()}
+    opt = torch.optim.SGD(lit.parameters(), lr=0.1)
+    lit.train()
+    loss, _ = lit(*_batch())
+    loss.backward()
+    opt.step()
+    assert not torch.equal(student.conv1.weight, own_stem)
+    assert student.bn1.training
+
+
+def test_lit_finetune_keeps_the_stem_and_head_fixed_as_the_reference():
+    teacher, student = _lit_pair(3)
+    ft = LITDistiller(teacher, student).finetune()
+    trained = {id(p) for p in ft.parameters()}
+    assert trained == {id(p) for n, p in student.named_parameters() if not n.startswith(STEM_HEAD)}
+    ft.train()
+    assert student.bn1.training  # the reference's fine-tune calls student.train()
+    loss, _ = ft(*_batch())
+    loss.backward()
+    assert all(p.grad is None for n, p in student.named_parameters() if n.startswith(STEM_HEAD))
+
+
+def test_lit_stem_and_head_of_a_wrn_and_a_mismatched_student():
+    t = wrn(10, 1)
+    names = fxswap.distillation.lit.stem_and_head(t)
+    assert {n.rpartition(".")[0] for n in names} == {"conv1", "bn", "fc"}  # the pre-act WRN's final BN is the head's
+    with pytest.raises(fxswap.DistillError, match="train_stem_and_head=True"):
+        LITDistiller(wrn(10, 2), wrn(10, 1))  # widths differ: the teacher's stem does not fit
+    LITDistiller(wrn(10, 2), wrn(10, 1), train_stem_and_head=True)  # ... unless the student keeps its own
+
+
+def test_distill_lit_end_to_end_leaves_the_stem_and_head_as_the_teachers():
+    teacher, student = _lit_pair(4)
+    data = TensorDataset(*_batch(8, seed=5))
+    fxswap.distill(teacher, student, DataLoader(data, batch_size=4), method="lit", epochs=1, finetune_epochs=1,
+                   progress=False)
+    s_state, t_state = student.state_dict(), teacher.state_dict()
+    weights = [k for k in s_state if k.startswith(STEM_HEAD) and "running" not in k and "num_batches" not in k]
+    assert weights and all(torch.equal(s_state[k], t_state[k]) for k in weights)
+
+
+def test_lit_preset_uses_the_references_batch_size():
+    assert fxswap.distillation.presets.get_preset("lit").batch_size == 32  # lit-code cifar10/main.py batch_size
+
+
+# ---------------------------------------------------------------------------
+# SRRL: CE + fm · L_FM + sr · L_SR (the reference's current code: fm = 1, sr = --weight)
+# ---------------------------------------------------------------------------
+
+
+def _srrl_direct(d: Distiller, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """L_FM and L_SR recomputed from scratch: features by probes, the teacher's head cut off the teacher."""
+    s_out, s_feat = fxswap.probe(d.student, ["features"])(x)
+    teacher = d.teacher
+    t_logits, t_feat = fxswap.probe(teacher, ["features"])(x)
+    head = fxswap.split_sections(teacher, ["penultimate"])[-1]
+    return L.srrl_losses(s_feat["features"], t_feat["features"], head, t_logits, d.connectors["srrl"].connector)
+
+
+@pytest.mark.parametrize("weights", [{"fm": 1.0, "sr": 0.0}, {"fm": 0.0, "sr": 1.0}, 3.0])
+def test_srrl_weights_scale_each_feature_loss_separately(weights):
+    torch.manual_seed(0)
+    teacher = wrn(10, 1)
+    d = Distiller(teacher, fxswap.cheapen(teacher, "G(N/4)"), {"srrl": weights}).eval()
+    x, y = _batch(6)
+    _, logs = d(x, y)
+    with torch.no_grad():
+        fm, sr = _srrl_direct(d, x)
+    fm_w, sr_w = (1.0, weights) if isinstance(weights, float) else (weights["fm"], weights["sr"])
+    assert float(fm) > 0 and float(sr) > 0
+    assert torch.allclose(logs["srrl"], fm_w * fm + sr_w * sr, rtol=1e-5, atol=1e-7)
+    assert torch.allclose(logs["ce"], F.cross_entropy(d.student(x), y))
+
+
+def test_srrl_rejects_an_unknown_weight():
+    t = wrn(10, 1)
+    with pytest.raises(fxswap.DistillError, match="accepted: fm, sr"):
+        Distiller(t, t, {"srrl": {"weight": 1.0}})
