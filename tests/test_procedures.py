@@ -187,3 +187,104 @@ def test_srrl_rejects_an_unknown_weight():
     t = wrn(10, 1)
     with pytest.raises(fxswap.DistillError, match="accepted: fm, sr"):
         Distiller(t, t, {"srrl": {"weight": 1.0}})
+
+
+# ---------------------------------------------------------------------------
+# BlockSwap: the reference's candidate set; a fresh minibatch and initialisation per candidate
+# ---------------------------------------------------------------------------
+
+from fxswap.blockswap import (CANDIDATE_SETS, PAPER_CANDIDATES, REFERENCE_CANDIDATES, CostModel,  # noqa: E402
+                              candidate_specs)
+from fxswap.spec import parse_spec  # noqa: E402
+
+# BayesWatch/pytorch-blockswap utils.py string_to_conv, read by hand: class → (kind, bottleneck, groups)
+REFERENCE_CLASSES = {
+    "Conv": "S", "DConvA2": "G(2)", "DConvA4": "G(4)", "DConvA8": "G(8)", "DConvA16": "G(16)",
+    "DConvG16": "G(N/16)", "DConvG8": "G(N/8)", "DConvG4": "G(N/4)", "DConvG2": "G(N/2)", "DConv": "G(N)",
+    "ConvB2": "B(2)", "ConvB4": "B(4)", "A2B2": "BG(2,2)", "A4B2": "BG(2,4)", "A8B2": "BG(2,8)",
+    "A16B2": "BG(2,16)", "G16B2": "BG(2,M/16)", "G8B2": "BG(2,M/8)", "G8B4": "BG(4,M/8)", "G4B2": "BG(2,M/4)",
+    "G2B2": "BG(2,M/2)", "G4B4": "BG(4,M/4)", "G2B4": "BG(4,M/2)",
+}
+
+
+def test_reference_candidates_are_the_reference_codes_23():
+    assert len(REFERENCE_CANDIDATES) == 23 == len(set(REFERENCE_CANDIDATES))
+    assert [str(parse_spec(s)) for s in REFERENCE_CLASSES.values()] == list(REFERENCE_CANDIDATES)
+    assert set(REFERENCE_CANDIDATES) - set(PAPER_CANDIDATES) == {"BG(4,M/2)", "BG(4,M/4)", "BG(4,M/8)"}
+    assert set(PAPER_CANDIDATES) - set(REFERENCE_CANDIDATES) == {"BG(2,M)"}
+    assert candidate_specs("reference") == list(REFERENCE_CANDIDATES) == candidate_specs(["Reference"])
+    assert candidate_specs(["reference", "BG(2,M)"]) == [*REFERENCE_CANDIDATES, "BG(2,M)"]
+    assert set(CANDIDATE_SETS) == {"paper", "reference"}
+    with pytest.raises(fxswap.SpecError, match="candidate set: paper, reference"):
+        candidate_specs(["referenc"])
+
+
+@pytest.mark.slow
+def test_reference_candidates_all_apply_to_a_wrn_and_are_searchable_by_name():
+    cm = CostModel(wrn(10, 2), "reference", macs=False)  # 23 cheapened networks
+    assert cm.specs == list(REFERENCE_CANDIDATES)
+    assert all(cm.options(n) == list(REFERENCE_CANDIDATES) for n in cm.names)
+    x, y = _batch(4)
+    r = fxswap.blockswap(wrn(10, 2), 0.4, (x, y), samples=2, cost_model=cm)
+    assert all(set(c.plan.values()) <= set(REFERENCE_CANDIDATES) for c in r.candidates)
+
+
+def _bs_setup():
+    teacher = wrn(10, 1)
+    cm = CostModel(teacher, ["S", "G(N/4)", "B(2)"], macs=False)
+    return teacher, cm
+
+
+def test_fresh_batch_gives_each_candidate_its_own_minibatch():
+    teacher, cm = _bs_setup()
+    drawn = []
+
+    def fresh():
+        b = _batch(4, seed=100 + len(drawn))
+        drawn.append(b)
+        return b
+
+    r = fxswap.blockswap(teacher, 0.6, None, samples=3, tolerance=0.9, cost_model=cm, fresh_batch=fresh)
+    assert len(drawn) == 1 + len(r.candidates)  # one for the input shape, then one per candidate
+    # candidate i was scored on batch i + 1 (the i-th fresh one), not on a shared one
+    order = {c.fisher: c for c in r.candidates}
+    expected = {cm.score(c.plan, drawn[1 + i])[0] for i, c in enumerate(_in_sampling_order(cm, r))}
+    assert {round(f, 6) for f in order} == {round(f, 6) for f in expected}
+    on_first = {cm.score(c.plan, drawn[1])[0] for c in r.candidates}
+    assert {round(f, 6) for f in on_first} != {round(f, 6) for f in order}
+
+
+def _in_sampling_order(cm, result):
+    plans = fxswap.blockswap.__globals__["sample_plans"](cm, result.budget, result.samples, tolerance=result.tolerance,
+                                                        seed=result.seed)
+    by_plan = {tuple(sorted(c.plan.items())): c for c in result.candidates}
+    return [by_plan[tuple(sorted(p.items()))] for p in plans]
+
+
+def test_fresh_batch_from_a_loader_cycles_through_it():
+    teacher, cm = _bs_setup()
+    x, y = _batch(12, seed=7)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)  # 3 batches; 4 draws wrap around
+    r = fxswap.blockswap(teacher, 0.6, (x[:4], y[:4]), samples=4, tolerance=0.9, cost_model=cm, fresh_batch=loader)
+    batches = [(x[i:i + 4], y[i:i + 4]) for i in (0, 4, 8, 0)]
+    got = {round(c.fisher, 6) for c in r.candidates}
+    assert got == {round(cm.score(c.plan, b)[0], 6) for c, b in zip(_in_sampling_order(cm, r), batches)}
+    with pytest.raises(fxswap.FxswapError, match="fresh_batch"):
+        fxswap.blockswap(teacher, 0.6, None, samples=1, cost_model=cm, fresh_batch=42)
+
+
+def test_fresh_init_scores_each_candidate_at_its_own_initialisation_and_leaves_the_table_alone():
+    teacher, cm = _bs_setup()
+    batch = _batch(4)
+    shared = fxswap.blockswap(teacher, 0.6, batch, samples=2, tolerance=0.9, cost_model=cm, seed=0)
+    fresh = fxswap.blockswap(teacher, 0.6, batch, samples=2, tolerance=0.9, cost_model=cm, seed=0, fresh_init=True)
+    again = fxswap.blockswap(teacher, 0.6, batch, samples=2, tolerance=0.9, cost_model=cm, seed=0, fresh_init=True)
+    assert [c.fisher for c in fresh.candidates] == [c.fisher for c in again.candidates]  # seeded
+    assert {c.fisher for c in fresh.candidates}.isdisjoint({c.fisher for c in shared.candidates})
+    # each fresh score is the plan's network, re-initialised with its own seed, scored directly
+    for i, c in enumerate(_in_sampling_order(cm, fresh)):
+        net = fxswap.fisher.random_init(cm.build(c.plan), fxswap.seeding.derived_seed(0, f"fresh-init/{i}"))
+        assert c.fisher == pytest.approx(fxswap.fisher_potential(net, batch).total, rel=1e-5)
+    # and the cost model's variants were not re-initialised: the shared scores come back
+    later = fxswap.blockswap(teacher, 0.6, batch, samples=2, tolerance=0.9, cost_model=cm, seed=0)
+    assert [c.fisher for c in later.candidates] == [c.fisher for c in shared.candidates]
