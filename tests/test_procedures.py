@@ -288,3 +288,11 @@ def test_fresh_init_scores_each_candidate_at_its_own_initialisation_and_leaves_t
     # and the cost model's variants were not re-initialised: the shared scores come back
     later = fxswap.blockswap(teacher, 0.6, batch, samples=2, tolerance=0.9, cost_model=cm, seed=0)
     assert [c.fisher for c in later.candidates] == [c.fisher for c in shared.candidates]
+
+
+def test_cli_search_names_a_candidate_set_and_rejects_a_misspelt_one(tmp_path, capsys):
+    from fxswap.cli import main
+
+    assert main(["search", "wrn-10-1", "--budget", "50%", "--samples", "2", "--batch-size", "4", "--no-macs",
+                 "--candidates", "referenc", "--no-progress", "--out", str(tmp_path / "r.json")]) == 2
+    assert "candidate set: paper, reference" in capsys.readouterr().err
