@@ -296,3 +296,55 @@ def test_cli_search_names_a_candidate_set_and_rejects_a_misspelt_one(tmp_path, c
     assert main(["search", "wrn-10-1", "--budget", "50%", "--samples", "2", "--batch-size", "4", "--no-macs",
                  "--candidates", "referenc", "--no-progress", "--out", str(tmp_path / "r.json")]) == 2
     assert "candidate set: paper, reference" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------
+# FitNets: one hint, two stages
+# ---------------------------------------------------------------------------
+
+from fxswap.distillation import HintStage, fitnets_two_stage  # noqa: E402
+
+
+def test_fitnets_stage_one_trains_only_the_layers_up_to_the_guided_one():
+    torch.manual_seed(0)
+    teacher, student = _perturbed(wrn(10, 2), 1), wrn(10, 1)
+    t_before = _state(teacher)
+    stage = HintStage(teacher, student)
+    assert stage.points == ("layer2.0", "layer2.0")
+    before = _state(student)
+    x, y = _batch(8)
+    loader = DataLoader(TensorDataset(x, y), batch_size=4)
+    fxswap.fit(stage, loader, epochs=1, progress=False, preset="moonshine")
+    after = student.state_dict()
+    changed = {k.split(".")[0] for k in after if not torch.equal(after[k], before[k])}
+    assert changed == {"conv1", "layer1", "layer2"}  # the guided part; layer3, the final BN and fc untouched
+    assert all(torch.equal(v, t_before[k]) for k, v in teacher.state_dict().items())
+    # the loss is the hint loss between the teacher's layer2 output and the regressed student layer2 output
+    feats = {}
+    hooks = [m.get_submodule("layer2.0").register_forward_hook(lambda mod, i, o, k=k: feats.__setitem__(k, o))
+             for k, m in (("t", teacher), ("s", student))]
+    stage.eval()
+    student.eval()
+    teacher.eval()
+    with torch.no_grad():
+        loss, logs = stage(x, y)
+        teacher(x)
+        student(x)
+        expected = L.hint_loss(feats["s"], feats["t"], stage.regressor)
+    for h in hooks:
+        h.remove()
+    assert torch.allclose(loss, expected, rtol=1e-5) and float(expected) > 0
+
+
+def test_fitnets_two_stage_then_trains_the_whole_student_with_kd():
+    torch.manual_seed(1)
+    teacher, student = wrn(10, 2), wrn(10, 1)
+    before = _state(student)
+    x, y = _batch(8)
+    hist = fitnets_two_stage(teacher, student, DataLoader(TensorDataset(x, y), batch_size=4), hint_epochs=1,
+                             epochs=1, progress=False)
+    assert [h["stage"] for h in hist] == ["hint", "kd"] and "train_kd" in hist[1]
+    after = student.state_dict()
+    assert not torch.equal(after["fc.weight"], before["fc.weight"])  # stage 2 reaches the head
+    with pytest.raises(fxswap.DistillError, match="feature maps"):
+        HintStage(teacher, student, ("layer2.0", "penultimate"))
