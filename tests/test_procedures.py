@@ -150,8 +150,14 @@ def test_distill_lit_end_to_end_leaves_the_stem_and_head_as_the_teachers():
     assert weights and all(torch.equal(s_state[k], t_state[k]) for k in weights)
 
 
-def test_lit_preset_uses_the_references_batch_size():
-    assert fxswap.distillation.presets.get_preset("lit").batch_size == 32  # lit-code cifar10/main.py batch_size
+def test_presets_carry_the_references_batch_size_and_cutout():
+    from fxswap.distillation.presets import Preset, get_preset
+
+    assert get_preset("lit").batch_size == 32  # lit-code cifar10/main.py: batch_size = 32
+    assert get_preset("blockswap").cutout == get_preset("blockswap-paper").cutout == 16  # Cutout(length=16)
+    assert get_preset("moonshine").cutout == 0
+    with pytest.raises(fxswap.DistillError, match="cutout must be an integer >= 0"):
+        Preset("bad", cutout=-1)
 
 
 # ---------------------------------------------------------------------------
