@@ -63,7 +63,8 @@ from .seeding import derived_seed, seeded
 from .spec import BlockSpec, parse_spec
 
 __all__ = [
-    "PAPER_CANDIDATES", "REFERENCE_CANDIDATES", "CANDIDATE_SETS", "candidate_specs", "CostModel", "Candidate", "BlockSwapResult", "blockswap", "parse_budget", "sample_plans",
+    "PAPER_CANDIDATES", "CostModel", "Candidate", "BlockSwapResult", "blockswap", "parse_budget", "sample_plans",
+    "REFERENCE_CANDIDATES", "CANDIDATE_SETS", "candidate_specs",
 ]
 
 #: The candidate blocks of seed 003 §4 (the standard block ``S`` included).

@@ -1,6 +1,6 @@
 """Distillation: loss terms (:mod:`.terms`), the :class:`Distiller` that composes them, LIT
-(:mod:`.lit`), FitNets' hint stage (:mod:`.fitnets`), the epoch loop (:mod:`.loop`), evaluation, checkpoints, histories and the
-method recipes (:mod:`.recipes`)."""
+(:mod:`.lit`), FitNets' hint stage (:mod:`.fitnets`), the epoch loop (:mod:`.loop`), evaluation,
+checkpoints, histories and the method recipes (:mod:`.recipes`)."""
 from .checkpoint import load_checkpoint
 from .distiller import Distiller
 from .evaluation import evaluate

@@ -228,7 +228,7 @@ class LITDistiller(_HoldsFixed, Distiller):
             self._fixed_params = tuple(params[n] for n in names if n in params)
             owners = dict.fromkeys(n.rpartition(".")[0] for n in names)
             self.fixed = tuple(o for o in owners if o)  # a tensor on the root: the root itself stays in train
-            self.train(self.training)
+            self._hold_fixed_modes()
 
     def _hold_fixed_modes(self) -> None:
         for name in self.fixed:

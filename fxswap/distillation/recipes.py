@@ -116,20 +116,24 @@ def distill(
 
 
 def distill_lit(teacher: nn.Module, student: nn.Module, train_loader, val_loader=None, *, epochs: int,
-                finetune_epochs: int | None = None, **fit_kwargs) -> list[dict[str, Any]]:
+                finetune_epochs: int | None = None, train_stem_and_head: bool = False,
+                **fit_kwargs) -> list[dict[str, Any]]:
     """LIT's two stages (seed 001 §3, appendix A): ``epochs`` of LIT training
     (:class:`~fxswap.distillation.lit.LITDistiller`, preset ``"lit"``), then
     ``finetune_epochs`` of KD fine-tuning (preset ``"lit-finetune"``, lr 0.01;
     default: 75/175 of ``epochs``, the appendix's ratio, rounded). With
     ``out_dir`` each stage has its own sub-folder (``lit/``, ``finetune/``)
     and the final ``student.pt`` is also written to ``out_dir``; history rows
-    carry ``"stage"``.
+    carry ``"stage"``. As the reference, the teacher's stem and head are
+    copied into the student and held fixed in both stages;
+    ``train_stem_and_head=True`` trains the student's own (see
+    :class:`~fxswap.distillation.lit.LITDistiller`).
     """
     if finetune_epochs is None:
         finetune_epochs = int(round(epochs * 75 / 175)) if isinstance(epochs, int) else 0
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
         raise DistillError(f"finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")
-    lit = LITDistiller(teacher, student)
+    lit = LITDistiller(teacher, student, train_stem_and_head=train_stem_and_head)
     out = fit_kwargs.pop("out_dir", None)
     stage1 = {"preset": "lit", **fit_kwargs}
     history = fit(lit, train_loader, val_loader, epochs=epochs, stage="lit",
