@@ -11,11 +11,15 @@ Sub-commands (``all`` runs every one, sharing one teacher):
   one budget (the parameters of the teacher's ``G(N/4)`` student), a spread of
   them trained from scratch → Spearman ρ(Fisher, error) (the paper: −0.6 to
   −0.7); the BlockSwap pick vs the ``G(N/4)`` student of equal budget, both
-  with AT.
+  with AT. At ``paper`` scale as the reference runs it: its 23 candidates,
+  each scored on its own Cutout-augmented minibatch at its own random
+  initialisation, and the students trained with the ``blockswap`` preset
+  (cosine, Cutout 16).
 * ``lit`` (seed 001, Table 3): a depth-reduced student (blocks replaced by
-  ``I``) with KD vs LIT.
-* ``srrl`` (seed 004, Table 1): L_FM + L_SR vs KD (and L_FM, L_SR alone when
-  the installed Distiller offers them) into a shallower WRN.
+  ``I``) with KD vs LIT (the teacher's stem and head frozen in the student, as
+  lit-code), both at LIT's batch of 32 (``cpu`` and ``paper`` scales).
+* ``srrl`` (seed 004, Table 1): L_FM, L_SR and L_FM + L_SR (each with CE) vs
+  KD into a shallower WRN.
 * ``urban`` (seed 002, Table 2): mimic learning (L2 on logits) into students
   of about equal parameters with 0, 1, 2, 3 conv layers.
 
@@ -82,7 +86,9 @@ class Scale:
     batch: int = 128
     image: int = 32          # synthetic data only
     blockswap_samples: int = 1000
-    blockswap_candidates: tuple[str, ...] | None = None   # None: the paper's 21
+    blockswap_candidates: tuple[str, ...] | str | None = None   # None: the paper's 21; "reference": the code's 23
+    blockswap_fresh: bool = False   # score each candidate on its own augmented minibatch and initialisation
+    lit_batch: int | None = None    # LIT's students (KD and LIT); None: ``batch``
     blockswap_trained: int = 10
     moonshine_students: tuple[str, ...] | None = None  # None: G(N/4), B(2), BG(2,M/8) and the reduced WRN
     urban_methods: tuple[str, ...] = ("mimic", "scratch")
@@ -95,13 +101,17 @@ class Scale:
 SCALES = {
     "ci": Scale("wrn-16-1", "wrn-10-1", "wrn-10-1", 32, 16, 1, 1, batch=16, image=8, blockswap_samples=4,
                 blockswap_candidates=("S", "G(N/4)", "B(2)"), blockswap_trained=2, urban_params=5_000,
-                moonshine_students=("G(N/4)", "wrn-10-1"), urban_methods=("mimic",), synthetic=True),
+                moonshine_students=("G(N/4)", "wrn-10-1"), urban_methods=("mimic",), synthetic=True,
+                blockswap_fresh=True, lit_batch=8),  # ci exercises the reference's scoring and LIT's own batch
     "cpu": Scale("wrn-16-2", "wrn-16-1", "wrn-10-2", 5000, 2000, 5, 8, blockswap_samples=200,
-                 blockswap_trained=6, urban_params=100_000),
+                 blockswap_trained=6, urban_params=100_000, lit_batch=32),
+    # gpu keeps batch 128 for LIT and the shared scoring batch: batch 32 and per-candidate rebuilds would not
+    # fit its 8-minute budget
     "gpu": Scale("wrn-40-2", "wrn-16-1", "wrn-16-2", None, None, 10, 30, blockswap_samples=1000,
                  blockswap_trained=8, urban_params=400_000),
     "paper": Scale("wrn-40-2", "wrn-16-1", "wrn-16-2", None, None, 200, 200, blockswap_samples=1000,
-                   blockswap_trained=30, urban_params=1_000_000, preset=None),
+                   blockswap_trained=30, urban_params=1_000_000, preset=None, blockswap_candidates="reference",
+                   blockswap_fresh=True, lit_batch=32),
 }
 
 # The seeds' numbers, printed beside ours (CIFAR-10 test error in %, unless said otherwise).
@@ -143,10 +153,10 @@ def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _loaders(ctx: dict, seed: int):
+def _loaders(ctx: dict, seed: int, batch: int | None = None, cutout: int | None = None):
     s: Scale = ctx["scale"]
-    return device_cifar_loaders(ctx["data"], s.batch, cutout=s.cutout, device=_device(),
-                                channels_last=_device().type == "cuda", seed=seed,
+    return device_cifar_loaders(ctx["data"], batch or s.batch, cutout=s.cutout if cutout is None else cutout,
+                                device=_device(), channels_last=_device().type == "cuda", seed=seed,
                                 drop_last=_device().type == "cuda")
 
 
@@ -161,13 +171,25 @@ def _teacher(ctx: dict) -> nn.Module:
 
 
 def _fit_kwargs(ctx: dict, preset: str | None) -> dict:
-    s: Scale = ctx["scale"]
     kw = {"progress": False, "seed": ctx["seed"], "device": _device()}
-    if s.preset is not None:
-        kw["preset"] = s.preset
-    elif preset is not None:
-        kw["preset"] = preset
+    chosen = _preset(ctx, preset)
+    if chosen is not None:
+        kw["preset"] = chosen
     return kw
+
+
+def _preset(ctx: dict, preset: str | None) -> str | None:
+    """The scale's preset, or (when the scale defers to the papers') ``preset``."""
+    s: Scale = ctx["scale"]
+    return s.preset if s.preset is not None else preset
+
+
+def _cutout(ctx: dict, preset: str | None) -> int:
+    """The scale's Cutout, or the paper preset's (BlockSwap: 16) where the scale defers to the papers'."""
+    s: Scale = ctx["scale"]
+    if s.preset is None and preset is not None:
+        return max(s.cutout, fxswap.distillation.presets.get_preset(preset).cutout)
+    return s.cutout
 
 
 def _final(history) -> dict:
@@ -198,13 +220,18 @@ def run_teacher(ctx: dict, **_) -> dict:
     return {**_final(hist), "params": _params(teacher), "epoch_seconds": hist[-1]["seconds"]}
 
 
-def run_student(ctx: dict, student: str, method: str) -> dict:
-    """Train ``student`` by ``method`` (``scratch``, a fxswap.distill method, or a losses dict as JSON)."""
+def run_student(ctx: dict, student: str, method: str, preset: str | None = None, batch: int | None = None) -> dict:
+    """Train ``student`` by ``method`` (``scratch``, a fxswap.distill method, or a losses dict as JSON);
+    ``preset`` overrides the paper preset (used where the scale defers to the papers'), ``batch`` the batch."""
     teacher = _teacher(ctx)
     model = _build_student(ctx, student, teacher)
-    train, val = _loaders(ctx, ctx["seed"])
+    train, val = _loaders(ctx, ctx["seed"], batch, _cutout(ctx, preset))
     epochs = ctx["scale"].epochs
-    if method == "scratch":
+    if preset is not None:
+        hist = (fxswap.train(model, train, val, epochs=epochs, **_fit_kwargs(ctx, preset)) if method == "scratch"
+                else fxswap.distill(teacher, model, train, val, method=method, epochs=epochs,
+                                    **_fit_kwargs(ctx, preset)))
+    elif method == "scratch":
         hist = fxswap.train(model, train, val, epochs=epochs, **_fit_kwargs(ctx, "moonshine"))
     elif method == "lit":
         lit_epochs = max(1, round(epochs * 175 / 250))  # LIT: 175 LIT + 75 KD fine-tune epochs (appendix A)
@@ -220,13 +247,21 @@ def run_student(ctx: dict, student: str, method: str) -> dict:
 
 def run_blockswap_scoring(ctx: dict, budget: int, samples: int) -> dict:
     """Fisher potential of ``samples`` random plans at ``budget`` (randomly initialised teacher, one minibatch)."""
-    teacher = fxswap.models.create_model(ctx["scale"].teacher).to(_device())  # blockswap scores where it lives
-    train, _ = _loaders(ctx, ctx["seed"])
+    s: Scale = ctx["scale"]
+    teacher = fxswap.models.create_model(s.teacher).to(_device())  # blockswap scores where it lives
+    # the reference scores on its training loader, which applies Cutout(16) (utils.py get_cifar_loaders)
+    train, _ = _loaders(ctx, ctx["seed"], cutout=16 if s.blockswap_fresh else None)
     x, y = next(iter(train))
+    fresh = None
+    if s.blockswap_fresh:
+        def fresh():
+            xb, yb = next(iter(train))  # as the reference's next(iter(trainloader)): a new shuffle, new augmentation
+            return xb.float().contiguous(), yb
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         r = fxswap.blockswap(teacher, budget, (x.float().contiguous(), y), samples=samples, seed=ctx["seed"],
-                             macs=False, candidates=ctx["scale"].blockswap_candidates)
+                             macs=False, candidates=s.blockswap_candidates, fresh_batch=fresh,
+                             fresh_init=s.blockswap_fresh)
     return {"candidates": [{"plan": c.plan, "params": c.params, "fisher": c.fisher} for c in r.candidates],
             "seconds": r.seconds}
 
@@ -335,17 +370,14 @@ def urban_student(convs: int, params: int, image: int = 32, num_classes: int = 1
 
 
 def srrl_methods() -> dict[str, str]:
-    """SRRL's rows; L_FM / L_SR alone only when the Distiller accepts separate weights."""
-    rows = {"kd": "kd", "fm+sr": "srrl"}
-    t = fxswap.models.wrn(10, 1)
-    for name, weights in (("fm", {"fm": 1.0, "sr": 0.0}), ("sr", {"fm": 0.0, "sr": 1.0})):
-        try:
-            d = fxswap.Distiller(t, fxswap.models.wrn(10, 1), {"srrl": weights})
-            d(torch.randn(2, 3, 8, 8), torch.tensor([0, 1]))
-            rows[name] = json.dumps({"srrl": weights})
-        except Exception:
-            pass
-    return rows
+    """SRRL's rows (seed 004 Table 1): KD, and CE plus L_FM, L_SR or both (the ``srrl`` term's ``fm``/``sr``
+    weights; ``"srrl"`` alone is the reference's CE + L_FM + 1·L_SR).
+
+    >>> srrl_methods()["fm"]
+    '{"srrl": {"fm": 1.0, "sr": 0.0}}'
+    """
+    return {"kd": "kd", "fm": json.dumps({"srrl": {"fm": 1.0, "sr": 0.0}}),
+            "sr": json.dumps({"srrl": {"fm": 0.0, "sr": 1.0}}), "fm+sr": "srrl"}
 
 
 def moonshine_jobs(ctx, students, methods) -> list[Job]:
@@ -356,7 +388,9 @@ def moonshine_jobs(ctx, students, methods) -> list[Job]:
 
 
 def lit_jobs(ctx, students, methods) -> list[Job]:
-    return [Job("lit", f"lit-student {m}", "student", {"student": "lit", "method": m}) for m in methods or ["kd", "lit"]]
+    batch = ctx["scale"].lit_batch  # LIT's reference batch (32) for both rows, where the scale affords it
+    return [Job("lit", f"lit-student {m}", "student", {"student": "lit", "method": m, "batch": batch})
+            for m in methods or ["kd", "lit"]]
 
 
 def srrl_jobs(ctx, students, methods) -> list[Job]:
@@ -386,11 +420,14 @@ def blockswap_phase2(ctx, scoring: dict) -> list[Job]:
     cands = scoring["candidates"]
     k = min(s.blockswap_trained, len(cands))
     idx = sorted({round(i * (len(cands) - 1) / max(1, k - 1)) for i in range(k)})
+    # BlockSwap's students train with its preset (cosine, Cutout 16) where the scale uses the papers' presets
+    preset = "blockswap" if s.preset is None else None
     jobs = [Job("blockswap", f"rank{i} scratch", "student",
-                {"student": "plan:" + json.dumps(cands[i]["plan"]), "method": "scratch"}) for i in idx]
+                {"student": "plan:" + json.dumps(cands[i]["plan"]), "method": "scratch", "preset": preset})
+            for i in idx]
     jobs.append(Job("blockswap", "pick at", "student", {"student": "plan:" + json.dumps(cands[0]["plan"]),
-                                                         "method": "at"}))
-    jobs.append(Job("blockswap", "G(N/4) at", "student", {"student": "G(N/4)", "method": "at"}))
+                                                         "method": "at", "preset": preset}))
+    jobs.append(Job("blockswap", "G(N/4) at", "student", {"student": "G(N/4)", "method": "at", "preset": preset}))
     return jobs
 
 
@@ -484,7 +521,7 @@ def tables(ctx, results: dict) -> tuple[str, dict]:
         for k, label, paper in (("scratch", "CE only (student alone)", "student"), ("kd", "KD", None),
                                 ("fm", "L_FM", "fm"), ("sr", "L_SR", "sr"), ("fm+sr", "L_FM + L_SR", "fm+sr")):
             res = r.get(f"{st} {k}")
-            md.append(f"| {label} | {_cell(res) if res else 'not offered / not run'} | "
+            md.append(f"| {label} | {_cell(res) if res else 'not run'} | "
                       f"{PAPER['srrl'][paper] if paper else '—'} |")
         summary["srrl"] = r
         md.append("")

@@ -4,7 +4,8 @@ Three steps (seed 003 §4, Fig. 1):
 
 1. *candidates*: each block may become any spec of a list, by default the
    paper's (``S, B(2), B(4), G(2…16), G(N/16…N/2), G(N), BG(2,2…16),
-   BG(2,M/16…M/2), BG(2,M)``, :data:`PAPER_CANDIDATES`);
+   BG(2,M/16…M/2), BG(2,M)``, :data:`PAPER_CANDIDATES`), or the reference
+   code's 23 (``candidates="reference"``, :data:`REFERENCE_CANDIDATES`);
 2. *sampling*: random configurations, one candidate per block drawn
    uniformly, kept when the network's parameter count (or MACs) is within
    ``±tolerance`` of the budget (the reference's ``var = 0.025 *
@@ -56,13 +57,14 @@ from torch import nn
 from .blocks import Block, find_blocks
 from .errors import BudgetError, FxswapError, SpecError
 from .costs import METRICS, CostTable
-from .fisher import FisherScorer, random_init
+from .fisher import FisherScorer, fisher_potential, random_init
 from .rewrite import cheapen
 from .seeding import derived_seed, seeded
 from .spec import BlockSpec, parse_spec
 
 __all__ = [
     "PAPER_CANDIDATES", "CostModel", "Candidate", "BlockSwapResult", "blockswap", "parse_budget", "sample_plans",
+    "REFERENCE_CANDIDATES", "CANDIDATE_SETS", "candidate_specs",
 ]
 
 #: The candidate blocks of seed 003 §4 (the standard block ``S`` included).
@@ -73,6 +75,81 @@ PAPER_CANDIDATES: tuple[str, ...] = (
     "BG(2,2)", "BG(2,4)", "BG(2,8)", "BG(2,16)",
     "BG(2,M/16)", "BG(2,M/8)", "BG(2,M/4)", "BG(2,M/2)", "BG(2,M)",
 )
+
+#: The candidate blocks the reference code searches (BayesWatch/pytorch-blockswap ``utils.py``
+#: ``string_to_conv``, used by ``model_generator.py``), in its order: the paper's 21 without
+#: ``BG(2,M)`` and with three bottleneck-4 grouped blocks, 23 in all. Its class names map as
+#: ``DConvA<g>`` → ``G(g)``, ``DConvG<k>`` → ``G(N/k)`` (``groups = in_planes // k``), ``DConv`` →
+#: ``G(N)``, ``ConvB<b>`` → ``B(b)``, ``A<g>B<b>`` → ``BG(b,g)``, ``G<k>B<b>`` → ``BG(b,M/k)``
+#: (``groups = bottleneck // k``).
+REFERENCE_CANDIDATES: tuple[str, ...] = (
+    "S",                                                  # Conv
+    "G(2)", "G(4)", "G(8)", "G(16)",                      # DConvA2..16
+    "G(N/16)", "G(N/8)", "G(N/4)", "G(N/2)", "G(N)",      # DConvG16..2, DConv
+    "B(2)", "B(4)",                                       # ConvB2, ConvB4
+    "BG(2,2)", "BG(2,4)", "BG(2,8)", "BG(2,16)",          # A2B2..A16B2
+    "BG(2,M/16)", "BG(2,M/8)", "BG(4,M/8)", "BG(2,M/4)",  # G16B2, G8B2, G8B4, G4B2
+    "BG(2,M/2)", "BG(4,M/4)", "BG(4,M/2)",                # G2B2, G4B4, G2B4
+)
+
+#: Candidate sets by name: ``candidates="reference"`` (or the name as one entry of a list,
+#: e.g. ``fxswap search --candidates reference``) selects one.
+CANDIDATE_SETS: dict[str, tuple[str, ...]] = {"paper": PAPER_CANDIDATES, "reference": REFERENCE_CANDIDATES}
+
+
+def candidate_specs(candidates: str | Sequence[str | BlockSpec] | None = None) -> list[str]:
+    """The candidate specs ``candidates`` names: ``None`` → :data:`PAPER_CANDIDATES`, a set name
+    (:data:`CANDIDATE_SETS`) → that set, a list → its specs, where an entry naming a set stands for it;
+    canonical, duplicates dropped, in order.
+
+    >>> len(candidate_specs()), len(candidate_specs("reference")), candidate_specs(["S", "g(n/4)", "G(N/4)"])
+    (21, 23, ['S', 'G(N/4)'])
+    >>> sorted(set(candidate_specs("reference")) ^ set(candidate_specs("paper")))
+    ['BG(2,M)', 'BG(4,M/2)', 'BG(4,M/4)', 'BG(4,M/8)']
+    """
+    if candidates is None:
+        candidates = PAPER_CANDIDATES
+    if isinstance(candidates, (str, BlockSpec)):
+        candidates = [candidates]
+    out: list[str] = []
+    for c in candidates:
+        key = c.strip().lower() if isinstance(c, str) else None
+        for spec in (CANDIDATE_SETS[key] if key in CANDIDATE_SETS else (c,)):
+            try:
+                out.append(str(parse_spec(spec)))
+            except SpecError as exc:
+                raise SpecError(f"{exc} (or name a candidate set: {', '.join(CANDIDATE_SETS)})") from None
+    return list(dict.fromkeys(out))
+
+
+def _batch_source(fresh_batch) -> Callable[[], tuple] | None:
+    """``fresh_batch`` as a function drawing the next ``(x, y)``: a callable as is, an iterable (a
+    DataLoader) through one iterator, restarted when it runs out (a new shuffle, new augmentations)."""
+    if fresh_batch is None:
+        return None
+    if callable(fresh_batch):
+        draw = fresh_batch
+    elif hasattr(fresh_batch, "__iter__"):
+        it = iter(fresh_batch)
+
+        def draw():
+            nonlocal it
+            try:
+                return next(it)
+            except StopIteration:
+                it = iter(fresh_batch)
+                return next(it)
+    else:
+        raise FxswapError(f"fresh_batch must be a callable returning (x, y) or an iterable of (x, y) minibatches "
+                          f"(a DataLoader), got {type(fresh_batch).__name__}")
+
+    def checked():
+        b = draw()
+        if not (isinstance(b, (tuple, list)) and len(b) >= 2 and all(isinstance(t, torch.Tensor) for t in b[:2])):
+            raise FxswapError(f"fresh_batch gave {type(b).__name__}; it must give (x, y) tensor pairs")
+        return b[0], b[1]
+
+    return checked
 
 
 
@@ -152,8 +229,7 @@ class CostModel:
     def __init__(self, teacher: nn.Module, candidates: Sequence[str | BlockSpec] | None = None, *,
                  input_shape: tuple[int, ...] | None = None, macs: bool = True, seed: int = 0,
                  reinit: bool = True, leaf_modules=()):
-        self.specs = list(dict.fromkeys(str(parse_spec(s)) for s in (PAPER_CANDIDATES if candidates is None
-                                                                       else candidates)))
+        self.specs = candidate_specs(candidates)
         if not self.specs:
             raise SpecError("blockswap needs at least one candidate spec")
         self.seed, self.leaf_modules = seed, tuple(leaf_modules)
@@ -298,12 +374,29 @@ class CostModel:
         """A standalone network for ``plan`` with exactly the weights the scorer uses."""
         return self.scorer.build(self.resolve(plan))
 
-    def score(self, plan, batch, loss_fn: Callable = F.cross_entropy) -> tuple[float, dict[str, float]]:
+    def score(self, plan, batch, loss_fn: Callable = F.cross_entropy, *,
+              init_seed: int | None = None) -> tuple[float, dict[str, float]]:
         """Fisher potential of ``plan`` (total, per block), without building a network.
 
-        Equal to ``fisher_potential(self.build(plan), batch, loss_fn)``.
+        Equal to ``fisher_potential(self.build(plan), batch, loss_fn)``. With
+        ``init_seed`` the plan's network is built and freshly initialised
+        (:func:`~fxswap.fisher.random_init` with that seed) before scoring, as
+        the reference builds a new ``WideResNet`` per candidate
+        (``model_generator.py`` ``rank_arch``); slower, and the table's variants
+        are left as they were.
+
+        >>> import torch
+        >>> from fxswap.models import wrn
+        >>> cm = CostModel(wrn(10, 1), ["S", "G(N/4)"], macs=False)
+        >>> plan, batch = {"layer*": "G(N/4)"}, (torch.randn(4, 3, 16, 16), torch.tensor([0, 1, 2, 3]))
+        >>> cm.score(plan, batch, init_seed=1) == cm.score(plan, batch, init_seed=1) != cm.score(plan, batch)
+        True
         """
-        return self.scorer.score(self.resolve(plan), batch, loss_fn)
+        if init_seed is None:
+            return self.scorer.score(self.resolve(plan), batch, loss_fn)
+        net = random_init(self.build(plan), init_seed)
+        fp = fisher_potential(net, batch, loss_fn, leaf_modules=self.leaf_modules)
+        return fp.total, dict(fp.blocks)
 
 
 def sample_plans(cost_model: CostModel, budget: int, samples: int, *, tolerance: float = 0.025,
@@ -512,7 +605,8 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
               candidates: Sequence[str | BlockSpec] | None = None, tolerance: float = 0.025,
               metric: str = "params", loss_fn: Callable = F.cross_entropy, seed: int = 0, reinit: bool = True,
               macs: bool = True, input_shape: tuple[int, ...] | None = None, progress: bool = False,
-              leaf_modules=(), cost_model: CostModel | None = None) -> BlockSwapResult:
+              leaf_modules=(), cost_model: CostModel | None = None, fresh_batch=None,
+              fresh_init: bool = False) -> BlockSwapResult:
     """BlockSwap: the best of ``samples`` random configurations within ``budget``, by Fisher potential.
 
     ``budget``: an int (parameters, or MACs with ``metric="macs"``), a float
@@ -523,7 +617,18 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     random initialisation, so the same seed gives the same plan. ``macs``
     counts MACs (with fvcore, for ``input_shape``, default ``x``'s) for the
     table; a MAC budget needs it. A prebuilt ``cost_model`` may be reused
-    across budgets.
+    across budgets. ``candidates="reference"`` searches the reference code's
+    23 specs (:data:`REFERENCE_CANDIDATES`).
+
+    As the reference scores (BayesWatch/pytorch-blockswap ``model_generator.py``
+    ``rank_arch``: a new ``WideResNet`` and ``next(iter(trainloader))`` per
+    candidate): ``fresh_batch`` (a callable returning ``(x, y)`` or an
+    iterable such as an augmenting DataLoader; ``batch`` may then be None)
+    gives each candidate its own minibatch, and ``fresh_init=True`` its own
+    random initialisation (seeded from ``seed`` and the candidate's index,
+    :meth:`CostModel.score`). By default every candidate sees ``batch`` and
+    one seeded initialisation per (block, spec), which ranks the candidates
+    on equal terms and is faster.
 
     Returns a :class:`BlockSwapResult`; ``fxswap.cheapen(teacher, result.best)``
     builds the student (see the module docstring for a fuller example).
@@ -535,7 +640,12 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     ('G(N/4)', [64506, 67386])
     """
     start = time.perf_counter()
-    x, y = batch
+    if not isinstance(fresh_init, bool):
+        raise FxswapError(f"fresh_init must be True or False, got {fresh_init!r}")
+    draw = _batch_source(fresh_batch)
+    if batch is None and draw is None:
+        raise FxswapError("blockswap needs a minibatch batch=(x, y), or fresh_batch= to draw one per candidate")
+    x, y = batch if batch is not None else draw()
     if cost_model is None:
         shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
         cost_model = CostModel(teacher, candidates, input_shape=shape, macs=macs or metric == "macs", seed=seed,
@@ -551,8 +661,10 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
 
         iterator = tqdm(plans, desc="BlockSwap: scoring", unit="net")
     scored = []
-    for plan in iterator:
-        total, blocks = cost_model.score(plan, (x, y), loss_fn)
+    for i, plan in enumerate(iterator):
+        b = (x, y) if draw is None else tuple(t.to(ref.device) if ref is not None else t for t in draw())
+        total, blocks = cost_model.score(plan, b, loss_fn,
+                                         init_seed=derived_seed(seed, f"fresh-init/{i}") if fresh_init else None)
         scored.append(Candidate(plan, cost_model.cost(plan, "params"),
                                 cost_model.cost(plan, "macs") if cost_model.has_macs else None, total, blocks))
     scored.sort(key=lambda c: -c.fisher if np.isfinite(c.fisher) else float("inf"))

@@ -590,10 +590,13 @@ def srrl_loss(
 ) -> Tensor:
     """The full SRRL objective, seed 004 eq. 8: ``CE + α·L_FM + β·L_SR``.
 
-    Defaults α = β = 1: the paper leaves α, β unstated; the reference
-    (jingyang2017/KD_SRRL ``train_imagenet_distillation.py``) computes
-    ``loss = loss_ce + (loss_stat + F.mse_loss(pred_sc, pred_t)) * args.weight``
-    with ``--weight`` defaulting to 1, i.e. α = β = 1.
+    Defaults α = β = 1: the paper leaves α, β unstated. The reference's
+    current code (jingyang2017/KD_SRRL ``train_imagenet_distillation.py``,
+    since commit 1f4009f) computes ``loss_kd = loss_stat +
+    F.mse_loss(pred_sc, pred_t) * args.weight`` and ``loss = loss_ce +
+    loss_kd``, i.e. α = 1 and β = ``--weight`` (default 1); its earlier
+    version scaled both terms by ``--weight``. α = 0 is L_SR alone and β = 0
+    L_FM alone (the paper's Table 1 ablation).
 
     >>> torch.manual_seed(0) and None
     >>> fc, conn = torch.nn.Linear(4, 3), SRRLConnector(2, 4)

@@ -95,7 +95,8 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
                    help="minibatch size (paper: the training batch, 128)")
     p.add_argument("--data", default=None, help=".npz with x_train (N,H,W,C uint8) and y_train; default: random data")
     p.add_argument("--candidates", default=None,
-                   help='specs a block may become, e.g. "S,G(N/4),B(2),BG(2,M/4)" (default: the paper\'s 21)')
+                   help='specs a block may become, e.g. "S,G(N/4),B(2),BG(2,M/4)", or a set: "paper" (the '
+                        'default, the paper\'s 21) or "reference" (the reference code\'s 23)')
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed for the minibatch, the sampling and the initialisation")
     p.add_argument("--top", type=positive_int, default=10, help="candidates to print (the JSON keeps all scored)")
@@ -107,7 +108,7 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     """Run ``fxswap search`` from parsed arguments; returns the exit status."""
-    from ..blockswap import CostModel, blockswap, parse_budget
+    from ..blockswap import CostModel, blockswap, candidate_specs, parse_budget
 
     out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
     check_writable(out, "--out")
@@ -119,7 +120,7 @@ def run_search(args: argparse.Namespace) -> int:
     if args.data is None:
         print("fxswap: note: no --data given: scoring on random noise with random labels; pass --data "
               "cifar10_subset.npz for the paper's setting (one real training minibatch)", file=sys.stderr)
-    candidates = split_specs(args.candidates) if args.candidates else None
+    candidates = candidate_specs(split_specs(args.candidates)) if args.candidates else None
     start = time.perf_counter()
     print(f"building the cost table ({len(candidates) if candidates else 21} candidate specs) ...", file=sys.stderr)
     cm = CostModel(model, candidates, input_shape=shape, macs=not args.no_macs or args.metric == "macs",

@@ -1,14 +1,15 @@
 """Distillation: loss terms (:mod:`.terms`), the :class:`Distiller` that composes them, LIT
-(:mod:`.lit`), the epoch loop (:mod:`.loop`), evaluation, checkpoints, histories and the
-method recipes (:mod:`.recipes`)."""
+(:mod:`.lit`), FitNets' hint stage (:mod:`.fitnets`), the epoch loop (:mod:`.loop`), evaluation,
+checkpoints, histories and the method recipes (:mod:`.recipes`)."""
 from .checkpoint import load_checkpoint
 from .distiller import Distiller
 from .evaluation import evaluate
 from .history import format_history
 from .lit import LITDistiller, stage_points
 from .loop import fit
-from .recipes import METHODS, distill, train
+from .fitnets import HintStage
+from .recipes import METHODS, distill, fitnets_two_stage, train
 from .terms import Term, register_term
 
 __all__ = ["Distiller", "LITDistiller", "stage_points", "fit", "distill", "train", "evaluate", "METHODS",
-           "load_checkpoint", "format_history", "Term", "register_term"]
+           "load_checkpoint", "format_history", "Term", "register_term", "HintStage", "fitnets_two_stage"]

@@ -4,18 +4,18 @@ A :class:`Preset` is an SGD configuration plus a schedule whose milestones are
 given in the *paper's* epochs and rescaled to the length of your run, so that
 ``"moonshine"`` for 200 epochs decays at 60/120/160 and for 20 epochs at 6/12/16.
 
-===================  ====  ===  ====  =================================  ==========================
-name                 lr    mom  wd    schedule (paper epochs)            source
-===================  ====  ===  ====  =================================  ==========================
-``moonshine``        0.1   0.9  5e-4  ×0.2 at 60, 120, 160 of 200        Moonshine §4.1 + ref. code
-``blockswap``        0.1   0.9  5e-4  cosine to 1e-10, per epoch         BlockSwap ref. code
-``blockswap-paper``  0.1   0.9  5e-4  ×0.2 every 60 epochs (60/120/180)  BlockSwap §5 text
-``lit``              0.1   0.9  1e-4  ×0.1 at 60, 100, 125 of 175        LIT app. A.1 (LIT)
-``lit-finetune``     0.01  0.9  1e-4  ×0.1 at 35, 55 of 75               LIT app. A.1 (KD FT)
-``lit-kd``           0.1   0.9  1e-4  ×0.1 at 100, 175 of 250            LIT app. A.1 (KD)
-``lit-scratch``      0.1   0.9  1e-4  ×0.1 at 100, 150 of 200            LIT app. A.1 (scratch)
-``cosine``           0.1   0.9  5e-4  cosine to 0, per step              (no paper; common)
-===================  ====  ===  ====  =================================  ==========================
+===================  ====  ===  ====  =================================  =====  ======  ==========================
+name                 lr    mom  wd    schedule (paper epochs)            batch  cutout  source
+===================  ====  ===  ====  =================================  =====  ======  ==========================
+``moonshine``        0.1   0.9  5e-4  ×0.2 at 60, 120, 160 of 200        128    0       Moonshine §4.1 + ref. code
+``blockswap``        0.1   0.9  5e-4  cosine to 1e-10, per epoch         128    16      BlockSwap ref. code
+``blockswap-paper``  0.1   0.9  5e-4  ×0.2 every 60 epochs (60/120/180)  128    16      BlockSwap §5 text
+``lit``              0.1   0.9  1e-4  ×0.1 at 60, 100, 125 of 175        32     0       LIT app. A.1 (LIT)
+``lit-finetune``     0.01  0.9  1e-4  ×0.1 at 35, 55 of 75               32     0       LIT app. A.1 (KD FT)
+``lit-kd``           0.1   0.9  1e-4  ×0.1 at 100, 175 of 250            32     0       LIT app. A.1 (KD)
+``lit-scratch``      0.1   0.9  1e-4  ×0.1 at 100, 150 of 200            32     0       LIT app. A.1 (scratch)
+``cosine``           0.1   0.9  5e-4  cosine to 0, per step              128    0       (no paper; common)
+===================  ====  ===  ====  =================================  =====  ======  ==========================
 
 Sources, checked against the reference code where there is one:
 
@@ -28,12 +28,14 @@ Sources, checked against the reference code where there is one:
   ``optim.SGD(..., momentum=0.9, weight_decay=args.weightDecay)`` (no Nesterov).
 * **BlockSwap** (seed 003, §5 "Implementation Details"): SGD momentum 0.9, lr
   0.1 "reduced by a factor of 5 every 60 epochs", 200 epochs, batch 128, Cutout,
-  weight decay 0.0005 (``"blockswap-paper"``). Its reference code,
+  weight decay 0.0005 (``"blockswap-paper"``; Cutout of 16 pixels, as the
+  reference's ``get_cifar_loaders(..., cutout=True, length=16)``). Its reference code,
   BayesWatch/pytorch-blockswap ``train.py``, instead uses
   ``CosineAnnealingLR(optimizer, args.epochs, eta_min=1e-10)`` stepped once per
   epoch, with Cutout(16) and ``--weightDecay 0.0005`` (``"blockswap"``; as
   elsewhere in fxswap, where paper and code disagree the code is the default).
-* **LIT** (seed 001, appendix A.1, ResNet on CIFAR-10/100): batch 32, SGD
+* **LIT** (seed 001, appendix A.1, ResNet on CIFAR-10/100): batch 32 (also
+  lit-code ``cifar10/main.py``'s ``batch_size = 32``), SGD
   momentum 0.9, weight decay 1e-4; from scratch 200 epochs ×0.1 at 100/150; KD
   250 epochs ×0.1 at 100/175; LIT 175 epochs ×0.1 at 60/100/125, then a KD
   fine-tune of 75 epochs from lr 0.01 with milestones 35/55. (The released
@@ -78,7 +80,10 @@ class Preset:
     ``"cosine-epoch"`` (cosine from ``lr`` to ``eta_min`` over the epochs,
     constant within an epoch, as ``CosineAnnealingLR`` stepped per epoch) or
     ``"cosine"`` (the same per optimiser step). ``batch_size`` and
-    ``paper_epochs`` record what the paper used; nothing enforces them.
+    ``paper_epochs`` record what the paper used, and ``cutout`` the Cutout
+    size of its training augmentation (0: none); the optimiser and schedule
+    do not read them — build the loaders with them (e.g.
+    ``fxswap.data.cifar_loaders(path, batch_size=p.batch_size, cutout=p.cutout)``).
 
     >>> p = get_preset("moonshine")        # Moonshine/BlockSwap: lr 0.1, ×0.2 at epochs 60, 120, 160 of 200
     >>> p.lr, p.schedule, p.milestones, p.gamma
@@ -99,11 +104,17 @@ class Preset:
     eta_min: float = 0.0
     batch_size: int = 128
     source: str = ""
+    cutout: int = 0
 
     def __post_init__(self):
         if self.schedule not in ("step", "cosine", "cosine-epoch"):
             raise DistillError(f"preset {self.name!r}: schedule must be 'step', 'cosine' or 'cosine-epoch', "
                                f"got {self.schedule!r}")
+        for field_name in ("batch_size", "cutout"):
+            value = getattr(self, field_name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < (field_name == "batch_size"):
+                raise DistillError(f"preset {self.name!r}: {field_name} must be an integer >= "
+                                   f"{int(field_name == 'batch_size')}, got {value!r}")
 
     # -- the optimiser -----------------------------------------------------
     def optimizer(self, params: Iterable[nn.Parameter], lr: float | None = None) -> torch.optim.SGD:
@@ -194,11 +205,12 @@ for _p in (
            gamma=0.2, paper_epochs=200, batch_size=128,
            source="Moonshine (seed 000) §4.1; weight decay from BayesWatch/pytorch-moonshine main.py"),
     Preset("blockswap", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="cosine-epoch", eta_min=1e-10,
-           paper_epochs=200, batch_size=128,
-           source="BlockSwap (seed 003) reference BayesWatch/pytorch-blockswap train.py (CosineAnnealingLR)"),
+           paper_epochs=200, batch_size=128, cutout=16,
+           source="BlockSwap (seed 003) reference BayesWatch/pytorch-blockswap train.py (CosineAnnealingLR); "
+                  "utils.py get_cifar_loaders Cutout(length=16)"),
     Preset("blockswap-paper", lr=0.1, momentum=0.9, weight_decay=5e-4, schedule="step", milestones=(60, 120, 180),
-           gamma=0.2, paper_epochs=200, batch_size=128,
-           source="BlockSwap (seed 003) §5 Implementation Details"),
+           gamma=0.2, paper_epochs=200, batch_size=128, cutout=16,
+           source="BlockSwap (seed 003) §5 Implementation Details (Cutout)"),
     Preset("lit", lr=0.1, momentum=0.9, weight_decay=1e-4, schedule="step", milestones=(60, 100, 125),
            gamma=0.1, paper_epochs=175, batch_size=32, source="LIT (seed 001) appendix A.1, ResNet, LIT stage"),
     Preset("lit-finetune", lr=0.01, momentum=0.9, weight_decay=1e-4, schedule="step", milestones=(35, 55),

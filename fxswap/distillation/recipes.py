@@ -4,7 +4,9 @@
   ``"mimic"``, ``"hint"``, ``"srrl"``, ``"lit"``) or a losses dict;
 * :func:`train` — the student alone with cross-entropy (the baseline);
 * LIT — two stages, LIT training then a KD fine-tune (:func:`distill` with
-  ``method="lit"``).
+  ``method="lit"``);
+* FitNets as in the paper — two stages, one hint then KD
+  (:func:`fitnets_two_stage`; ``method="hint"`` is the joint form).
 
 >>> sorted(METHODS)
 ['at', 'at+kd', 'hint', 'kd', 'kd+at', 'mimic', 'srrl']
@@ -21,15 +23,17 @@ from torch import Tensor, nn
 from ..errors import DistillError
 from .checkpoint import STUDENT, atomic_write
 from .distiller import Distiller
+from .fitnets import HintStage
 from .lit import LITDistiller
 from .loop import fit
 
-__all__ = ["METHODS", "distill", "train", "distill_lit"]
+__all__ = ["METHODS", "distill", "train", "distill_lit", "fitnets_two_stage"]
 
 #: ``method`` name → the Distiller's ``losses``. The weights are the papers':
 #: Moonshine §4.1 (β = 1000 for AT; α = 0.9, T = 4 for KD), Urban et al. (mimic
-#: alone), FitNets (hint weight 1 + CE), SRRL (α = β = 1 + CE). ``"lit"`` is
-#: :func:`distill_lit`.
+#: alone), FitNets' hint in its joint form (hint weight 1 at every stage + CE;
+#: the paper's two stages are :func:`fitnets_two_stage`), SRRL (CE + L_FM +
+#: 1·L_SR, the reference's current code). ``"lit"`` is :func:`distill_lit`.
 METHODS: dict[str, dict[str, Any]] = {
     "at": {"at": 1000.0},
     "kd": {"kd": 0.9},
@@ -112,20 +116,24 @@ def distill(
 
 
 def distill_lit(teacher: nn.Module, student: nn.Module, train_loader, val_loader=None, *, epochs: int,
-                finetune_epochs: int | None = None, **fit_kwargs) -> list[dict[str, Any]]:
+                finetune_epochs: int | None = None, train_stem_and_head: bool = False,
+                **fit_kwargs) -> list[dict[str, Any]]:
     """LIT's two stages (seed 001 §3, appendix A): ``epochs`` of LIT training
     (:class:`~fxswap.distillation.lit.LITDistiller`, preset ``"lit"``), then
     ``finetune_epochs`` of KD fine-tuning (preset ``"lit-finetune"``, lr 0.01;
     default: 75/175 of ``epochs``, the appendix's ratio, rounded). With
     ``out_dir`` each stage has its own sub-folder (``lit/``, ``finetune/``)
     and the final ``student.pt`` is also written to ``out_dir``; history rows
-    carry ``"stage"``.
+    carry ``"stage"``. As the reference, the teacher's stem and head are
+    copied into the student and held fixed in both stages;
+    ``train_stem_and_head=True`` trains the student's own (see
+    :class:`~fxswap.distillation.lit.LITDistiller`).
     """
     if finetune_epochs is None:
         finetune_epochs = int(round(epochs * 75 / 175)) if isinstance(epochs, int) else 0
     if isinstance(finetune_epochs, bool) or not isinstance(finetune_epochs, int) or finetune_epochs < 0:
         raise DistillError(f"finetune_epochs must be an integer >= 0, got {finetune_epochs!r}")
-    lit = LITDistiller(teacher, student)
+    lit = LITDistiller(teacher, student, train_stem_and_head=train_stem_and_head)
     out = fit_kwargs.pop("out_dir", None)
     stage1 = {"preset": "lit", **fit_kwargs}
     history = fit(lit, train_loader, val_loader, epochs=epochs, stage="lit",
@@ -134,6 +142,46 @@ def distill_lit(teacher: nn.Module, student: nn.Module, train_loader, val_loader
         stage2 = {k: v for k, v in fit_kwargs.items() if k not in ("preset", "lr")}
         history += fit(lit.finetune(), train_loader, val_loader, epochs=finetune_epochs, stage="finetune",
                        preset="lit-finetune", out_dir=None if out is None else Path(out) / "finetune", **stage2)
+    if out is not None:
+        atomic_write(Path(out) / STUDENT, lambda f: torch.save(student.state_dict(), f))
+    return history
+
+
+def fitnets_two_stage(teacher: nn.Module, student: nn.Module, train_loader, val_loader=None, *, hint_epochs: int,
+                      epochs: int, hint: tuple[str, str] | None = None, kd: Mapping[str, Any] | float | None = None,
+                      example_input: Tensor | None = None, **fit_kwargs) -> list[dict[str, Any]]:
+    """FitNets as the paper trains (Romero et al. 2015, §2.2, Algorithm 1): two stages, one hint.
+
+    Stage 1 (``hint_epochs``): the student's layers up to the guided layer
+    and a regressor learn the teacher's hint alone (eq. 3,
+    :class:`~fxswap.distillation.fitnets.HintStage`; ``hint =
+    (teacher_point, student_point)``, default the middle stage of each).
+    Stage 2 (``epochs``): KD on the whole student from there (eq. 2,
+    ``{"kd": kd}``, default Moonshine's α = 0.9, T = 4; FitNets anneals its
+    KD weight λ from 4 to 1, which this does not). Remaining keywords go to
+    :func:`fit` for both stages (default preset ``"moonshine"``); with
+    ``out_dir`` each stage writes its own sub-folder (``hint/``, ``kd/``).
+    History rows carry ``"stage"``. ``distill(..., method="hint")`` is the
+    joint one-stage form.
+
+    >>> import fxswap
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> t, s = fxswap.models.wrn(10, 2), fxswap.models.wrn(10, 1)
+    >>> data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))), batch_size=4)
+    >>> hist = fitnets_two_stage(t, s, data, hint_epochs=1, epochs=1, progress=False)
+    >>> [h["stage"] for h in hist], sorted(k for k in hist[0] if k.startswith("train_"))
+    (['hint', 'kd'], ['train_hint', 'train_loss'])
+    """
+    if teacher is None:
+        raise DistillError("fitnets_two_stage() needs a teacher")
+    fit_kwargs.setdefault("preset", "moonshine")
+    out = fit_kwargs.pop("out_dir", None)
+    stage1 = HintStage(teacher, student, hint, example_input=example_input)
+    history = fit(stage1, train_loader, val_loader, epochs=hint_epochs, stage="hint",
+                  out_dir=None if out is None else Path(out) / "hint", **fit_kwargs)
+    kd_losses = {"kd": 0.9 if kd is None else kd}
+    history += fit(Distiller(teacher, student, kd_losses), train_loader, val_loader, epochs=epochs, stage="kd",
+                   out_dir=None if out is None else Path(out) / "kd", **fit_kwargs)
     if out is not None:
         atomic_write(Path(out) / STUDENT, lambda f: torch.save(student.state_dict(), f))
     return history

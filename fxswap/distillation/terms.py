@@ -16,7 +16,7 @@ term       loss (see :mod:`fxswap.losses`)                            reads
 ``mimic``  w · Urban et al. eq. 1, :func:`~fxswap.losses.mimic_loss`  logits
 ``at``     Moonshine eq. 2, :func:`~fxswap.losses.attention_transfer` ``"stages"``
 ``hint``   w · FitNets, :func:`~fxswap.losses.hint_loss` + 1×1 conn.  ``"stages"``
-``srrl``   w · SRRL eq. 8 feature terms, teacher head + connector     ``"features"``
+``srrl``   fm·L_FM + sr·L_SR (SRRL eq. 8), teacher head + connector  ``"features"``
 ``lit``    LIT eq. 1, :func:`~fxswap.losses.lit_loss` (sections)      ``"stages"``
 =========  =========================================================  =============
 
@@ -242,9 +242,16 @@ def _srrl_head(setup: TermSetup) -> nn.Module:
 
 
 def _srrl(inputs: TermInputs, options: dict, connector: SRRLHead) -> Tensor:
+    """``fm · L_FM + sr · L_SR`` (seed 004 eq. 8 without its CE, which the implied ``ce`` term adds).
+
+    The reference's current code (jingyang2017/KD_SRRL
+    ``train_imagenet_distillation.py``) is ``CE + L_FM + w · L_SR``: a plain
+    number ``{"srrl": w}`` sets ``sr`` and leaves ``fm`` at 1. ``{"fm": 1,
+    "sr": 0}`` is L_FM alone, ``{"fm": 0, "sr": 1}`` L_SR alone (Table 1).
+    """
     fm, sr = L.srrl_losses(inputs.student_points[0], inputs.teacher_points[0], connector.teacher_head.module,
                            inputs.teacher_logits, connector.connector)
-    return options["weight"] * (fm + sr)
+    return options["fm"] * fm + options["sr"] * sr
 
 
 class LITSections(HidingModule):
@@ -291,7 +298,8 @@ for _term in (
     Term("at", _at, points="stages", main="beta", options=("beta",), defaults={}),
     Term("mimic", _mimic, replaces_ce=True),
     Term("hint", _hint, points="stages", connector=_hint_connectors),
-    Term("srrl", _srrl, points="features", connector=_srrl_head),
+    Term("srrl", _srrl, points="features", connector=_srrl_head, main="sr", options=("fm", "sr"),
+         defaults={"fm": 1.0, "sr": 1.0}),
     Term("lit", _lit, points="stages", connector=_lit_sections, example=False, main="beta",
          options=("beta", "T", "alpha"), defaults={}, replaces_ce=True),
 ):
