@@ -185,7 +185,10 @@ def _latency_budget(budget, total) -> float:
     if isinstance(budget, str):
         text = budget.strip()
         if _DURATION.fullmatch(text):
-            return parse_duration(text)
+            try:
+                return parse_duration(text)
+            except FxswapError as exc:
+                raise BudgetError(f"latency budget {budget!r}: {exc}; use {_LATENCY_FORMS}") from None
         text = re.sub(r"\s*latency$", "", text, flags=re.IGNORECASE)
         m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(%?)", text)
         if not m:
@@ -472,14 +475,14 @@ def sample_plans(cost_model: CostModel, budget: int, samples: int, *, tolerance:
     timed = metric == "latency"
     costs = [np.array([table[n][s] for s in o], dtype=np.float64 if timed else np.int64) for n, o in zip(names, opts)]
     # a latency budget is a ceiling: within tolerance below it, never above (estimates are in ms)
-    lo, hi = (budget - tolerance * budget, budget + (0 if timed else tolerance * budget))
+    lo, hi = (budget - tolerance * budget, budget * (1 + 1e-9) if timed else budget + tolerance * budget)
     cheapest, dearest = cost_model.reachable(metric)
     unit = {"params": "parameters", "macs": "MACs"}.get(metric, "ms")
     if timed and (hi < cheapest or lo > dearest):
         raise BudgetError(
-            f"no configuration of the candidates meets a latency budget of {budget:.2f} ms (kept: estimates in "
-            f"[{lo:.2f}, {hi:.2f}] ms, tolerance {tolerance:.1%} below it): the fastest reachable is "
-            f"{cheapest:.2f} ms and the slowest {dearest:.2f} ms (teacher: {cost_model.total(metric):.2f} ms, "
+            f"no configuration of the candidates meets a latency budget of {budget:.4g} ms (kept: estimates in "
+            f"[{lo:.4g}, {hi:.4g}] ms, tolerance {tolerance:.1%} below it): the fastest reachable is "
+            f"{cheapest:.4g} ms and the slowest {dearest:.4g} ms (teacher: {cost_model.total(metric):.4g} ms, "
             f"measured {cost_model.table.measured_on}); choose a budget in that range, widen the tolerance or add "
             f"faster/slower candidates")
     if hi < cheapest or lo > dearest:
@@ -505,8 +508,8 @@ def sample_plans(cost_model: CostModel, budget: int, samples: int, *, tolerance:
         _dp_sample(costs, fixed, lo, hi, samples, found, rng)
     if not found and timed:
         raise BudgetError(
-            f"no configuration of the candidates meets a latency budget of {budget:.2f} ms: the reachable "
-            f"estimates range over [{cheapest:.2f}, {dearest:.2f}] ms but none falls in [{lo:.2f}, {hi:.2f}] ms; "
+            f"no configuration of the candidates meets a latency budget of {budget:.4g} ms: the reachable "
+            f"estimates range over [{cheapest:.4g}, {dearest:.4g}] ms but none falls in [{lo:.4g}, {hi:.4g}] ms; "
             f"widen the tolerance")
     if not found:
         raise BudgetError(
@@ -634,12 +637,12 @@ class BlockSwapResult:
             rows.append((i + 1, c.params, c.macs if c.macs is not None else "-", *latency, f"{c.fisher:.5g}",
                          " ".join(c.plan.values())))
         if self.metric == "latency":
-            head = f"BlockSwap: {len(self.candidates)} samples within {self.budget:.2f} ms (-{self.tolerance:.1%})"
+            head = f"BlockSwap: {len(self.candidates)} samples within {self.budget:.4g} ms (-{self.tolerance:.1%})"
         else:
             head = f"BlockSwap: {len(self.candidates)} samples within {self.budget:,} {self.metric} ±{self.tolerance:.1%}"
         teacher = [f"{self.teacher_params:,} params"] if self.teacher_params else []
         if timed and self.teacher_latency_ms is not None:
-            teacher.append(f"{self.teacher_latency_ms:.2f} ms")
+            teacher.append(f"{self.teacher_latency_ms:.4g} ms")
         head += f" (teacher: {', '.join(teacher)})" if teacher else ""
         if timed:
             head += f"\nlatency: estimated from per-block timings {self.latency_measured_on or ''}".rstrip()
