@@ -10,14 +10,18 @@ For one teacher (default WRN-40-2, 32×32 inputs) the script
    ``--fisher-batch`` minibatch of the CIFAR-10 subset if present, else noise);
 3. builds the pick and the next ``--recheck - 1`` candidates with
    :func:`fxswap.cheapen` and times each whole student with :func:`fxswap.latency`
-   (same batch, threads and measurement as the table), next to a fresh timing
-   of the teacher (to see how far the machine's speed drifted);
+   (same batch, threads and measurement as the table), alternating with the
+   teacher ``--rounds`` times (medians), so student and teacher see the same
+   load;
 4. prints a markdown table: budget, estimated latency, re-measured latency,
-   estimate error, whether the re-measurement meets the budget, and the
-   estimate error over every re-measured plan.
+   estimate error, whether the re-measurement meets the budget, the same as
+   fractions of the teacher (the table's estimate over the table's teacher
+   total; the re-measured student over the teacher re-measured beside it:
+   robust to the machine's load drifting between the table and the re-check),
+   and the estimate errors over every re-measured plan.
 
     PYTHONPATH=. python benchmarks/blockswap_latency.py [--model wrn-40-2] [--budgets 60%latency 75%latency]
-        [--batch 32] [--samples 8] [--threads 1] [--min-run-time 0.5] [--recheck 3]
+        [--batch 32] [--samples 8] [--threads 1] [--min-run-time 0.5] [--recheck 2] [--rounds 3]
 """
 from __future__ import annotations
 
@@ -62,7 +66,9 @@ def main() -> None:
     parser.add_argument("--tolerance", type=float, default=0.05)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timed calls per measurement")
-    parser.add_argument("--recheck", type=int, default=3, help="candidates per budget built and measured again")
+    parser.add_argument("--recheck", type=int, default=2, help="candidates per budget built and measured again")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="round-robin repetitions of the table's timings and of each teacher/student re-check")
     args = parser.parse_args()
     shape = (3, 32, 32)
     teacher = create_model(args.model)
@@ -71,7 +77,7 @@ def main() -> None:
     start = time.perf_counter()
     cm = CostModel(teacher, split_specs(args.candidates), input_shape=shape, macs=False)
     built = time.perf_counter()
-    cm.measure_latency(args.batch, min_run_time=args.min_run_time, num_threads=args.threads)
+    cm.measure_latency(args.batch, min_run_time=args.min_run_time, num_threads=args.threads, rounds=args.rounds)
     timed = time.perf_counter()
     fastest, slowest = cm.reachable("latency")
     print(f"cost table: {time.perf_counter() - start:.0f} s ({built - start:.0f} s building the variants, "
@@ -80,7 +86,8 @@ def main() -> None:
           f"{cm.table.measured_on}\n")
     data = str(CIFAR) if CIFAR.exists() else None
     x, y, what = load_batch(data, args.fisher_batch, shape, 10)
-    rows, errors = [], []
+    rows, errors, rel_errors = [], [], []
+    teacher_ms = cm.total("latency")
     for budget in args.budgets:
         try:
             with warnings.catch_warnings():
@@ -93,28 +100,37 @@ def main() -> None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 student = fxswap.cheapen(teacher, cand.plan)
-            teacher_now = measure(teacher, shape, args.batch, args.threads, args.min_run_time)
-            again = measure(student, shape, args.batch, args.threads, args.min_run_time)
+            pairs = [(measure(teacher, shape, args.batch, args.threads, args.min_run_time),
+                      measure(student, shape, args.batch, args.threads, args.min_run_time)) for _ in range(args.rounds)]
+            teacher_now = statistics.median(t for t, _ in pairs)
+            again = statistics.median(s for _, s in pairs)
             error = cand.latency_ms / again - 1
+            est_frac, again_frac = cand.latency_ms / teacher_ms, again / teacher_now
             errors.append(error)
+            rel_errors.append(est_frac / again_frac - 1)
             rows.append((budget, result.budget, rank, cand.latency_ms, again, error, again <= result.budget,
-                         teacher_now, " ".join(cand.plan.values())))
+                         teacher_now, est_frac, again_frac, again_frac <= result.budget / teacher_ms,
+                         " ".join(cand.plan.values())))
             print(f"  {budget} rank {rank}: estimated {cand.latency_ms:.1f} ms, measured {again:.1f} ms "
                   f"(teacher now {teacher_now:.1f} ms)", flush=True)
     print(f"\nminibatch: {what}; {args.samples} samples per budget, tolerance {args.tolerance:.0%} below the budget; "
           f"{load()} at the end; {time.perf_counter() - start:.0f} s in all\n")
-    print("| budget | budget ms | rank | estimated ms | re-measured ms | estimate error | meets budget | "
-          "teacher re-measured ms | plan (block order) |")
-    print("|---|---:|---:|---:|---:|---:|---|---:|---|")
-    for budget, ms, rank, est, again, err, ok, t_now, plan in rows:
+    print("| budget | budget ms | rank | estimated ms | re-measured ms | estimate error | meets budget (ms) | "
+          "teacher re-measured ms | estimated ÷ teacher | re-measured ÷ teacher | meets budget (fraction) | "
+          "plan (block order) |")
+    print("|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---|---|")
+    for budget, ms, rank, est, again, err, ok, t_now, est_frac, again_frac, ok_frac, plan in rows:
         print(f"| {budget} | {ms:.1f} | {rank} | {est:.1f} | {again:.1f} | {err:+.1%} | {'yes' if ok else 'NO'} | "
-              f"{t_now:.1f} | `{plan}` |")
+              f"{t_now:.1f} | {est_frac:.3f} | {again_frac:.3f} | {'yes' if ok_frac else 'NO'} | `{plan}` |")
     if not errors:
         return
     absolute = [abs(e) for e in errors]
-    print(f"\nestimate error over {len(errors)} re-measured plans: median |error| {statistics.median(absolute):.1%}, "
-          f"max {max(absolute):.1%}, mean signed {statistics.mean(errors):+.1%} "
-          f"(positive: the estimate is slower than the student measured)")
+    relative = [abs(e) for e in rel_errors]
+    print(f"\nestimate error over {len(errors)} re-measured plans: in ms, median |error| "
+          f"{statistics.median(absolute):.1%}, max {max(absolute):.1%}, mean signed {statistics.mean(errors):+.1%}; "
+          f"as a fraction of the teacher, median |error| {statistics.median(relative):.1%}, max {max(relative):.1%}, "
+          f"mean signed {statistics.mean(rel_errors):+.1%} (positive: the estimate is slower than the student "
+          f"measured)")
 
 
 if __name__ == "__main__":

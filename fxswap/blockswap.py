@@ -371,13 +371,14 @@ class CostModel:
         return self.table.latency is not None
 
     def measure_latency(self, batch: int = 1, *, warmup: int = 3, min_run_time: float = 0.2,
-                        num_threads: int | None = None, timer=None):
+                        num_threads: int | None = None, timer=None, rounds: int = 1):
         """Time every block × candidate variant and the teacher: the table's ``latency`` column (ms).
 
         On the device the (re-initialised) teacher is on, at ``batch`` and the
         table's input shape, each variant on the input its block receives in
         the teacher (:func:`fxswap.timing.block_latency_table`, the measurement
-        of :func:`fxswap.latency`; ``timer`` replaces it). ``fixed`` becomes
+        of :func:`fxswap.latency`; ``timer`` replaces it; ``rounds`` repeats it
+        round-robin and keeps medians). ``fixed`` becomes
         the teacher total minus its blocks, so ``cost(plan, "latency")`` is
         ``teacher total − Σ teacher blocks + Σ chosen blocks``: exact for the
         teacher, an estimate otherwise. Returns the
@@ -397,7 +398,8 @@ class CostModel:
 
             shape = default_input_shape(self.base)
         measured = block_latency_table(self.base, self.variants, shape, batch, warmup=warmup,
-                                       min_run_time=min_run_time, num_threads=num_threads, timer=timer)
+                                       min_run_time=min_run_time, num_threads=num_threads, timer=timer,
+                                       rounds=rounds)
         self.table.latency = {n: {s: measured.blocks[n][s] for s in self.table.params[n]} for n in self.names}
         self.table.teacher["latency"] = measured.total_ms
         self.table.fixed["latency"] = measured.fixed_ms
@@ -711,7 +713,7 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     when it is not given) measures the table's latency column first
     (:meth:`CostModel.measure_latency`, on the teacher's device, at
     ``latency_batch``, default the minibatch's size; ``latency_options``:
-    ``warmup``, ``min_run_time``, ``num_threads``, ``timer``) unless
+    ``warmup``, ``min_run_time``, ``num_threads``, ``timer``, ``rounds``) unless
     ``cost_model`` has it already, and keeps samples whose estimated latency
     lies in ``[budget·(1 − tolerance), budget]``. ``latency=True`` measures
     the column for a parameter or MAC budget too, to show it.
@@ -734,10 +736,10 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     x, y = batch
     metric = budget_metric(budget, metric)
     options = dict(latency_options or {})
-    unknown = set(options) - {"warmup", "min_run_time", "num_threads", "timer"}
+    unknown = set(options) - {"warmup", "min_run_time", "num_threads", "timer", "rounds"}
     if unknown:
         raise BudgetError(f"latency_options {sorted(unknown)} unknown; accepted: warmup, min_run_time, num_threads, "
-                          f"timer")
+                          f"timer, rounds")
     if cost_model is None:
         shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
         cost_model = CostModel(teacher, candidates, input_shape=shape, macs=macs or metric == "macs", seed=seed,

@@ -239,6 +239,7 @@ def block_latency_table(
     min_run_time: float = 0.2,
     num_threads: int | None = None,
     timer: Timer | None = None,
+    rounds: int = 1,
 ) -> BlockLatencyTable:
     """Time every block variant on the input its block gets in ``model``, and ``model`` itself.
 
@@ -253,7 +254,10 @@ def block_latency_table(
     the same input (the identical blocks of one stage, or ``S`` and the
     teacher's block) are timed once and share the figure: the estimate of a
     plan does not pay their noise twice and the table costs a fraction of
-    blocks × specs timings. ``timer`` replaces the measurement (tests use a
+    blocks × specs timings. ``rounds`` > 1 times everything (the whole
+    teacher included) that many times round-robin and keeps each median: on
+    a machine whose load drifts, every entry then sees the same spread of
+    conditions. ``timer`` replaces the measurement (tests use a
     deterministic one). Never mutates ``model`` or the variants.
 
     >>> import fxswap
@@ -271,6 +275,8 @@ def block_latency_table(
         raise FxswapError(f"batch must be a positive integer, got {batch!r}")
     if warmup < 0 or min_run_time <= 0:
         raise FxswapError(f"warmup must be >= 0 and min_run_time > 0, got {warmup!r} and {min_run_time!r}")
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise FxswapError(f"rounds must be a positive integer, got {rounds!r}")
     threads = num_threads or torch.get_num_threads()
     ref = next(model.parameters(), None)
     device = ref.device if ref is not None else torch.device("cpu")
@@ -288,13 +294,12 @@ def block_latency_table(
     work = copy.deepcopy(model).eval()
     x = torch.randn((batch, *input_shape), device=device, dtype=dtype)
     names = list(variants)
-    shared: dict[tuple, float] = {}
+    jobs: dict[tuple, tuple] = {("total",): (work, (x,), {})}  # signature -> what to time, first seen first
 
-    def timed(module: nn.Module, args: tuple, kwargs: dict) -> float:
+    def job(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
         key = _signature(module, args, kwargs)
-        if key not in shared:
-            shared[key] = measure(copy.deepcopy(module).eval(), args, kwargs)
-        return shared[key]
+        jobs.setdefault(key, (copy.deepcopy(module).eval(), args, kwargs))
+        return key
 
     with torch.no_grad():
         inputs = _block_inputs(work, names, x)
@@ -302,10 +307,17 @@ def block_latency_table(
         if missing:
             raise FxswapError(f"block(s) {missing} are not modules the forward pass calls; a latency table times "
                               f"block modules")
-        total = measure(work, (x,), {})
-        teacher = {n: timed(work.get_submodule(n), *inputs[n]) for n in names}
-        blocks = {n: {spec: timed(module, *inputs[n]) for spec, module in variants[n].items()} for n in names}
-    return BlockLatencyTable(total, teacher, blocks, str(device), batch, input_shape, threads)
+        teacher_keys = {n: job(work.get_submodule(n), *inputs[n]) for n in names}
+        block_keys = {n: {spec: job(module, *inputs[n]) for spec, module in variants[n].items()} for n in names}
+        # round-robin: each round times every job once, so slow drift of the machine's load reaches all entries
+        runs = {key: [] for key in jobs}
+        for _ in range(rounds):
+            for key, (module, args, kwargs) in jobs.items():
+                runs[key].append(measure(module, args, kwargs))
+    ms = {key: _quantile(sorted(values), 0.5) for key, values in runs.items()}
+    teacher = {n: ms[k] for n, k in teacher_keys.items()}
+    blocks = {n: {spec: ms[k] for spec, k in row.items()} for n, row in block_keys.items()}
+    return BlockLatencyTable(ms[("total",)], teacher, blocks, str(device), batch, input_shape, threads)
 
 
 def _signature(module: nn.Module, args: tuple, kwargs: dict) -> tuple:

@@ -135,6 +135,22 @@ def test_identical_variants_on_identical_inputs_are_timed_once(teacher):
     assert teacher.training  # the caller's model is untouched
 
 
+def test_rounds_time_everything_round_robin_and_keep_medians(teacher):
+    calls = []
+
+    def rising(module, args, kwargs):  # every call is slower than the last: a machine getting busier
+        calls.append(type(module).__name__)
+        return float(len(calls))
+
+    variants = {b.name: {"S": teacher.get_submodule(b.name)} for b in fxswap.find_blocks(teacher)}
+    t = block_latency_table(teacher, variants, (3, 16, 16), 2, timer=rising, rounds=3)
+    # 3 distinct jobs (whole model, layer1.x, layer2.0) x 3 rounds; each job's median is its second-round time
+    assert len(calls) == 9 and calls[0] == calls[3] == calls[6]
+    assert t.total_ms == 4.0 and t.teacher == {"layer1.0": 5.0, "layer1.1": 5.0, "layer2.0": 6.0}
+    with pytest.raises(FxswapError, match="rounds must be a positive integer"):
+        block_latency_table(teacher, variants, (3, 16, 16), 2, timer=rising, rounds=0)
+
+
 def test_the_real_timer_fills_the_table_with_finite_timings(teacher):
     cm = CostModel(teacher, ["S", "B(2)"], input_shape=(3, 16, 16), macs=False)
     before = {k: v.clone() for k, v in cm.base.state_dict().items()}

@@ -122,6 +122,8 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
                    help="CPU threads for the latency timings (default: torch's; 1 on a busy machine)")
     p.add_argument("--min-run-time", type=positive_float, default=0.2,
                    help="seconds of timed calls per latency measurement (default 0.2)")
+    p.add_argument("--latency-rounds", type=positive_int, default=1,
+                   help="time the latency table this many times round-robin, keeping medians (a busy machine)")
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON (every scored candidate) instead of the table")
     p.set_defaults(run=run_search)
@@ -150,7 +152,8 @@ def run_search(args: argparse.Namespace) -> int:
     if metric == "latency" or args.latency:
         batch = args.latency_batch or args.batch_size
         print(f"measuring the latency table (batch {batch}, {args.min_run_time:g} s per timing) ...", file=sys.stderr)
-        cm.measure_latency(batch, min_run_time=args.min_run_time, num_threads=args.threads)
+        cm.measure_latency(batch, min_run_time=args.min_run_time, num_threads=args.threads,
+                           rounds=args.latency_rounds)
     budget = parse_budget(args.budget, cm.total(metric), metric)
     cheapest, dearest = cm.reachable(metric)
     if metric == "latency":
