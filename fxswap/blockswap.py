@@ -27,6 +27,17 @@ What makes it cheap (benchmarks/blockswap_speed.py measures it):
 * gradients are taken for the probed activations only (no weight gradients,
   nothing below the first probe).
 
+A *latency* budget (``budget="25ms"``, ``"60%latency"``, or a fraction with
+``metric="latency"``; :func:`parse_budget`) works on a measured column of
+the same table (:meth:`CostModel.measure_latency`): each block's module as
+each spec cheapens it is timed, on the device the search runs on, at the
+search's batch and input shape, on the input that block gets in the teacher
+(:func:`fxswap.timing.block_latency_table`). A plan's latency is estimated
+as ``teacher total − Σ teacher blocks + Σ chosen blocks``; a latency budget
+is a ceiling, so a sample is kept when its estimate lies in
+``[budget·(1 − tolerance), budget]``. ``docs/benchmarks.md`` measures how
+close the estimate comes to timing the built student.
+
 >>> import torch, fxswap
 >>> teacher = fxswap.models.wrn(16, 1)
 >>> x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
@@ -64,7 +75,7 @@ from .spec import BlockSpec, parse_spec
 
 __all__ = [
     "PAPER_CANDIDATES", "CostModel", "Candidate", "BlockSwapResult", "blockswap", "parse_budget", "sample_plans",
-    "REFERENCE_CANDIDATES", "CANDIDATE_SETS", "candidate_specs",
+    "REFERENCE_CANDIDATES", "CANDIDATE_SETS", "candidate_specs", "budget_metric",
 ]
 
 #: The candidate blocks of seed 003 §4 (the standard block ``S`` included).
@@ -157,12 +168,50 @@ _BUDGET_FORMS = ("a parameter count (400000, 400k, 1.2M), a fraction of the teac
                  "percentage in (0, 100] (25%)")
 
 
-def parse_budget(budget, total: int) -> int:
+_LATENCY_FORMS = ("a duration ('25ms', '0.1s', '800us'), a fraction of the teacher's measured latency in (0, 1] "
+                  "(0.6) or a percentage in (0, 100] ('60%', '60%latency')")
+
+
+def _is_latency_text(budget) -> bool:
+    from .timing import _DURATION
+
+    return isinstance(budget, str) and (_DURATION.fullmatch(budget) is not None
+                                        or budget.strip().lower().endswith("latency"))
+
+
+def budget_metric(budget, metric: str | None = None) -> str:
+    """What a budget counts: ``metric`` if given, else ``"latency"`` for a duration
+    (``"25ms"``) or ``"…latency"`` (``"60%latency"``), else ``"params"``.
+
+    >>> budget_metric("25ms"), budget_metric("60% latency"), budget_metric("400k"), budget_metric(0.5, "macs")
+    ('latency', 'latency', 'params', 'macs')
+    >>> budget_metric("25ms", "params")
+    Traceback (most recent call last):
+    ...
+    fxswap.errors.BudgetError: budget '25ms' is a latency budget but metric='params'; leave metric unset or pass metric='latency'
+    """
+    if metric is not None and metric not in METRICS:
+        raise BudgetError(f"budget metric must be one of {METRICS}, got {metric!r}")
+    timed = _is_latency_text(budget)
+    if metric is None:
+        return "latency" if timed else "params"
+    if timed and metric != "latency":
+        raise BudgetError(f"budget {budget!r} is a latency budget but metric={metric!r}; leave metric unset or "
+                          f"pass metric='latency'")
+    return metric
+
+
+def parse_budget(budget, total, metric: str = "params"):
     """An absolute budget from an int (a count), a float in (0, 1] (a fraction of
     ``total``) or a string: ``"400k"``, ``"1.2M"``, ``"25%"``, ``"0.25"``.
 
     A number above 1 without a unit must be a whole count; ``"150%"``,
     ``"1.5"``, NaN and infinities raise :class:`~fxswap.errors.BudgetError`.
+
+    With ``metric="latency"`` the budget is milliseconds (a float): a duration
+    (``"25ms"``, ``"0.1s"``, ``"800us"``), or a fraction (``0.6``, ``"60%"``,
+    ``"60%latency"``) of ``total``, the teacher's measured latency in ms. A
+    bare number above 1 is refused there: write its unit.
 
     >>> parse_budget("400k", 2_243_546), parse_budget(0.25, 2_000_000), parse_budget("1.5M", 0)
     (400000, 500000, 1500000)
@@ -170,7 +219,18 @@ def parse_budget(budget, total: int) -> int:
     Traceback (most recent call last):
     ...
     fxswap.errors.BudgetError: budget '150%': a percentage must be in (0, 100]; use a parameter count ...
+    >>> parse_budget("25ms", 40.0, "latency"), parse_budget("60%latency", 40.0, "latency"), parse_budget(0.5, 40.0, "latency")
+    (25.0, 24.0, 20.0)
+    >>> parse_budget(25, 40.0, "latency")
+    Traceback (most recent call last):
+    ...
+    fxswap.errors.BudgetError: latency budget 25: a bare number above 1 has no unit; use a duration ('25ms', ...
     """
+    if metric == "latency":
+        return _latency_budget(budget, total)
+    if _is_latency_text(budget):
+        raise BudgetError(f"budget {budget!r} is a latency budget, not a {metric} count; use metric='latency' "
+                          f"(or leave it unset), or {_BUDGET_FORMS}")
     if isinstance(budget, str):
         text = budget.strip().replace("_", "").replace(",", "")
         m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*([kKmMgG%]?)", text)
@@ -191,6 +251,42 @@ def parse_budget(budget, total: int) -> int:
     if budget != int(budget):
         raise BudgetError(f"budget {budget!r}: above 1 it is a count and must be whole; use {_BUDGET_FORMS}")
     return int(budget)
+
+
+def _latency_budget(budget, total) -> float:
+    """Milliseconds from a duration, or from a fraction/percentage of ``total`` (the teacher's ms)."""
+    from .timing import _DURATION, parse_duration
+
+    fraction = None
+    if isinstance(budget, str):
+        text = budget.strip()
+        if _DURATION.fullmatch(text):
+            try:
+                return parse_duration(text)
+            except FxswapError as exc:
+                raise BudgetError(f"latency budget {budget!r}: {exc}; use {_LATENCY_FORMS}") from None
+        text = re.sub(r"\s*latency$", "", text, flags=re.IGNORECASE)
+        m = re.fullmatch(r"(\d+(?:\.\d*)?|\.\d+)\s*(%?)", text)
+        if not m:
+            raise BudgetError(f"latency budget {budget!r}: use {_LATENCY_FORMS}")
+        value = float(m.group(1))
+        if m.group(2):
+            if not 0 < value <= 100:
+                raise BudgetError(f"latency budget {budget!r}: a percentage must be in (0, 100]; use {_LATENCY_FORMS}")
+            fraction = value / 100
+        else:
+            budget = value
+    if fraction is None:
+        if isinstance(budget, bool) or not isinstance(budget, (int, float)) or not math.isfinite(budget) \
+                or budget <= 0:
+            raise BudgetError(f"latency budget {budget!r}: use {_LATENCY_FORMS}")
+        if budget > 1:
+            raise BudgetError(f"latency budget {budget!r}: a bare number above 1 has no unit; use {_LATENCY_FORMS}")
+        fraction = float(budget)
+    if total is None or not total > 0:
+        raise BudgetError(f"latency budget {budget!r} is a fraction of the teacher's latency, which has not been "
+                          f"measured; measure it (CostModel.measure_latency) or give a duration such as '25ms'")
+    return fraction * float(total)
 
 
 def _whole(value: float, text) -> int:
@@ -339,12 +435,58 @@ class CostModel:
     def teacher_macs(self) -> int | None:
         return self.table.teacher.get("macs")
 
+    @property
+    def teacher_latency(self) -> float | None:
+        """The teacher's measured latency in ms (``None`` before :meth:`measure_latency`)."""
+        return self.table.teacher.get("latency")
+
+    @property
+    def has_latency(self) -> bool:
+        """Whether the table has its measured latency column."""
+        return self.table.latency is not None
+
+    def measure_latency(self, batch: int = 1, *, warmup: int = 3, min_run_time: float = 0.2,
+                        num_threads: int | None = None, timer=None, rounds: int = 1):
+        """Time every block × candidate variant and the teacher: the table's ``latency`` column (ms).
+
+        On the device the (re-initialised) teacher is on, at ``batch`` and the
+        table's input shape, each variant on the input its block receives in
+        the teacher (:func:`fxswap.timing.block_latency_table`, the measurement
+        of :func:`fxswap.latency`; ``timer`` replaces it; ``rounds`` repeats it
+        round-robin and keeps medians). ``fixed`` becomes
+        the teacher total minus its blocks, so ``cost(plan, "latency")`` is
+        ``teacher total − Σ teacher blocks + Σ chosen blocks``: exact for the
+        teacher, an estimate otherwise. Returns the
+        :class:`~fxswap.timing.BlockLatencyTable`.
+
+        >>> from fxswap.models import wrn
+        >>> cm = CostModel(wrn(10, 1), ["S", "B(2)"], input_shape=(3, 16, 16), macs=False)
+        >>> t = cm.measure_latency(2, timer=lambda module, args, kwargs: 1.0)  # every module "takes 1 ms"
+        >>> cm.total("latency"), cm.cost({"layer1.*": "B(2)"}, "latency"), cm.table.measured_on
+        (1.0, 1.0, '(cpu, batch 2, input (3, 16, 16), ... threads)')
+        """
+        from .timing import block_latency_table
+
+        shape = self.input_shape
+        if shape is None:
+            from .models.registry import default_input_shape
+
+            shape = default_input_shape(self.base)
+        measured = block_latency_table(self.base, self.variants, shape, batch, warmup=warmup,
+                                       min_run_time=min_run_time, num_threads=num_threads, timer=timer,
+                                       rounds=rounds)
+        self.table.latency = {n: {s: measured.blocks[n][s] for s in self.table.params[n]} for n in self.names}
+        self.table.teacher["latency"] = measured.total_ms
+        self.table.fixed["latency"] = measured.fixed_ms
+        self.table.measured_on = measured.conditions()
+        return measured
+
     def options(self, name: str) -> list[str]:
         """The specs block ``name`` may take (those that apply to it), in candidate order."""
         return self.table.options(name)
 
     def cost(self, plan, metric: str = "params") -> int:
-        """Exact parameter count (or MACs) of ``cheapen(teacher, plan)``, from the table."""
+        """Exact parameter count (or MACs) of ``cheapen(teacher, plan)``, from the table (latency: estimated ms)."""
         return self.table.cost(self.resolve(plan), metric)
 
     def total(self, metric: str = "params") -> int:
@@ -424,10 +566,19 @@ def sample_plans(cost_model: CostModel, budget: int, samples: int, *, tolerance:
     table, fixed = cost_model.table.column(metric)
     names = cost_model.names
     opts = [list(table[n]) for n in names]
-    costs = [np.array([table[n][s] for s in o], dtype=np.int64) for n, o in zip(names, opts)]
-    lo, hi = budget - tolerance * budget, budget + tolerance * budget
+    timed = metric == "latency"
+    costs = [np.array([table[n][s] for s in o], dtype=np.float64 if timed else np.int64) for n, o in zip(names, opts)]
+    # a latency budget is a ceiling: within tolerance below it, never above (estimates are in ms)
+    lo, hi = (budget - tolerance * budget, budget * (1 + 1e-9) if timed else budget + tolerance * budget)
     cheapest, dearest = cost_model.reachable(metric)
-    unit = "parameters" if metric == "params" else "MACs"
+    unit = {"params": "parameters", "macs": "MACs"}.get(metric, "ms")
+    if timed and (hi < cheapest or lo > dearest):
+        raise BudgetError(
+            f"no configuration of the candidates meets a latency budget of {budget:.4g} ms (kept: estimates in "
+            f"[{lo:.4g}, {hi:.4g}] ms, tolerance {tolerance:.1%} below it): the fastest reachable is "
+            f"{cheapest:.4g} ms and the slowest {dearest:.4g} ms (teacher: {cost_model.total(metric):.4g} ms, "
+            f"measured {cost_model.table.measured_on}); choose a budget in that range, widen the tolerance or add "
+            f"faster/slower candidates")
     if hi < cheapest or lo > dearest:
         raise BudgetError(
             f"no configuration of the candidates meets a budget of {budget:,} {unit} ±{tolerance:.1%} "
@@ -449,6 +600,11 @@ def sample_plans(cost_model: CostModel, budget: int, samples: int, *, tolerance:
         draws += chunk
     if len(found) < samples:
         _dp_sample(costs, fixed, lo, hi, samples, found, rng)
+    if not found and timed:
+        raise BudgetError(
+            f"no configuration of the candidates meets a latency budget of {budget:.4g} ms: the reachable "
+            f"estimates range over [{cheapest:.4g}, {dearest:.4g}] ms but none falls in [{lo:.4g}, {hi:.4g}] ms; "
+            f"widen the tolerance")
     if not found:
         raise BudgetError(
             f"no configuration of the candidates meets a budget of {budget:,} {unit} ±{tolerance:.1%}: the "
@@ -464,6 +620,9 @@ def _dp_sample(costs, fixed, lo, hi, samples, found, rng, tries_per_sample: int 
     """Uniform sampling over configurations in [lo, hi] by counting them per binned cost."""
     width = max(hi - lo, 1.0)
     step = max(1, int(width // 256))
+    if any(c.dtype.kind == "f" for c in costs):  # measured milliseconds: bins finer than one unit, not unbounded
+        spread = sum(float(c.max() - c.min()) for c in costs)
+        step = max((hi - lo) / 256, spread / 100_000, 1e-9)
     binned = [np.rint(c / step).astype(np.int64) for c in costs]
     mins = [int(b.min()) for b in binned]
     rel = [b - m for b, m in zip(binned, mins)]
@@ -509,9 +668,11 @@ def _dp_sample(costs, fixed, lo, hi, samples, found, rng, tries_per_sample: int 
 class Candidate:
     """One scored configuration: its plan (``{block: spec}``), costs and Fisher potential.
 
+    ``latency_ms``: the estimated latency from the measured table (``None`` when not measured).
+
     >>> c = Candidate({"layer1.0": "S", "layer2.0": "G(N/4)"}, params=64506, macs=None, fisher=0.25)
     >>> c.to_dict()
-    {'plan': {'layer1.0': 'S', 'layer2.0': 'G(N/4)'}, 'params': 64506, 'macs': None, 'fisher': 0.25}
+    {'plan': {'layer1.0': 'S', 'layer2.0': 'G(N/4)'}, 'params': 64506, 'macs': None, 'fisher': 0.25, 'latency_ms': None}
     """
 
     plan: dict[str, str]
@@ -519,9 +680,11 @@ class Candidate:
     macs: int | None
     fisher: float
     blocks: dict[str, float] = field(default_factory=dict, repr=False)
+    latency_ms: float | None = None
 
     def to_dict(self) -> dict:
-        return {"plan": dict(self.plan), "params": self.params, "macs": self.macs, "fisher": self.fisher}
+        return {"plan": dict(self.plan), "params": self.params, "macs": self.macs, "fisher": self.fisher,
+                "latency_ms": self.latency_ms}
 
 
 @dataclass
@@ -548,6 +711,8 @@ class BlockSwapResult:
     samples: int = 0
     seconds: float = 0.0
     model: str | None = None
+    teacher_latency_ms: float | None = None
+    latency_measured_on: str | None = None
 
     @property
     def best(self) -> dict[str, str]:
@@ -555,16 +720,28 @@ class BlockSwapResult:
         return dict(self.candidates[0].plan)
 
     def table(self, top: int = 10) -> str:
-        """The ``top`` candidates: rank, params, MACs, Fisher potential and their specs in block order."""
+        """The ``top`` candidates: rank, params, MACs, (estimated latency,) Fisher potential and their specs in block
+        order."""
         from .accounting import render_table
 
+        timed = any(c.latency_ms is not None for c in self.candidates)
         rows = []
         for i, c in enumerate(self.candidates[:top]):
-            rows.append((i + 1, c.params, c.macs if c.macs is not None else "-", f"{c.fisher:.5g}",
+            latency = [f"{c.latency_ms:.2f}" if c.latency_ms is not None else "-"] if timed else []
+            rows.append((i + 1, c.params, c.macs if c.macs is not None else "-", *latency, f"{c.fisher:.5g}",
                          " ".join(c.plan.values())))
-        head = (f"BlockSwap: {len(self.candidates)} samples within {self.budget:,} {self.metric} "
-                f"±{self.tolerance:.1%}" + (f" (teacher: {self.teacher_params:,} params)" if self.teacher_params else ""))
-        return head + "\n" + render_table(["rank", "params", "MACs", "fisher", "specs (block order)"], rows)
+        if self.metric == "latency":
+            head = f"BlockSwap: {len(self.candidates)} samples within {self.budget:.4g} ms (-{self.tolerance:.1%})"
+        else:
+            head = f"BlockSwap: {len(self.candidates)} samples within {self.budget:,} {self.metric} ±{self.tolerance:.1%}"
+        teacher = [f"{self.teacher_params:,} params"] if self.teacher_params else []
+        if timed and self.teacher_latency_ms is not None:
+            teacher.append(f"{self.teacher_latency_ms:.4g} ms")
+        head += f" (teacher: {', '.join(teacher)})" if teacher else ""
+        if timed:
+            head += f"\nlatency: estimated from per-block timings {self.latency_measured_on or ''}".rstrip()
+        columns = ["rank", "params", "MACs", *(["latency ms"] if timed else []), "fisher", "specs (block order)"]
+        return head + "\n" + render_table(columns, rows)
 
     def __str__(self) -> str:
         return self.table()
@@ -578,6 +755,8 @@ class BlockSwapResult:
             "budget": self.budget, "metric": self.metric, "tolerance": self.tolerance,
             "teacher_params": self.teacher_params, "teacher_macs": self.teacher_macs, "seed": self.seed,
             "samples": self.samples, "seconds": round(self.seconds, 3), "model": self.model,
+            "latency_ms": best.latency_ms, "teacher_latency_ms": self.teacher_latency_ms,
+            "latency_measured_on": self.latency_measured_on,
             "top": [c.to_dict() for c in self.candidates[:top]],
         }
 
@@ -594,19 +773,22 @@ class BlockSwapResult:
         data = json.loads(Path(path).read_text())
         if not isinstance(data, dict) or "plan" not in data:
             raise FxswapError(f"{path} is not a saved BlockSwap result (no 'plan' key)")
-        tops = data.get("top") or [{k: data.get(k) for k in ("plan", "params", "macs", "fisher")}]
-        cands = [Candidate(dict(t["plan"]), t.get("params"), t.get("macs"), t.get("fisher")) for t in tops]
+        tops = data.get("top") or [{k: data.get(k) for k in ("plan", "params", "macs", "fisher", "latency_ms")}]
+        cands = [Candidate(dict(t["plan"]), t.get("params"), t.get("macs"), t.get("fisher"),
+                           latency_ms=t.get("latency_ms")) for t in tops]
         return cls(cands, data.get("budget"), data.get("metric", "params"), data.get("tolerance", 0.025),
                    data.get("teacher_params"), data.get("teacher_macs"), data.get("seed", 0),
-                   data.get("samples", len(cands)), data.get("seconds", 0.0), data.get("model"))
+                   data.get("samples", len(cands)), data.get("seconds", 0.0), data.get("model"),
+                   data.get("teacher_latency_ms"), data.get("latency_measured_on"))
 
 
 def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
               candidates: Sequence[str | BlockSpec] | None = None, tolerance: float = 0.025,
-              metric: str = "params", loss_fn: Callable = F.cross_entropy, seed: int = 0, reinit: bool = True,
+              metric: str | None = None, loss_fn: Callable = F.cross_entropy, seed: int = 0, reinit: bool = True,
               macs: bool = True, input_shape: tuple[int, ...] | None = None, progress: bool = False,
               leaf_modules=(), cost_model: CostModel | None = None, fresh_batch=None,
-              fresh_init: bool = False) -> BlockSwapResult:
+              fresh_init: bool = False, latency: bool = False,
+              latency_batch: int | None = None, latency_options: dict | None = None) -> BlockSwapResult:
     """BlockSwap: the best of ``samples`` random configurations within ``budget``, by Fisher potential.
 
     ``budget``: an int (parameters, or MACs with ``metric="macs"``), a float
@@ -630,6 +812,16 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     one seeded initialisation per (block, spec), which ranks the candidates
     on equal terms and is faster.
 
+    A latency budget (``"25ms"``, ``"60%latency"``, or ``metric="latency"``
+    with a fraction; :func:`budget_metric` reads ``metric`` off the budget
+    when it is not given) measures the table's latency column first
+    (:meth:`CostModel.measure_latency`, on the teacher's device, at
+    ``latency_batch``, default the minibatch's size; ``latency_options``:
+    ``warmup``, ``min_run_time``, ``num_threads``, ``timer``, ``rounds``) unless
+    ``cost_model`` has it already, and keeps samples whose estimated latency
+    lies in ``[budget·(1 − tolerance), budget]``. ``latency=True`` measures
+    the column for a parameter or MAC budget too, to show it.
+
     Returns a :class:`BlockSwapResult`; ``fxswap.cheapen(teacher, result.best)``
     builds the student (see the module docstring for a fuller example).
 
@@ -638,6 +830,11 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     >>> r = blockswap(fxswap.models.wrn(10, 1), "66k", (x, y), samples=2, candidates=["S", "G(N/4)"], macs=False)
     >>> r.best["layer2.0"], sorted(c.params for c in r.candidates)
     ('G(N/4)', [64506, 67386])
+    >>> fake = {"timer": lambda module, args, kwargs: float(sum(p.numel() for p in module.parameters())) / 1e4}
+    >>> r = blockswap(fxswap.models.wrn(10, 1), "6.8ms", (x, y), samples=2, candidates=["S", "G(N/4)"], macs=False,
+    ...               tolerance=0.06, latency_options=fake)  # a fake timer: 1 ms per 10k parameters
+    >>> r.metric, r.budget, sorted(round(c.latency_ms, 4) for c in r.candidates)  # kept: [6.392, 6.8] ms
+    ('latency', 6.8, [6.4506, 6.7386])
     """
     start = time.perf_counter()
     if not isinstance(fresh_init, bool):
@@ -646,11 +843,19 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     if batch is None and draw is None:
         raise FxswapError("blockswap needs a minibatch batch=(x, y), or fresh_batch= to draw one per candidate")
     x, y = batch if batch is not None else draw()
+    metric = budget_metric(budget, metric)
+    options = dict(latency_options or {})
+    unknown = set(options) - {"warmup", "min_run_time", "num_threads", "timer", "rounds"}
+    if unknown:
+        raise BudgetError(f"latency_options {sorted(unknown)} unknown; accepted: warmup, min_run_time, num_threads, "
+                          f"timer, rounds")
     if cost_model is None:
         shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
         cost_model = CostModel(teacher, candidates, input_shape=shape, macs=macs or metric == "macs", seed=seed,
                                reinit=reinit, leaf_modules=leaf_modules)
-    absolute = parse_budget(budget, cost_model.total(metric) if metric in METRICS else 0)
+    if (latency or metric == "latency") and not cost_model.has_latency:
+        cost_model.measure_latency(latency_batch or len(x), **options)
+    absolute = parse_budget(budget, cost_model.total(metric) if metric in METRICS else 0, metric)
     plans = sample_plans(cost_model, absolute, samples, tolerance=tolerance, metric=metric, seed=seed)
     ref = next(cost_model.base.parameters(), None)
     if ref is not None:
@@ -666,7 +871,9 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
         total, blocks = cost_model.score(plan, b, loss_fn,
                                          init_seed=derived_seed(seed, f"fresh-init/{i}") if fresh_init else None)
         scored.append(Candidate(plan, cost_model.cost(plan, "params"),
-                                cost_model.cost(plan, "macs") if cost_model.has_macs else None, total, blocks))
+                                cost_model.cost(plan, "macs") if cost_model.has_macs else None, total, blocks,
+                                cost_model.cost(plan, "latency") if cost_model.has_latency else None))
     scored.sort(key=lambda c: -c.fisher if np.isfinite(c.fisher) else float("inf"))
     return BlockSwapResult(scored, absolute, metric, tolerance, cost_model.teacher_params, cost_model.teacher_macs,
-                           seed, len(scored), time.perf_counter() - start)
+                           seed, len(scored), time.perf_counter() - start, None, cost_model.teacher_latency,
+                           cost_model.table.measured_on)

@@ -3,9 +3,13 @@
 A plain table, built by :class:`fxswap.blockswap.CostModel` (one
 :func:`fxswap.cheapen` per spec) and read by the sampler: ``params[block][spec]``
 and ``macs[block][spec]`` are the costs of that block's module, ``latency``
-(same layout, seconds) is left for a measured column. A plan's cost is
-``fixed + Σ block costs``, equal to what ``count(cheapen(teacher, plan))``
-reports.
+(same layout, milliseconds) the measured latency of that module at the
+search's batch and input shape (:func:`fxswap.timing.block_latency_table`,
+filled by :meth:`fxswap.blockswap.CostModel.measure_latency`). A plan's cost
+is ``fixed + Σ block costs``: for params and MACs equal to what
+``count(cheapen(teacher, plan))`` reports; for latency an estimate, with
+``fixed`` the measured teacher total minus the teacher's blocks (see
+``docs/benchmarks.md`` for how close it comes to a re-measurement).
 
 >>> t = CostTable(["a", "b"], {"a": {"S": 10, "G": 4}, "b": {"S": 20, "G": 5}}, fixed={"params": 3},
 ...               teacher={"params": 33})
@@ -29,7 +33,8 @@ class CostTable:
     """Per-block costs of every candidate spec: ``params``, optionally ``macs`` and ``latency``.
 
     ``fixed[metric]``: the cost outside the blocks; ``teacher[metric]``: the
-    unmodified network's; ``skipped[block][spec]``: why a spec could not apply.
+    unmodified network's; ``skipped[block][spec]``: why a spec could not apply;
+    ``measured_on``: where the latency column holds (device, batch, input, threads).
 
     >>> CostTable(["a"], {"a": {"S": 1}}).cost({"a": "S"}, "macs")
     Traceback (most recent call last):
@@ -44,6 +49,7 @@ class CostTable:
     fixed: dict[str, float] = field(default_factory=dict)
     teacher: dict[str, float] = field(default_factory=dict)
     skipped: dict[str, dict[str, str]] = field(default_factory=dict)
+    measured_on: str | None = None
 
     def column(self, metric: str = "params") -> tuple[dict[str, dict[str, float]], float]:
         """``(per-block costs, fixed cost)`` of one metric."""
@@ -52,8 +58,9 @@ class CostTable:
         table = getattr(self, metric)
         if table is None:
             have = ", ".join(m for m in METRICS if getattr(self, m) is not None)
-            raise BudgetError(f"this cost table has no {metric!r} column (it has: {have}); build it with "
-                              f"{metric}=True")
+            how = ("measure it with CostModel.measure_latency(batch)" if metric == "latency"
+                   else f"build it with {metric}=True")
+            raise BudgetError(f"this cost table has no {metric!r} column (it has: {have}); {how}")
         return table, self.fixed.get(metric, 0)
 
     def options(self, name: str) -> list[str]:

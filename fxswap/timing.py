@@ -36,6 +36,7 @@ from __future__ import annotations
 import copy
 import re
 from dataclasses import asdict, dataclass, field
+from typing import Callable, Mapping
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ from torch import nn
 from .blocks import Block, find_blocks
 from .errors import FxswapError, NoBlocksError
 
-__all__ = ["latency", "LatencyReport", "Timing", "BlockLatency", "parse_duration"]
+__all__ = ["latency", "LatencyReport", "Timing", "BlockLatency", "parse_duration", "BlockLatencyTable",
+           "block_latency_table"]
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,158 @@ def latency(
             for name in inputs
         )
     return LatencyReport(total, str(device), batch, input_shape, threads, rows)
+
+
+@dataclass(frozen=True)
+class BlockLatencyTable:
+    """Measured milliseconds per block × candidate variant, and the whole teacher's (BlockSwap's latency column).
+
+    ``blocks[name][spec]``: the median latency of that block's module as
+    ``spec`` rewrites it; ``teacher[name]``: the teacher's own block module;
+    ``total_ms``: the whole teacher. A plan's latency is estimated as
+    :meth:`estimate` does: the teacher total minus its blocks, plus the chosen
+    variants (exact for the teacher itself).
+
+    >>> t = BlockLatencyTable(10.0, {"a": 3.0, "b": 4.0}, {"a": {"S": 3.0, "B(2)": 1.0}, "b": {"S": 4.0, "B(2)": 2.5}},
+    ...                       "cpu", 32, (3, 32, 32), 1)
+    >>> t.fixed_ms, t.estimate({"a": "B(2)", "b": "S"})
+    (3.0, 8.0)
+    """
+
+    total_ms: float
+    teacher: dict[str, float]
+    blocks: dict[str, dict[str, float]]
+    device: str
+    batch: int
+    input_shape: tuple[int, ...]
+    threads: int
+
+    @property
+    def fixed_ms(self) -> float:
+        """What the blocks leave: the teacher total minus the teacher's per-block latencies (stem, head, glue)."""
+        return self.total_ms - sum(self.teacher.values())
+
+    def estimate(self, plan: Mapping[str, str]) -> float:
+        """Estimated milliseconds of the network with ``plan`` (one spec per block)."""
+        return self.fixed_ms + sum(self.blocks[n][s] for n, s in plan.items())
+
+    def conditions(self) -> str:
+        """Where the numbers hold, as :meth:`LatencyReport.conditions` says it."""
+        return f"({self.device}, batch {self.batch}, input {tuple(self.input_shape)}, {self.threads} threads)"
+
+
+#: A custom measurement: ``timer(module, args, kwargs)`` returns milliseconds per call of ``module(*args, **kwargs)``.
+Timer = Callable[[nn.Module, tuple, dict], float]
+
+
+def block_latency_table(
+    model: nn.Module,
+    variants: Mapping[str, Mapping[str, nn.Module]],
+    input_shape: tuple[int, ...],
+    batch: int = 1,
+    *,
+    warmup: int = 3,
+    min_run_time: float = 0.2,
+    num_threads: int | None = None,
+    timer: Timer | None = None,
+    rounds: int = 1,
+) -> BlockLatencyTable:
+    """Time every block variant on the input its block gets in ``model``, and ``model`` itself.
+
+    ``variants[name][spec]`` is the module that replaces block ``name``
+    (a submodule of ``model``) under ``spec``; every variant keeps its
+    block's input and output shapes, so each is timed on the exact input the
+    teacher's block receives in one forward pass of a random
+    ``(batch, *input_shape)`` batch. The measurement is :func:`latency`'s
+    (deep copies in eval mode, ``no_grad``, ``warmup`` untimed calls, the
+    median of 7 timed runs of ``torch.utils.benchmark``), on the device
+    ``model``'s parameters are on. Variants with the same architecture on
+    the same input (the identical blocks of one stage, or ``S`` and the
+    teacher's block) are timed once and share the figure: the estimate of a
+    plan does not pay their noise twice and the table costs a fraction of
+    blocks × specs timings. ``rounds`` > 1 times everything (the whole
+    teacher included) that many times round-robin and keeps each median: on
+    a machine whose load drifts, every entry then sees the same spread of
+    conditions. ``timer`` replaces the measurement (tests use a
+    deterministic one). Never mutates ``model`` or the variants.
+
+    >>> import fxswap
+    >>> teacher = fxswap.models.wrn(10, 1)
+    >>> student = fxswap.cheapen(teacher, "B(2)")
+    >>> variants = {b.name: {"S": teacher.get_submodule(b.name), "B(2)": student.get_submodule(b.name)}
+    ...             for b in fxswap.find_blocks(teacher)}
+    >>> params_as_ms = lambda module, args, kwargs: float(sum(p.numel() for p in module.parameters()))
+    >>> t = block_latency_table(teacher, variants, (3, 32, 32), batch=2, timer=params_as_ms)
+    >>> t.estimate({name: "B(2)" for name in variants}) == sum(p.numel() for p in student.parameters())
+    True
+    """
+    input_shape = _check_shape(input_shape)
+    if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
+        raise FxswapError(f"batch must be a positive integer, got {batch!r}")
+    if warmup < 0 or min_run_time <= 0:
+        raise FxswapError(f"warmup must be >= 0 and min_run_time > 0, got {warmup!r} and {min_run_time!r}")
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
+        raise FxswapError(f"rounds must be a positive integer, got {rounds!r}")
+    threads = num_threads or torch.get_num_threads()
+    ref = next(model.parameters(), None)
+    device = ref.device if ref is not None else torch.device("cpu")
+    dtype = ref.dtype if ref is not None and ref.is_floating_point() else torch.float32
+
+    def measure(module: nn.Module, args: tuple, kwargs: dict) -> float:
+        if timer is not None:
+            ms = timer(module, args, kwargs)
+        else:
+            ms = _time(_call(module, args, kwargs), warmup, min_run_time, threads).median_ms
+        if not isinstance(ms, (int, float)) or isinstance(ms, bool) or not ms >= 0 or ms == float("inf"):
+            raise FxswapError(f"a latency measurement must be a finite number of milliseconds >= 0, got {ms!r}")
+        return float(ms)
+
+    work = copy.deepcopy(model).eval()
+    x = torch.randn((batch, *input_shape), device=device, dtype=dtype)
+    names = list(variants)
+    jobs: dict[tuple, tuple] = {("total",): (work, (x,), {})}  # signature -> what to time, first seen first
+
+    def job(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+        key = _signature(module, args, kwargs)
+        jobs.setdefault(key, (copy.deepcopy(module).eval(), args, kwargs))
+        return key
+
+    with torch.no_grad():
+        inputs = _block_inputs(work, names, x)
+        missing = [n for n in names if n not in inputs]
+        if missing:
+            raise FxswapError(f"block(s) {missing} are not modules the forward pass calls; a latency table times "
+                              f"block modules")
+        teacher_keys = {n: job(work.get_submodule(n), *inputs[n]) for n in names}
+        block_keys = {n: {spec: job(module, *inputs[n]) for spec, module in variants[n].items()} for n in names}
+        # round-robin: each round times every job once, so slow drift of the machine's load reaches all entries
+        runs = {key: [] for key in jobs}
+        for _ in range(rounds):
+            for key, (module, args, kwargs) in jobs.items():
+                runs[key].append(measure(module, args, kwargs))
+    ms = {key: _quantile(sorted(values), 0.5) for key, values in runs.items()}
+    teacher = {n: ms[k] for n, k in teacher_keys.items()}
+    blocks = {n: {spec: ms[k] for spec, k in row.items()} for n, row in block_keys.items()}
+    return BlockLatencyTable(ms[("total",)], teacher, blocks, str(device), batch, input_shape, threads)
+
+
+def _signature(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
+    """What decides a module's latency: its architecture (modules, plain settings, traced code) and its input."""
+    def settings(m: nn.Module) -> tuple:
+        return tuple(sorted((k, repr(v)) for k, v in vars(m).items()
+                            if not k.startswith("_") and k != "training" and isinstance(v, (bool, int, float, str, tuple))))
+
+    def layout(value) -> tuple:
+        if isinstance(value, torch.Tensor):
+            return ("tensor", tuple(value.shape), str(value.dtype), str(value.device))
+        if isinstance(value, (tuple, list)):
+            return tuple(layout(v) for v in value)
+        if isinstance(value, dict):
+            return tuple((k, layout(v)) for k, v in sorted(value.items()))
+        return ("value", repr(value))
+
+    arch = tuple((type(m).__qualname__, settings(m), str(getattr(m, "code", ""))) for m in module.modules())
+    return repr(module), arch, layout(args), layout(kwargs)
 
 
 def _check_shape(input_shape) -> tuple[int, ...]:

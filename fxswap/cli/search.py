@@ -1,6 +1,7 @@
 """``fxswap search``: BlockSwap on the command line.
 
     fxswap search wrn-40-2 --budget 400k --data cifar10_subset.npz --samples 1000
+    fxswap search wrn-40-2 --budget 25ms --latency-batch 32 --samples 200
 
 samples configurations within the budget, scores each by Fisher potential on
 one random minibatch of ``--data`` (an ``.npz`` read by
@@ -9,10 +10,19 @@ mean/std of :mod:`fxswap.data`), writes the result as JSON (which ``fxswap
 cheapen MODEL plan.json`` accepts), then prints the top candidates. Without
 ``--data`` the minibatch is random noise with random labels (said so on stderr).
 
+A latency budget (``25ms``, ``0.1s``, ``60%latency``, or ``--metric latency``
+with a fraction) first times every block × candidate variant on this
+machine (:meth:`fxswap.blockswap.CostModel.measure_latency`) at
+``--latency-batch`` (default ``--batch-size``); the budget is a ceiling:
+samples are kept when their estimated latency is within ``--tolerance``
+below it. ``--latency`` adds the measured column to a parameter or MAC
+search. ``--json`` prints the result (every scored candidate, with
+``latency_ms`` when measured) on stdout instead of the table.
+
 >>> from fxswap.cli.main import build_parser
 >>> args = build_parser().parse_args(["search", "wrn-40-2", "--budget", "400k"])
->>> args.budget, args.samples, args.batch_size, args.tolerance
-('400k', 1000, 128, 0.025)
+>>> args.budget, args.samples, args.batch_size, args.tolerance, args.metric
+('400k', 1000, 128, 0.025, None)
 """
 from __future__ import annotations
 
@@ -26,7 +36,7 @@ import torch
 
 from ..errors import FxswapError
 from .common import (check_writable, echo, forwarded_warnings, model_from_args, non_negative_int, parse_shape,
-                     positive_float, positive_int)
+                     positive_float, positive_int, print_json)
 
 __all__ = ["add_parsers", "run_search", "split_specs", "load_batch"]
 
@@ -86,8 +96,10 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("search", parents=[model],
                               help="BlockSwap: sample students within a budget, rank by Fisher potential")
     p.add_argument("--budget", required=True,
-                   help="parameters (400000, 400k, 1.2M), a fraction of the teacher (0.25) or a percentage (25%%)")
-    p.add_argument("--metric", choices=("params", "macs"), default="params", help="what the budget counts")
+                   help="parameters (400000, 400k, 1.2M), a fraction of the teacher (0.25) or a percentage (25%%); "
+                        "or a latency on this machine: 25ms, 0.1s, 800us, 60%%latency")
+    p.add_argument("--metric", choices=("params", "macs", "latency"), default=None,
+                   help="what the budget counts (default: latency for a duration or ...latency, else params)")
     p.add_argument("--tolerance", type=positive_float, default=0.025,
                    help="accepted distance from the budget (default 0.025)")
     p.add_argument("--samples", type=positive_int, default=1000, help="configurations to score (paper: 1000)")
@@ -103,16 +115,29 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default=None, help="JSON path for the result (default: blockswap-MODEL-BUDGET.json)")
     p.add_argument("--no-macs", action="store_true", help="do not count MACs (faster set-up)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--latency", action="store_true",
+                   help="also measure the latency column for a params/MACs budget (a latency budget always does)")
+    p.add_argument("--latency-batch", type=positive_int, default=None,
+                   help="batch size the latency is measured at (default: --batch-size)")
+    p.add_argument("--threads", type=positive_int, default=None,
+                   help="CPU threads for the latency timings (default: torch's; 1 on a busy machine)")
+    p.add_argument("--min-run-time", type=positive_float, default=0.2,
+                   help="seconds of timed calls per latency measurement (default 0.2)")
+    p.add_argument("--latency-rounds", type=positive_int, default=1,
+                   help="time the latency table this many times round-robin, keeping medians (a busy machine)")
+    p.add_argument("--json", action="store_true",
+                   help="print the result as JSON (every scored candidate) instead of the table")
     p.set_defaults(run=run_search)
 
 
 def run_search(args: argparse.Namespace) -> int:
     """Run ``fxswap search`` from parsed arguments; returns the exit status."""
-    from ..blockswap import CostModel, blockswap, candidate_specs, parse_budget
+    from ..blockswap import CostModel, blockswap, budget_metric, candidate_specs, parse_budget
 
     out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
     check_writable(out, "--out")
-    parse_budget(args.budget, 1)  # its form, before any work; the teacher's total comes with the cost table
+    metric = budget_metric(args.budget, args.metric)
+    parse_budget(args.budget, 1, metric)  # its form, before any work; the teacher's total comes with the cost table
     model = model_from_args(args)
     shape = parse_shape(args.input, model)
     num_classes = args.num_classes or getattr(model, "num_classes", None) or _out_features(model) or 10
@@ -123,24 +148,42 @@ def run_search(args: argparse.Namespace) -> int:
     candidates = candidate_specs(split_specs(args.candidates)) if args.candidates else None
     start = time.perf_counter()
     print(f"building the cost table ({len(candidates) if candidates else 21} candidate specs) ...", file=sys.stderr)
-    cm = CostModel(model, candidates, input_shape=shape, macs=not args.no_macs or args.metric == "macs",
+    cm = CostModel(model, candidates, input_shape=shape, macs=not args.no_macs or metric == "macs",
                    seed=args.seed)
-    budget = parse_budget(args.budget, cm.total(args.metric))
-    cheapest, dearest = cm.reachable(args.metric)
-    echo(f"{len(cm.names)} blocks; {args.metric}: teacher {cm.total(args.metric):,}, reachable "
-         f"[{cheapest:,}, {dearest:,}], budget {budget:,} ±{args.tolerance:.1%}; minibatch: {what}", file=sys.stderr)
+    if metric == "latency" or args.latency:
+        batch = args.latency_batch or args.batch_size
+        print(f"measuring the latency table (batch {batch}, {args.min_run_time:g} s per timing) ...", file=sys.stderr)
+        cm.measure_latency(batch, min_run_time=args.min_run_time, num_threads=args.threads,
+                           rounds=args.latency_rounds)
+    budget = parse_budget(args.budget, cm.total(metric), metric)
+    cheapest, dearest = cm.reachable(metric)
+    if metric == "latency":
+        costs = (f"latency {cm.table.measured_on}: teacher {cm.total(metric):.4g} ms, estimates reachable "
+                 f"[{cheapest:.4g}, {dearest:.4g}] ms, budget {budget:.4g} ms (-{args.tolerance:.1%})")
+    else:
+        costs = (f"{metric}: teacher {cm.total(metric):,}, reachable [{cheapest:,}, {dearest:,}], budget {budget:,} "
+                 f"±{args.tolerance:.1%}")
+    echo(f"{len(cm.names)} blocks; {costs}; minibatch: {what}", file=sys.stderr)
     with forwarded_warnings():
-        result = blockswap(model, budget, (x, y), args.samples, tolerance=args.tolerance, metric=args.metric,
+        result = blockswap(model, args.budget, (x, y), args.samples, tolerance=args.tolerance, metric=metric,
                            seed=args.seed, progress=not args.no_progress, cost_model=cm)
     scoring = result.seconds
     result.seconds = time.perf_counter() - start
     result.model = args.model
     result.to_json(out)
-    echo(result.table(args.top))
+    best = result.candidates[0]
     per = scoring / max(result.samples, 1)
-    echo(f"\nbest plan ({result.candidates[0].params:,} params, Fisher {result.candidates[0].fisher:.5g}) saved to "
-         f"{out}\n{result.samples} samples scored in {scoring:.1f} s ({per:.2f} s each, {per * 1000 / 60:.1f} min per "
-         f"1000); {result.seconds:.1f} s in all with the cost table\nbuild it: fxswap cheapen {args.model} {out}")
+    summary = (f"\nbest plan ({best.params:,} params"
+               + (f", estimated {best.latency_ms:.4g} ms" if best.latency_ms is not None else "")
+               + f", Fisher {best.fisher:.5g}) saved to {out}\n{result.samples} samples scored in {scoring:.1f} s "
+               f"({per:.2f} s each, {per * 1000 / 60:.1f} min per 1000); {result.seconds:.1f} s in all with the cost "
+               f"table\nbuild it: fxswap cheapen {args.model} {out}")
+    if args.json:
+        print_json(result.to_dict())
+        echo(summary, file=sys.stderr)
+        return 0
+    echo(result.table(args.top))
+    echo(summary)
     return 0
 
 
