@@ -1,7 +1,7 @@
 """Write docs/api.md: the API reference, generated from fxswap's docstrings.
 
 Every name in ``fxswap.__all__`` (and the public names of ``fxswap.losses``,
-``fxswap.models`` and ``fxswap.data``) with its signature and docstring, in the
+``fxswap.models``, ``fxswap.data`` and ``fxswap.plotting``) with its signature and docstring, in the
 order of ``__all__``. Rerun after changing a docstring (``--check`` in CI tells
 when the committed file is stale; tests/test_api_docs.py checks that every
 public name is covered).
@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "api.md"
-SUBMODULES = ("models", "losses", "data")
+SUBMODULES = ("models", "losses", "data", "plotting")
 
 
 def _signature(obj) -> str:

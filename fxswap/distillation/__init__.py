@@ -1,6 +1,7 @@
 """Distillation: loss terms (:mod:`.terms`), the :class:`Distiller` that composes them, LIT
-(:mod:`.lit`), the epoch loop (:mod:`.loop`), evaluation, checkpoints, histories and the
-method recipes (:mod:`.recipes`)."""
+(:mod:`.lit`), the epoch loop (:mod:`.loop`) and its logging hooks (:mod:`.callbacks`), evaluation,
+checkpoints, histories and the method recipes (:mod:`.recipes`)."""
+from .callbacks import Callback, CSVLogger, TensorBoardLogger, WandbLogger
 from .checkpoint import load_checkpoint
 from .distiller import Distiller
 from .evaluation import evaluate
@@ -11,4 +12,5 @@ from .recipes import METHODS, distill, train
 from .terms import Term, register_term
 
 __all__ = ["Distiller", "LITDistiller", "stage_points", "fit", "distill", "train", "evaluate", "METHODS",
-           "load_checkpoint", "format_history", "Term", "register_term"]
+           "load_checkpoint", "format_history", "Term", "register_term", "Callback", "CSVLogger",
+           "TensorBoardLogger", "WandbLogger"]
