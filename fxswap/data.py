@@ -762,7 +762,8 @@ class ImageFolderSplit(Dataset):
                 raise DataError(f"{root} has class folder(s) {', '.join(unknown[:5])} that the training split "
                                 f"lacks (its classes: {', '.join(list(classes)[:8])}{' ...' if len(classes) > 8 else ''}); "
                                 f"expected {IMAGEFOLDER_LAYOUT}")
-        folder = self._folder(root, transform, classes)
+        # hidden folders (.ipynb_checkpoints, ...) are not classes; the validation split may lack a class
+        folder = self._folder(root, list(classes) if classes is not None else sub, allow_empty=classes is not None)
         if len(folder.samples) == 0:
             raise DataError(f"{root} holds no images in its class folders; expected {IMAGEFOLDER_LAYOUT}")
         samples = list(folder.samples)
@@ -779,17 +780,15 @@ class ImageFolderSplit(Dataset):
         self.transform = transform
 
     @staticmethod
-    def _folder(root: Path, transform, classes):
+    def _folder(root: Path, classes: list[str], allow_empty: bool):
         image_folder = _import_image_folder()
 
         class _Folder(image_folder):
             def find_classes(self, directory):
-                if classes is None:
-                    return super().find_classes(directory)
                 return list(classes), {c: i for i, c in enumerate(classes)}
 
         try:
-            return _Folder(str(root), loader=_open_rgb, allow_empty=classes is not None)
+            return _Folder(str(root), loader=_open_rgb, allow_empty=allow_empty)
         except FileNotFoundError as e:  # torchvision: class folders without a single image file
             raise DataError(f"{root}: {e}; expected {IMAGEFOLDER_LAYOUT}") from None
 

@@ -2,6 +2,8 @@
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
 from fxswap.data import (IMAGENET_MEAN, IMAGENET_STD, ImageFolderSplit, data_kind, imagefolder_loaders,
@@ -53,6 +55,14 @@ def test_a_validation_split_missing_a_class_keeps_the_training_labels(tmp_path):
     train, val = imagefolder_loaders(root, image_size=8, num_workers=0)
     assert val.dataset.classes == train.dataset.classes == ["ant", "bee", "cat"]
     assert sorted(val.dataset.targets) == [1, 2]
+
+
+def test_hidden_folders_are_not_classes(tmp_path):
+    root = _write_tree(tmp_path, per_class=1)
+    (root / "train" / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "train" / ".ipynb_checkpoints" / "x.png")
+    train, _ = imagefolder_loaders(root, image_size=8, num_workers=0)
+    assert train.dataset.classes == ["ant", "bee", "cat"] and len(train.dataset) == 3
 
 
 def test_limit_keeps_every_class(tmp_path):
@@ -152,3 +162,58 @@ def test_distill_cli_reads_an_imagefolder_tree(tmp_path, capsys):
     bad = argv[:-4] + ["--data", str(tmp_path / "tree" / "train")]
     assert main(bad) == 2
     assert "ROOT/train/<class>/<image>" in capsys.readouterr().err
+
+
+_PNG_BYTES = {}
+
+
+def _png(size):
+    if size not in _PNG_BYTES:
+        import io
+
+        buf = io.BytesIO()
+        Image.new("RGB", size, (10, 20, 30)).save(buf, format="PNG")
+        _PNG_BYTES[size] = buf.getvalue()
+    return _PNG_BYTES[size]
+
+
+# mostly good trees with one thing wrong, so that both outcomes are common
+_FILES = st.sampled_from(["png"] * 12 + ["tiny", "truncated", "junk", "txt", "empty"])
+_TREE = st.fixed_dictionaries({
+    "splits": st.sampled_from([("train", "val")] * 4 + [("train", "test"), ("train",), ("val",),
+                                                        ("train", "val", "x")]),
+    "classes": st.lists(st.sampled_from(["a", "b", "c", ".hidden"]), min_size=1, max_size=3, unique=True),
+    "files": st.lists(_FILES, min_size=1, max_size=3),
+    "val_extra": st.sampled_from([False] * 4 + [True]),
+    "loose": st.sampled_from([False] * 4 + [True]),
+})
+
+
+def _content(kind):
+    return {"png": _png((9, 7)), "tiny": _png((1, 1)), "truncated": _png((9, 7))[:40], "junk": b"\x00\x01junk",
+            "txt": b"hello", "empty": b""}[kind]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(tree=_TREE)
+def test_any_tree_loads_or_fails_with_a_data_error(tree, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tree")
+    for split in tree["splits"]:
+        (root / split).mkdir()
+        classes = tree["classes"] + (["zzz"] if tree["val_extra"] and split != "train" else [])
+        for c in classes:
+            (root / split / c).mkdir()
+            for i, kind in enumerate(tree["files"]):
+                (root / split / c / (f"{i}.txt" if kind == "txt" else f"{i}.png")).write_bytes(_content(kind))
+        if tree["loose"]:
+            (root / split / "loose.png").write_bytes(_png((4, 4)))
+    try:
+        train, val = make_loaders(root, image_size=8, batch_size=2, num_workers=0, seed=0)
+        for loader in (train, val):
+            for x, y in loader:
+                assert x.shape[1:] == (3, 8, 8) and bool(torch.isfinite(x).all())
+                assert 0 <= int(y.min()) and int(y.max()) < train.dataset.num_classes
+        event("loaded")
+    except FxswapError as e:
+        event(type(e).__name__)  # --hypothesis-show-statistics: how often each outcome is reached
+        assert str(e)  # a typed, non-empty error; anything else fails the test

@@ -83,9 +83,9 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--teacher-preset", default="moonshine", choices=sorted(PRESETS))
     p.add_argument("--out", default=None,
                    help="folder for histories, checkpoints and the self-describing student.pt")
-    p.add_argument("--csv", default=None, metavar="FILE", help="log one CSV row per epoch to FILE")
+    p.add_argument("--csv", default=None, metavar="FILE", help="log one CSV row per epoch of the student's run to FILE")
     p.add_argument("--tensorboard", default=None, metavar="LOGDIR",
-                   help="log TensorBoard scalars to LOGDIR (needs: pip install tensorboard)")
+                   help="log the student's run as TensorBoard scalars to LOGDIR (needs: pip install tensorboard)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -229,12 +229,12 @@ def run_distill(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     device = _device(args.device)
 
+    callbacks = _callbacks(args)
     kind = data_kind(args.data)
     train_loader, val_loader = make_loaders(args.data, image_size=args.image_size, dataset=args.dataset,
                                             batch_size=args.batch_size, num_workers=args.workers,
                                             cutout=args.cutout, limit=args.limit, device=device, seed=args.seed)
     image_size = (args.image_size or 224) if kind == "imagefolder" else 32
-    callbacks = _callbacks(args)
     num_classes = train_loader.dataset.num_classes
     torch.manual_seed(args.seed)
     teacher = load_model(args.teacher, num_classes, "--teacher")

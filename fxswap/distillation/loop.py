@@ -435,7 +435,7 @@ def fit(
             tqdm.write(epoch_summary(row, run.epochs))
         if run.on_epoch is not None:
             run.on_epoch(row)
-        hooks.epoch_end(row)
+        hooks.epoch_end(dict(row))  # a copy: a callback cannot change the history
     if run.out is not None:
         atomic_write(run.out / STUDENT, lambda f: torch.save(run.student.state_dict(), f))
     distiller.train(was_training)
