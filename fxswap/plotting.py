@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,11 @@ SEARCH_FORMAT = ("a BlockSwap result saved as JSON (fxswap search --out, BlockSw
                  "'top', a list of candidates each with 'fisher' and at least one of 'params', 'macs', 'latency'")
 HISTORY_FORMAT = ("a training history as JSON lines (history.jsonl, written by fit(out_dir=...)): one object per "
                   "epoch with 'epoch' and 'train_loss'")
+
+
+def _plain(text: Any) -> str:
+    """Text from a file, shown as written: matplotlib would parse ``$...$`` as maths (and fail on bad maths)."""
+    return str(text).replace("$", r"\$")
 
 
 def _matplotlib_figure():
@@ -86,7 +92,12 @@ def _read_json(path: Path, what: str) -> Any:
 
 
 def _number(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        return False
+    try:
+        return math.isfinite(float(v))
+    except OverflowError:  # a JSON integer beyond any float
+        return False
 
 
 def load_search(source: str | os.PathLike | Mapping[str, Any] | Any) -> dict[str, Any]:
@@ -200,7 +211,7 @@ def search_figure(source, metrics: Sequence[str] | None = None):
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     title = f"BlockSwap: {len(top)} candidates" + (f", {data['model']}" if data.get("model") else "")
-    figure.suptitle(title)
+    figure.suptitle(_plain(title))
     return figure
 
 
@@ -230,7 +241,7 @@ def history_figure(source):
     losses = [k for k in keys if (k.startswith("train_") and k != "train_acc") or k == "val_loss"]
     for k in losses:
         loss_ax.plot(x, [float(r[k]) if _number(r.get(k)) else math.nan for r in rows], marker="o", ms=3,
-                     label=k, ls="--" if k == "val_loss" else "-")
+                     label=_plain(k), ls="--" if k == "val_loss" else "-")
     loss_ax.set_ylabel("loss")
     for key, label in (("train_acc", "train error"), ("val_acc", "val error")):
         if key in keys:
@@ -241,12 +252,12 @@ def history_figure(source):
     for ax in (loss_ax, err_ax):
         for i, name in stages:
             ax.axvline(x[i] - 0.5, ls=":", color="0.4", lw=1)
-            ax.annotate(name, (x[i] - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
+            ax.annotate(_plain(name), (x[i] - 0.5, 1.0), xycoords=("data", "axes fraction"), xytext=(3, -3),
                         textcoords="offset points", fontsize=8, va="top", ha="left", color="0.3")
         ax.xaxis.get_major_locator().set_params(integer=True)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if ax.lines:
+        if any(not line.get_label().startswith("_") for line in ax.lines):
             ax.legend(fontsize=8)
     figure.suptitle(f"training: {len(rows)} epoch(s)")
     return figure
@@ -258,7 +269,10 @@ def _save(figure, out: str | os.PathLike) -> Path:
         raise FxswapError(f"{out} is a folder; give the PNG file to write (e.g. {out / 'plot.png'})")
     if not out.parent.is_dir():
         raise FxswapError(f"cannot write {out}: the folder {out.parent} does not exist")
-    figure.savefig(out, dpi=120)
+    with warnings.catch_warnings():
+        # extreme values in a file can squeeze the panels; the figure is still drawn, without the tidy layout
+        warnings.filterwarnings("ignore", message="constrained_layout not applied")
+        figure.savefig(out, dpi=120)
     return out
 
 

@@ -66,3 +66,17 @@ def test_tensorboard_without_its_package_fails_before_any_work(tmp_path, tiny_np
 def test_csv_naming_a_folder_is_bad_input(tmp_path, tiny_npz, capsys):
     assert main(BASE + ["--student", "G(N/4)", "--data", tiny_npz, "--csv", str(tmp_path)]) == 2
     assert "is a folder" in capsys.readouterr().err
+
+
+def test_tensorboard_logs_the_students_epochs(tmp_path, tiny_npz):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logdir, out = tmp_path / "tb", tmp_path / "run"
+    assert main(BASE + ["--student", "G(N/4)", "--data", tiny_npz, "--tensorboard", str(logdir), "--out", str(out)]) == 0
+    events = EventAccumulator(str(logdir))
+    events.Reload()
+    history = [json.loads(line) for line in (out / "student" / "history.jsonl").read_text().splitlines()]
+    logged = events.Scalars("epoch/train_loss")
+    assert [e.step for e in logged] == [1, 2]
+    assert [e.value for e in logged] == pytest.approx([h["train_loss"] for h in history], rel=1e-6)

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 import torch
-from hypothesis import given
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -181,3 +181,43 @@ def test_the_skipped_doc_examples_run_when_matplotlib_is_installed():
         ran += len(test.examples)
         runner.run(test)
     assert runner.failures == 0 and ran >= 8
+
+
+_JUNK = st.one_of(st.integers(-3, 10**6), st.floats(allow_nan=True, allow_infinity=True), st.just(10**400),
+                  st.none(), st.booleans(), st.text(max_size=6), st.just("$\\frac{$"), st.lists(st.integers(), max_size=2))
+
+
+def _mostly(good):
+    """``good`` three times in four, junk otherwise: most files get past the checks, some do not."""
+    return st.one_of(good, good, good, _JUNK)
+
+
+_NUM = st.floats(0, 1e6, allow_nan=False)
+_CANDIDATE = st.fixed_dictionaries({"fisher": _mostly(_NUM), "params": _mostly(st.integers(1, 10**6))},
+                                   optional={"macs": _mostly(st.integers(1, 10**9)), "latency": _mostly(_NUM),
+                                             "plan": _JUNK})
+_SEARCH = st.fixed_dictionaries({"top": st.lists(_CANDIDATE, min_size=0, max_size=5)},
+                                optional={"metric": _mostly(st.sampled_from(["params", "macs", "latency"])),
+                                          "budget": _mostly(_NUM), "model": _JUNK})
+_ROW = st.fixed_dictionaries({"epoch": _mostly(st.integers(1, 5)), "train_loss": _mostly(st.floats(0, 10))},
+                             optional={k: _mostly(st.floats(0, 1)) for k in ("train_kd", "train_acc", "val_acc",
+                                                                             "val_loss", "lr", "seconds")}
+                             | {"stage": _mostly(st.sampled_from(["lit", "finetune"]))})
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.one_of(_SEARCH.map(lambda d: ("json", d)), st.lists(_ROW, max_size=4).map(lambda r: ("jsonl", r))))
+def test_any_result_file_plots_or_fails_with_a_typed_error(data, tmp_path_factory):
+    pytest.importorskip("matplotlib")
+    suffix, content = data
+    path = tmp_path_factory.mktemp("plot") / f"f.{suffix}"
+    text = json.dumps(content) if suffix == "json" else "".join(json.dumps(r) + "\n" for r in content)
+    path.write_text(text)
+    try:
+        out = plotting.plot(path)
+    except FxswapError as e:
+        event(type(e).__name__)
+        assert str(e)
+    else:
+        event("plotted")
+        assert out.read_bytes()[:8] == PNG
