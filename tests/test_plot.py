@@ -205,7 +205,7 @@ _ROW = st.fixed_dictionaries({"epoch": _mostly(st.integers(1, 5)), "train_loss":
                              | {"stage": _mostly(st.sampled_from(["lit", "finetune"]))})
 
 
-@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.one_of(_SEARCH.map(lambda d: ("json", d)), st.lists(_ROW, max_size=4).map(lambda r: ("jsonl", r))))
 def test_any_result_file_plots_or_fails_with_a_typed_error(data, tmp_path_factory):
     pytest.importorskip("matplotlib")
