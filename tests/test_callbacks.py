@@ -124,11 +124,12 @@ def test_without_step_logging_no_step_hook_is_called():
     assert [k for k, _ in rec.calls] == ["start", "epoch", "end"]
 
 
-@pytest.mark.parametrize("bad", [[print], [object()], ["log.csv"]])
-def test_a_callback_without_hooks_is_refused_before_training(bad):
+@pytest.mark.parametrize("bad, says", [([print], "none of the hooks"), ([object()], "none of the hooks"),
+                                       (["log.csv"], "none of the hooks"), ([CSVLogger], "pass an instance")])
+def test_a_callback_without_hooks_is_refused_before_training(bad, says):
     d = _distiller()
     before = {k: v.clone() for k, v in d.state_dict().items()}
-    with pytest.raises(DistillError, match="none of the hooks"):
+    with pytest.raises(DistillError, match=says):
         fit(d, _loader(), epochs=1, preset="cosine", progress=False, callbacks=bad)
     assert all(torch.equal(before[k], v) for k, v in d.state_dict().items())
 

@@ -127,6 +127,9 @@ class CallbackList:
         if isinstance(callbacks, Callback) or not isinstance(callbacks, (list, tuple)):
             callbacks = [callbacks]  # one callback given bare
         for i, cb in enumerate(callbacks):
+            if isinstance(cb, type):
+                raise DistillError(f"callbacks[{i}] is the class {cb.__name__}; pass an instance, e.g. "
+                                   f"{cb.__name__}(...)")
             if not any(callable(getattr(cb, h, None)) for h in HOOKS):
                 raise DistillError(f"callbacks[{i}] ({type(cb).__name__}) has none of the hooks "
                                    f"{', '.join(HOOKS)}; pass fxswap.distillation.callbacks.Callback subclasses "
