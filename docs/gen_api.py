@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import sys
 from pathlib import Path
 
@@ -22,9 +23,10 @@ SUBMODULES = ("models", "losses", "data", "plotting")
 
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        text = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return ""
+    return re.sub(r"<function (\S+) at 0x[0-9a-f]+>", r"\1", text)  # no memory address: the file stays stable
 
 
 def _entry(qualname: str, obj) -> str:
