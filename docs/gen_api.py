@@ -1,7 +1,7 @@
 """Write docs/api.md: the API reference, generated from fxswap's docstrings.
 
 Every name in ``fxswap.__all__`` (and the public names of ``fxswap.losses``,
-``fxswap.models`` and ``fxswap.data``) with its signature and docstring, in the
+``fxswap.models``, ``fxswap.data`` and ``fxswap.plotting``) with its signature and docstring, in the
 order of ``__all__``. Rerun after changing a docstring (``--check`` in CI tells
 when the committed file is stale; tests/test_api_docs.py checks that every
 public name is covered).
@@ -13,18 +13,20 @@ from __future__ import annotations
 
 import argparse
 import inspect
+import re
 import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "api.md"
-SUBMODULES = ("models", "losses", "data")
+SUBMODULES = ("models", "losses", "data", "plotting")
 
 
 def _signature(obj) -> str:
     try:
-        return str(inspect.signature(obj))
+        text = str(inspect.signature(obj))
     except (TypeError, ValueError):
         return ""
+    return re.sub(r"<function (\S+) at 0x[0-9a-f]+>", r"\1", text)  # no memory address: the file stays stable
 
 
 def _entry(qualname: str, obj) -> str:

@@ -27,6 +27,11 @@ from .student_io import load_student, read_record, save_student
 from .timing import BlockLatency, LatencyReport, Timing, latency
 # --- end shipping ---
 
+# --- extras: logging callbacks on fit, figures (fxswap.plotting needs the [plot] extra) ---
+from . import plotting
+from .distillation.callbacks import Callback, CSVLogger, TensorBoardLogger, WandbLogger
+# --- end extras ---
+
 __version__ = "0.1.0"
 
 __all__ = [
@@ -38,3 +43,5 @@ __all__ = [
 # shipping
 __all__ += ["latency", "LatencyReport", "Timing", "BlockLatency", "cheapen_part", "save_student", "load_student",
             "read_record", "export", "ExportResult"]
+# extras
+__all__ += ["plotting", "Callback", "CSVLogger", "TensorBoardLogger", "WandbLogger"]

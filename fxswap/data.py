@@ -1,12 +1,14 @@
-"""The CIFAR-10/100 data pipeline: datasets, the papers' augmentation, and loaders.
+"""Data pipelines: CIFAR-10/100 (the papers' augmentation) and ImageFolder trees; datasets and loaders.
 
-This module is CIFAR-specific (the name ``fxswap.data`` is kept because other
-modules and users import it): :func:`cifar_loaders` takes 32×32 RGB images
-only, with CIFAR's normalisation constants and the seed papers' 32×32 crop.
-:class:`ArrayDataset` and :func:`read_npz` are the general pieces it is built
-from.
+:func:`cifar_loaders` takes 32×32 RGB images only, with CIFAR's
+normalisation constants and the seed papers' 32×32 crop. :class:`ArrayDataset`
+and :func:`read_npz` are the general pieces it is built from.
+:func:`imagefolder_loaders` reads any other image collection laid out as
+``ROOT/train/<class>/<image>`` and ``ROOT/val/<class>/<image>`` (resized and
+cropped to ``image_size``, ImageNet normalisation). :func:`make_loaders` picks
+one of the two from the path, as ``fxswap distill --data`` does.
 
-Two sources are accepted:
+For CIFAR, two sources are accepted:
 
 * a ``.npz`` file holding ``x_train, y_train, x_test, y_test`` (uint8 images
   N×32×32×3, integer labels 0 ≤ y < classes, optional ``class_names``) — read
@@ -66,6 +68,14 @@ __all__ = [
     "NpzDataset",
     "read_npz",
     "cifar_loaders",
+    "IMAGENET_MEAN",
+    "IMAGENET_STD",
+    "IMAGEFOLDER_LAYOUT",
+    "imagefolder_transforms",
+    "ImageFolderSplit",
+    "imagefolder_loaders",
+    "data_kind",
+    "make_loaders",
 ]
 
 # The normalisation constants of the reference code (BayesWatch/pytorch-moonshine
@@ -501,7 +511,8 @@ def _torchvision_split(root: Path, dataset: str, train: bool, download: bool, tr
     except RuntimeError as e:  # torchvision: not found / corrupted (failed integrity check)
         raise DataError(
             f"no {dataset} in torchvision's format under {root} ({e}). Pass download=True to "
-            "fetch it there, or give the path of a .npz file with x_train, y_train, x_test, y_test"
+            "fetch it there, give the path of a .npz file with x_train, y_train, x_test, y_test, "
+            f"or an ImageFolder tree: {IMAGEFOLDER_LAYOUT}"
         ) from e
     except (OSError, EOFError, ValueError, KeyError, IndexError, pickle.UnpicklingError) as e:
         # the batch files are pickles: a truncated or foreign one fails in many ways
@@ -566,12 +577,7 @@ def cifar_loaders(
     """
     if dataset not in CIFAR_DATASETS:
         raise FxswapError(f"dataset must be one of {', '.join(map(repr, CIFAR_DATASETS))}, got {dataset!r}")
-    if batch_size < 1:
-        raise FxswapError(f"batch_size must be >= 1, got {batch_size}")
-    if num_workers < 0:
-        raise FxswapError(f"num_workers must be >= 0, got {num_workers}")
-    if limit is not None and limit < 1:
-        raise FxswapError(f"limit must be >= 1 or None, got {limit}")
+    _check_loader_args(batch_size, num_workers, limit)
     info = CIFAR_DATASETS[dataset]
     train_tf = cifar_transforms(True, cutout=cutout, mean=info["mean"], std=info["std"])
     val_tf = cifar_transforms(False, mean=info["mean"], std=info["std"])
@@ -590,6 +596,7 @@ def cifar_loaders(
             raise FxswapError(
                 f"{path} does not exist. Give a .npz file (x_train, y_train, x_test, y_test), a "
                 f"folder holding {dataset} in torchvision's format, or pass download=True"
+                f"; an ImageFolder tree ({IMAGEFOLDER_LAYOUT}) goes to imagefolder_loaders"
             )
         if path.exists() and not path.is_dir():
             raise FxswapError(f"{path} is neither a .npz file nor a folder")
@@ -607,6 +614,22 @@ def cifar_loaders(
         if ds.classes is None:
             ds.classes = [str(i) for i in range(info["num_classes"])]
 
+    return _loaders(train_ds, val_ds, batch_size, num_workers, device, seed)
+
+
+def _check_loader_args(batch_size: int, num_workers: int, limit: int | None) -> None:
+    if batch_size < 1:
+        raise FxswapError(f"batch_size must be >= 1, got {batch_size}")
+    if num_workers < 0:
+        raise FxswapError(f"num_workers must be >= 0, got {num_workers}")
+    if limit is not None and limit < 1:
+        raise FxswapError(f"limit must be >= 1 or None, got {limit}")
+
+
+def _loaders(train_ds: Dataset, val_ds: Dataset, batch_size: int, num_workers: int,
+             device: str | torch.device | None, seed: int | None) -> tuple[DataLoader, DataLoader]:
+    """The training loader shuffles (reproducibly with ``seed``), the validation loader keeps order;
+    memory is pinned when the target device is CUDA."""
     if device is not None:
         pin = torch.device(device).type == "cuda" and torch.cuda.is_available()
     else:
@@ -621,3 +644,267 @@ def cifar_loaders(
     train_loader = DataLoader(train_ds, shuffle=True, drop_last=False, generator=generator, **common)
     val_loader = DataLoader(val_ds, shuffle=False, drop_last=False, **common)
     return train_loader, val_loader
+
+
+# ---------------------------------------------------------------------------
+# ImageFolder trees
+# ---------------------------------------------------------------------------
+
+# torchvision's ImageNet constants (the statistics of ImageNet's training set), the usual choice for
+# natural images and what ImageNet-pretrained teachers expect
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+IMAGEFOLDER_LAYOUT = ("ROOT/train/<class>/<image> and ROOT/val/<class>/<image> (one sub-folder per class, the "
+                      "same class names in both; val may be named test; .png, .jpg, .jpeg, .bmp, .webp, ... images)")
+_VAL_NAMES = ("val", "test")
+# the usual ImageNet evaluation crop: resize the short side to size / 0.875, then centre-crop size
+_EVAL_CROP_RATIO = 0.875
+
+
+def imagefolder_transforms(train: bool, image_size: int = 224, cutout: int = 0,
+                           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+    """The transform of :func:`imagefolder_loaders`, from a PIL image to a normalised float (3, S, S) tensor.
+
+    ``train=True``: a random resized crop to ``image_size`` (scale 0.08–1, the
+    ImageNet recipe), a horizontal flip with p = ½, normalisation, then
+    Cutout(``cutout``) if ``cutout > 0``. ``train=False``: resize the short side
+    to ``image_size / 0.875``, centre-crop ``image_size``, normalise.
+
+    >>> from PIL import Image
+    >>> img = Image.new("RGB", (50, 40))
+    >>> imagefolder_transforms(True, 24)(img).shape, imagefolder_transforms(False, 24)(img).shape
+    (torch.Size([3, 24, 24]), torch.Size([3, 24, 24]))
+    """
+    from torchvision.transforms import v2
+
+    if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
+        raise FxswapError(f"image_size must be an integer >= 1 (pixels), got {image_size!r}")
+    if cutout < 0:
+        raise FxswapError(f"imagefolder_transforms: cutout must be >= 0 (0 = off), got {cutout}")
+    to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
+    if train:
+        steps: list[Any] = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(0.5)]
+    else:
+        steps = [v2.Resize(max(image_size, round(image_size / _EVAL_CROP_RATIO)), antialias=True),
+                 v2.CenterCrop(image_size)]
+    steps += to_tensor + [Normalize(mean, std)]
+    if train and cutout > 0:
+        steps.append(Cutout(cutout))
+    return v2.Compose(steps)
+
+
+def _open_rgb(path: str):
+    """Open an image file as RGB; a file that is not an image is a DataError naming it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with open(path, "rb") as f:
+            img = Image.open(f)
+            return img.convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise DataError(f"cannot read {path} as an image: {type(e).__name__}: {e}") from None
+
+
+def _image_files(folder: Path, limit: int = 5) -> list[str]:
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    return [p.name for p in sorted(folder.iterdir())[:1000] if p.is_file()
+            and p.name.lower().endswith(IMG_EXTENSIONS)][:limit]
+
+
+def _import_image_folder():
+    from torchvision.datasets import ImageFolder
+
+    return ImageFolder
+
+
+class ImageFolderSplit(Dataset):
+    """One split of an ImageFolder tree (``split_root/<class>/<image>``): items are ``(transform(image), label)``.
+
+    A thin wrapper over ``torchvision.datasets.ImageFolder`` with the checks
+    fxswap makes everywhere: a folder with no class sub-folders, class folders
+    with no images, or (with ``classes`` given, as for the validation split) a
+    class the training split lacks is a :class:`~fxswap.errors.DataError`
+    saying which layout is accepted. ``classes`` fixes the label of each class
+    name (the training split's order), so a validation split missing a class
+    still labels the others as training did. ``limit`` keeps ``limit`` samples
+    spread evenly over the (class-sorted) list, so every class stays in a quick
+    run. A file that is not an image fails when read, naming the file.
+
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> root = tempfile.mkdtemp()
+    >>> for cls in ("cat", "dog"):
+    ...     os.makedirs(os.path.join(root, cls))
+    ...     for i in range(3):
+    ...         Image.new("RGB", (8, 6)).save(os.path.join(root, cls, f"{i}.png"))
+    >>> ds = ImageFolderSplit(root)
+    >>> len(ds), ds.classes, ds.num_classes, ds[4][1]
+    (6, ['cat', 'dog'], 2, 1)
+    >>> [y for _, y in ImageFolderSplit(root, limit=2)]
+    [0, 1]
+    """
+
+    def __init__(self, root: str | os.PathLike, transform: Callable | None = None,
+                 classes: Sequence[str] | None = None, limit: int | None = None):
+        root = Path(root)
+        if not root.is_dir():
+            raise DataError(f"{root} is not a folder; expected {IMAGEFOLDER_LAYOUT}")
+        sub = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+        if not sub:
+            loose = _image_files(root)
+            found = f" (it holds images directly: {', '.join(loose)}; move them into class folders)" if loose else ""
+            raise DataError(f"{root} has no class sub-folders{found}; expected {IMAGEFOLDER_LAYOUT}")
+        if classes is not None:
+            unknown = [c for c in sub if c not in classes]
+            if unknown:
+                raise DataError(f"{root} has class folder(s) {', '.join(unknown[:5])} that the training split "
+                                f"lacks (its classes: {', '.join(list(classes)[:8])}{' ...' if len(classes) > 8 else ''}); "
+                                f"expected {IMAGEFOLDER_LAYOUT}")
+        # hidden folders (.ipynb_checkpoints, ...) are not classes; the validation split may lack a class
+        folder = self._folder(root, list(classes) if classes is not None else sub, allow_empty=classes is not None)
+        if len(folder.samples) == 0:
+            raise DataError(f"{root} holds no images in its class folders; expected {IMAGEFOLDER_LAYOUT}")
+        samples = list(folder.samples)
+        if limit is not None:
+            if limit < 1:
+                raise FxswapError(f"{root}: limit must be >= 1 or None, got {limit}")
+            if limit < len(samples):
+                picks = np.linspace(0, len(samples) - 1, limit).round().astype(int)
+                samples = [samples[i] for i in picks]
+        self.root = root
+        self.samples = samples  # (path, label) pairs only: the dataset pickles into worker processes
+        self.targets = [y for _, y in samples]
+        self.classes = list(folder.classes)
+        self.transform = transform
+
+    @staticmethod
+    def _folder(root: Path, classes: list[str], allow_empty: bool):
+        image_folder = _import_image_folder()
+
+        class _Folder(image_folder):
+            def find_classes(self, directory):
+                return list(classes), {c: i for i, c in enumerate(classes)}
+
+        try:
+            return _Folder(str(root), loader=_open_rgb, allow_empty=allow_empty)
+        except FileNotFoundError as e:  # torchvision: class folders without a single image file
+            raise DataError(f"{root}: {e}; expected {IMAGEFOLDER_LAYOUT}") from None
+
+    @property
+    def num_classes(self) -> int:
+        """The number of classes (class folders of the training split)."""
+        return len(self.classes)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> tuple[Any, int]:
+        path, label = self.samples[index]
+        img = _open_rgb(path)
+        return (self.transform(img) if self.transform is not None else img), label
+
+
+def _imagefolder_splits(root: Path) -> tuple[Path, Path]:
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder; an ImageFolder tree is {IMAGEFOLDER_LAYOUT}")
+    train = root / "train"
+    val = next((root / v for v in _VAL_NAMES if (root / v).is_dir()), None)
+    if not train.is_dir() or val is None:
+        has = sorted(p.name + ("/" if p.is_dir() else "") for p in root.iterdir())[:8]
+        lacks = " and ".join(n + "/" for n, ok in (("train", train.is_dir()), ("val", val is not None)) if not ok)
+        raise DataError(f"{root} has no {lacks} folder (it holds: {', '.join(has) or 'nothing'}); "
+                        f"expected {IMAGEFOLDER_LAYOUT}")
+    return train, val
+
+
+def imagefolder_loaders(
+    root: str | os.PathLike,
+    image_size: int = 224,
+    batch_size: int = 64,
+    num_workers: int = 2,
+    cutout: int = 0,
+    limit: int | None = None,
+    device: str | torch.device | None = None,
+    seed: int | None = None,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> tuple[DataLoader, DataLoader]:
+    """``(train_loader, val_loader)`` for an ImageFolder tree: ``root/train/<class>/<image>``,
+    ``root/val/<class>/<image>`` (or ``root/test/...``).
+
+    Labels are the training split's class folders in sorted order (the
+    validation split is labelled with the same map; a class only in ``val`` is
+    a :class:`~fxswap.errors.DataError`, as is any other layout, with the
+    accepted one in the message). Images are read as RGB and transformed by
+    :func:`imagefolder_transforms` (training: random resized crop to
+    ``image_size`` + flip; validation: resize + centre crop), normalised with
+    ``mean``/``std`` (ImageNet's by default). ``limit`` keeps ``limit`` images of
+    each split, spread over the classes. The loaders behave as
+    :func:`cifar_loaders`' (shuffled reproducibly with ``seed``, memory pinned for
+    CUDA); the datasets (:class:`ImageFolderSplit`) are at ``loader.dataset``
+    with ``.classes`` and ``.num_classes``.
+
+    >>> import os, tempfile
+    >>> from PIL import Image
+    >>> root = tempfile.mkdtemp()
+    >>> for split in ("train", "val"):
+    ...     for cls in ("ant", "bee"):
+    ...         os.makedirs(os.path.join(root, split, cls))
+    ...         for i in range(2):
+    ...             Image.new("RGB", (40, 30)).save(os.path.join(root, split, cls, f"{i}.png"))
+    >>> train, val = imagefolder_loaders(root, image_size=16, batch_size=4, num_workers=0, seed=0)
+    >>> next(iter(train))[0].shape, train.dataset.classes, len(val.dataset)
+    (torch.Size([4, 3, 16, 16]), ['ant', 'bee'], 4)
+    """
+    _check_loader_args(batch_size, num_workers, limit)
+    train_tf = imagefolder_transforms(True, image_size, cutout=cutout, mean=mean, std=std)
+    val_tf = imagefolder_transforms(False, image_size, mean=mean, std=std)
+    train_dir, val_dir = _imagefolder_splits(Path(root))
+    train_ds = ImageFolderSplit(train_dir, train_tf, limit=limit)
+    val_ds = ImageFolderSplit(val_dir, val_tf, classes=train_ds.classes, limit=limit)
+    return _loaders(train_ds, val_ds, batch_size, num_workers, device, seed)
+
+
+def data_kind(path: str | os.PathLike) -> str:
+    """What :func:`make_loaders` will read at ``path``: ``"npz"`` (a path ending in ``.npz``),
+    ``"imagefolder"`` (a folder with a ``train/`` sub-folder) or ``"cifar-folder"`` (any other path: a
+    folder for torchvision's CIFAR, made by ``download=True``).
+
+    >>> import tempfile, os
+    >>> root = tempfile.mkdtemp(); os.makedirs(os.path.join(root, "train"))
+    >>> data_kind("cifar10_subset.npz"), data_kind(root), data_kind("data")
+    ('npz', 'imagefolder', 'cifar-folder')
+    """
+    path = Path(path)
+    if path.suffix.lower() == ".npz":
+        return "npz"
+    if path.is_dir() and (path / "train").is_dir():
+        return "imagefolder"
+    return "cifar-folder"
+
+
+def make_loaders(path: str | os.PathLike, *, image_size: int | None = None, dataset: str = "cifar10",
+                 download: bool = False, **kwargs) -> tuple[DataLoader, DataLoader]:
+    """``(train_loader, val_loader)`` for whatever ``path`` holds (:func:`data_kind`): an ``.npz`` or a
+    CIFAR folder through :func:`cifar_loaders` (``dataset``, ``download``), an ImageFolder tree through
+    :func:`imagefolder_loaders` (``image_size``, default 224). The other keyword arguments
+    (``batch_size``, ``num_workers``, ``cutout``, ``limit``, ``device``, ``seed``) go to either.
+    ``image_size`` with CIFAR data is an error (CIFAR is 32×32).
+
+    >>> import os, tempfile
+    >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
+    >>> imgs = np.zeros((4, 32, 32, 3), np.uint8)
+    >>> np.savez(path, x_train=imgs, y_train=np.arange(4), x_test=imgs, y_test=np.arange(4))
+    >>> train, _ = make_loaders(path, batch_size=2, num_workers=0)
+    >>> type(train.dataset).__name__
+    'NpzDataset'
+    """
+    kind = data_kind(path)
+    if kind == "imagefolder":
+        return imagefolder_loaders(path, image_size=224 if image_size is None else image_size, **kwargs)
+    if image_size is not None and image_size != 32:
+        raise FxswapError(f"image_size={image_size} applies to an ImageFolder tree ({IMAGEFOLDER_LAYOUT}); "
+                          f"{path} is CIFAR data ({'.npz' if kind == 'npz' else 'torchvision folder'}), 32×32 images")
+    return cifar_loaders(path, dataset=dataset, download=download, **kwargs)

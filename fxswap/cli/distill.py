@@ -1,17 +1,28 @@
-"""``fxswap distill``: train a cheapened (or named) student from a teacher on CIFAR.
+"""``fxswap distill``: train a cheapened (or named) student from a teacher on CIFAR or an ImageFolder tree.
 
     fxswap distill --teacher wrn-40-2 --student "G(N/4)" --method at --data cifar10.npz \\
-                   --teacher-checkpoint wrn40x2.pt --epochs 200 --out runs/g4
+                   --teacher-checkpoint wrn40x2.pt --epochs 200 --out runs/g4 --csv runs/g4.csv
+    fxswap distill --teacher timm:resnet18 --student "G(N/4)" --data flowers/ --image-size 160 ...
 
 ``--student`` is a block spec or plan (the student is ``fxswap.cheapen(teacher,
 spec, reinit=True)``, trained from scratch as in the papers) or a model name
-(``wrn-16-2``). ``--data`` is an ``.npz`` (``x_train, y_train, x_test, y_test``)
-or a torchvision CIFAR folder, see :func:`fxswap.data.cifar_loaders`. Without
+(``wrn-16-2``). ``--data`` is an ``.npz`` (``x_train, y_train, x_test, y_test``),
+a torchvision CIFAR folder (:func:`fxswap.data.cifar_loaders`), or an
+ImageFolder tree ``DIR/train/<class>/<image>``, ``DIR/val/<class>/<image>``
+resized and cropped to ``--image-size`` (default 224) and normalised with
+ImageNet's mean/std (:func:`fxswap.data.imagefolder_loaders`). Without
 ``--teacher-checkpoint`` the teacher is untrained (a warning says so) unless
 ``--train-teacher-epochs K`` trains it first with :func:`fxswap.train`.
 With ``--out DIR`` the teacher's run goes to ``DIR/teacher`` and the student's to
 ``DIR/student`` (``history.jsonl``, ``checkpoint.pt`` every epoch,
-``student.pt``); ``--resume`` continues both where they stopped.
+``student.pt``); ``--resume`` continues both where they stopped. At the end
+``DIR/student.pt`` holds the student with the record that rebuilds it
+(``fxswap.load_student("DIR/student.pt")``; ``fxswap export`` reads it).
+``--csv FILE`` logs one row per epoch (``fxswap.distillation.callbacks.CSVLogger``:
+epoch, stage, lr, the loss terms, validation loss/accuracy, seconds);
+``--tensorboard LOGDIR`` writes TensorBoard scalars (``pip install tensorboard``).
+From Python, ``fit``/``distill`` take ``callbacks=[...]``, W&B included
+(:mod:`fxswap.distillation.callbacks`).
 
 >>> from fxswap.cli.main import build_parser
 >>> args = build_parser().parse_args(["distill", "--teacher", "wrn-40-2", "--student", "G(N/4)", "--data", "c.npz"])
@@ -49,8 +60,12 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
                         "name (wrn-16-2)")
     p.add_argument("--method", default="at",
                    help=f"{', '.join(list(METHODS) + ['lit'])}, or a JSON losses dict (default: at)")
-    p.add_argument("--data", required=True, help=".npz file or torchvision CIFAR folder")
-    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"])
+    p.add_argument("--data", required=True,
+                   help=".npz file, torchvision CIFAR folder, or ImageFolder tree (DIR/train/<class>/*.png, "
+                        "DIR/val/<class>/*.png)")
+    p.add_argument("--dataset", default="cifar10", choices=["cifar10", "cifar100"], help="CIFAR data only")
+    p.add_argument("--image-size", type=positive_int, default=None,
+                   help="ImageFolder data: the side of the square crop (default 224)")
     p.add_argument("--epochs", type=positive_int, default=None, help="default: the preset's (paper's) epochs")
     p.add_argument("--finetune-epochs", type=non_negative_int, default=None,
                    help="LIT's KD fine-tune stage (default 75/175 of --epochs)")
@@ -66,7 +81,11 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--train-teacher-epochs", type=non_negative_int, default=0,
                    help="without --teacher-checkpoint, first train the teacher this many epochs")
     p.add_argument("--teacher-preset", default="moonshine", choices=sorted(PRESETS))
-    p.add_argument("--out", default=None, help="folder for histories and checkpoints")
+    p.add_argument("--out", default=None,
+                   help="folder for histories, checkpoints and the self-describing student.pt")
+    p.add_argument("--csv", default=None, metavar="FILE", help="log one CSV row per epoch of the student's run to FILE")
+    p.add_argument("--tensorboard", default=None, metavar="LOGDIR",
+                   help="log the student's run as TensorBoard scalars to LOGDIR (needs: pip install tensorboard)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
@@ -153,9 +172,50 @@ def _teacher_weights(args, teacher, train_loader, val_loader, out, common) -> No
               "(random weights), so distillation transfers noise", file=sys.stderr)
 
 
+def _callbacks(args) -> list:
+    """``--csv`` and ``--tensorboard`` as fit callbacks (TensorBoard's package is checked before any work)."""
+    from ..distillation.callbacks import CSVLogger, TensorBoardLogger
+
+    check_writable(args.csv, "--csv")
+    callbacks: list = [CSVLogger(args.csv)] if args.csv else []
+    if args.tensorboard:
+        check_writable(args.tensorboard, "--tensorboard", is_file=False)
+        tb = TensorBoardLogger(args.tensorboard)
+        _ = tb.writer  # a missing tensorboard package is reported now, not after the first epoch
+        callbacks.append(tb)
+    return callbacks
+
+
+_DATA_KINDS = {"npz": ".npz", "imagefolder": "ImageFolder", "cifar-folder": "torchvision CIFAR folder"}
+
+
+def _save_student(args, student: nn.Module, num_classes: int, image_size: int, out: Path) -> Path | None:
+    """``DIR/student.pt`` in :func:`fxswap.save_student`'s format; None (with a note) when the student
+    cannot describe itself (a named student model without residual blocks)."""
+    from ..student_io import save_student
+
+    plan, model = load_plan(args.student, "--student"), args.teacher
+    if isinstance(plan, str):
+        try:
+            from ..spec import parse_spec
+
+            parse_spec(plan)
+        except SpecError:  # a model name: the student is that model, unchanged ("S" everywhere)
+            plan, model = "S", args.student
+    path = out / "student.pt"
+    try:
+        with forwarded_warnings():
+            save_student(student, path, model=model, plan=plan, input_shape=(3, image_size, image_size),
+                         num_classes=num_classes)
+    except FxswapError as exc:
+        echo(f"note: {path} not written ({exc}); the weights alone are in {out / 'student'}")
+        return None
+    return path
+
+
 def run_distill(args: argparse.Namespace) -> int:
     """Run ``fxswap distill`` with parsed ``args``; prints the history table; returns the exit code."""
-    from ..data import cifar_loaders
+    from ..data import data_kind, make_loaders
     from ..distillation import distill, evaluate, format_history
     from ..distillation.checkpoint import STUDENT
     from ..distillation.presets import get_preset
@@ -169,22 +229,26 @@ def run_distill(args: argparse.Namespace) -> int:
     out = Path(args.out) if args.out else None
     device = _device(args.device)
 
-    train_loader, val_loader = cifar_loaders(args.data, batch_size=args.batch_size, num_workers=args.workers,
-                                             cutout=args.cutout, dataset=args.dataset, limit=args.limit,
-                                             device=device, seed=args.seed)
+    callbacks = _callbacks(args)
+    kind = data_kind(args.data)
+    train_loader, val_loader = make_loaders(args.data, image_size=args.image_size, dataset=args.dataset,
+                                            batch_size=args.batch_size, num_workers=args.workers,
+                                            cutout=args.cutout, limit=args.limit, device=device, seed=args.seed)
+    image_size = (args.image_size or 224) if kind == "imagefolder" else 32
     num_classes = train_loader.dataset.num_classes
     torch.manual_seed(args.seed)
     teacher = load_model(args.teacher, num_classes, "--teacher")
     with forwarded_warnings():
         student, how = build_student(teacher, args.student, num_classes)
-    echo(f"data: {args.data}: {len(train_loader.dataset)} train / {len(val_loader.dataset)} val images, "
-         f"{num_classes} classes; device {device}")
+    echo(f"data: {args.data} ({_DATA_KINDS[kind]}, {image_size}x{image_size}): {len(train_loader.dataset)} train / "
+         f"{len(val_loader.dataset)} val images, {num_classes} classes; device {device}")
     echo(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
     echo(f"student: {how}, {_params(student):,} parameters ({_params(student) / _params(teacher):.1%} of the teacher)")
 
     common = dict(device=device, amp=args.amp, seed=args.seed, progress=args.progress, resume=args.resume,
                   on_epoch=None if args.progress else _print_epoch)
     _teacher_weights(args, teacher, train_loader, val_loader, out, common)
+    common["callbacks"] = callbacks  # the student's run only
     t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
     echo(f"teacher val: loss {t_eval['loss']:.4f}, acc {100 * t_eval['acc']:.2f}%")
 
@@ -193,9 +257,18 @@ def run_distill(args: argparse.Namespace) -> int:
     history = distill(teacher, student, train_loader, val_loader, method=method, epochs=epochs,
                       finetune_epochs=args.finetune_epochs, preset=preset, lr=args.lr,
                       out_dir=out / "student" if out else None, **common)
+    for cb in callbacks:
+        cb.close()
     echo(format_history(history))
+    if args.csv:
+        echo(f"per-epoch log: {args.csv}")
     if out:
-        echo(f"history and checkpoints in {out / 'student'}; the student's weights in {out / 'student' / STUDENT}")
+        saved = _save_student(args, student, num_classes, image_size, out)
+        if saved is not None:
+            echo(f"history and checkpoints in {out / 'student'}; fxswap.load_student rebuilds the student from "
+                 f"the student's weights in {saved}")
+        else:
+            echo(f"history and checkpoints in {out / 'student'}; the student's weights in {out / 'student' / STUDENT}")
     return 0
 
 

@@ -13,12 +13,12 @@ import os
 import sys
 
 from ..errors import FxswapError
-from . import cheapen, distill, search, ship
+from . import cheapen, distill, plot, search, ship
 from .common import CliParser, model_parent
 
 __all__ = ["main", "build_parser"]
 
-COMMAND_GROUPS = (cheapen, search, distill, ship)
+COMMAND_GROUPS = (cheapen, search, distill, ship, plot)
 
 
 def build_parser() -> CliParser:

@@ -1,6 +1,7 @@
 """Distillation: loss terms (:mod:`.terms`), the :class:`Distiller` that composes them, LIT
-(:mod:`.lit`), FitNets' hint stage (:mod:`.fitnets`), the epoch loop (:mod:`.loop`), evaluation,
-checkpoints, histories and the method recipes (:mod:`.recipes`)."""
+(:mod:`.lit`), FitNets' hint stage (:mod:`.fitnets`), the epoch loop (:mod:`.loop`) and its logging hooks
+(:mod:`.callbacks`), evaluation, checkpoints, histories and the method recipes (:mod:`.recipes`)."""
+from .callbacks import Callback, CSVLogger, TensorBoardLogger, WandbLogger
 from .checkpoint import load_checkpoint
 from .distiller import Distiller
 from .evaluation import evaluate
@@ -12,4 +13,5 @@ from .recipes import METHODS, distill, fitnets_two_stage, train
 from .terms import Term, register_term
 
 __all__ = ["Distiller", "LITDistiller", "stage_points", "fit", "distill", "train", "evaluate", "METHODS",
-           "load_checkpoint", "format_history", "Term", "register_term", "HintStage", "fitnets_two_stage"]
+           "load_checkpoint", "format_history", "Term", "register_term", "HintStage", "fitnets_two_stage",
+           "Callback", "CSVLogger", "TensorBoardLogger", "WandbLogger"]

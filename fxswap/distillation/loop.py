@@ -49,8 +49,8 @@ import math
 import os
 import time
 import warnings
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +60,7 @@ from torch.utils.data import DataLoader
 
 from ..errors import DistillError, FxswapError
 from ..seeding import epoch_seed, reseed, rng_state, set_rng_state
+from .callbacks import CallbackList
 from .checkpoint import CHECKPOINT, FORMAT, HISTORY, STUDENT, atomic_write, load_checkpoint, non_finite, \
     save_checkpoint, write_history
 from .evaluation import autocast_dtype, evaluate, resolve_device, to_device
@@ -94,6 +95,7 @@ class _Run:
     log_every: int
     stage: str | None
     on_epoch: Callable[[dict], None] | None
+    callbacks: CallbackList = field(default_factory=lambda: CallbackList(None))
 
 
 def _student_of(distiller: nn.Module) -> nn.Module:
@@ -290,11 +292,17 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
             if isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[0] == n:
                 correct += (logits.argmax(1) == y).sum()
                 counted += n
-            if run.progress and (step % run.log_every == 0 or step == run.steps - 1):
-                post = {"loss": f"{meter.means()['loss']:.4f}"}
-                if counted:
-                    post["acc"] = f"{int(correct) / counted:.3f}"
-                bar.set_postfix(post, refresh=False)
+            reporting = run.progress or run.callbacks.log_steps
+            if reporting and (step % run.log_every == 0 or step == run.steps - 1):
+                means = meter.means()  # the one sync of a logging interval, shared by the bar and the callbacks
+                if run.progress:
+                    post = {"loss": f"{means['loss']:.4f}"}
+                    if counted:
+                        post["acc"] = f"{int(correct) / counted:.3f}"
+                    bar.set_postfix(post, refresh=False)
+                if run.callbacks.log_steps:
+                    run.callbacks.train_log({"epoch": epoch + 1, "step": step + 1,
+                                             "global_step": epoch * run.steps + step + 1, "means": means})
     return meter.means(), (int(correct) / counted if counted else None)
 
 
@@ -355,6 +363,7 @@ def fit(
     log_every: int = 20,
     stage: str | None = None,
     on_epoch: Callable[[dict], None] | None = None,
+    callbacks: Sequence[Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Train ``distiller`` for ``epochs`` epochs; returns the history (one dict per epoch).
 
@@ -377,7 +386,11 @@ def fit(
     ``seed``: every epoch is reseeded from ``(seed, epoch)``. ``progress``: a
     tqdm bar per epoch, its running loss/accuracy refreshed every ``log_every``
     steps. ``stage``: a label stored in each history row (e.g. ``"lit"``).
-    ``on_epoch(row)``: called with each new history row.
+    ``on_epoch(row)``: called with each new history row. ``callbacks``: logging
+    hooks (:mod:`.callbacks`: ``CSVLogger(path)``, ``TensorBoardLogger``,
+    ``WandbLogger`` or a :class:`~.callbacks.Callback` of your own), called at
+    the start, every ``log_every`` steps (those that ask), after each epoch and
+    at the end.
 
     Each history row has ``epoch`` (1-based), ``lr`` (at the epoch's start),
     ``train_loss``, ``train_<term>`` for every logged term, ``train_acc`` (if
@@ -394,10 +407,15 @@ def fit(
     >>> [h["epoch"] for h in hist], files
     ([1, 2], ['checkpoint.pt', 'history.jsonl', 'student.pt'])
     """
+    hooks = CallbackList(callbacks)  # checked before any work
     run = _setup(distiller, train_loader, val_loader, epochs=epochs, preset=preset, lr=lr, device=device, amp=amp,
                  amp_dtype=amp_dtype, out_dir=out_dir, seed=seed, progress=progress, log_every=log_every,
                  stage=stage, on_epoch=on_epoch)
+    run.callbacks = hooks
     start, history = _resume(run) if resume else (0, [])
+    hooks.fit_start({"epochs": run.epochs, "steps_per_epoch": run.steps, "preset": run.preset.name, "lr": run.lr,
+                     "seed": run.seed, "device": str(run.device), "stage": run.stage,
+                     "out_dir": None if run.out is None else str(run.out), "history": list(history)})
     if run.out is not None:
         write_history(run.out / HISTORY, history)
     was_training = distiller.training
@@ -417,7 +435,9 @@ def fit(
             tqdm.write(epoch_summary(row, run.epochs))
         if run.on_epoch is not None:
             run.on_epoch(row)
+        hooks.epoch_end(dict(row))  # a copy: a callback cannot change the history
     if run.out is not None:
         atomic_write(run.out / STUDENT, lambda f: torch.save(run.student.state_dict(), f))
     distiller.train(was_training)
+    hooks.fit_end(history)
     return history
