@@ -1,6 +1,6 @@
 """The seeds' findings, re-run with fxswap's public API: one sub-command per paper, ``--scale ci|cpu|gpu|paper``.
 
-Sub-commands (``all`` runs every one, sharing one teacher):
+Sub-commands (``all`` runs every one, sharing one teacher; several may be named, e.g. ``lit srrl``):
 
 * ``moonshine`` (seed 000, Table 3): cheap-block students ``G(N/4)``, ``B(2)``,
   ``BG(2,M/8)`` of the teacher and a reduced-depth/width WRN of similar size,
@@ -695,7 +695,8 @@ def run(experiments, args) -> dict:
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("experiment", choices=[*EXPERIMENTS, "all", "prepare-data"])
+    ap.add_argument("experiment", nargs="+", choices=[*EXPERIMENTS, "all", "prepare-data"],
+                    help="one or more experiments, sharing one teacher and one process pool")
     ap.add_argument("--scale", choices=list(SCALES), default="ci")
     ap.add_argument("--data", help=".npz with x_train, y_train, x_test, y_test (not for ci)")
     ap.add_argument("--out", default="runs/fidelity")
@@ -711,10 +712,10 @@ def main(argv=None):
                     "overrides the scale's)")
     ap.add_argument("--test-images", type=int, help="test images kept (prepare-data: default 3000)")
     args = ap.parse_args(argv)
-    if args.experiment == "prepare-data":
+    if "prepare-data" in args.experiment:
         prepare_data(Path(args.data), Path(args.out), args.train_images or 15000, args.test_images or 3000)
         return None
-    experiments = list(EXPERIMENTS) if args.experiment == "all" else [args.experiment]
+    experiments = list(EXPERIMENTS) if "all" in args.experiment else list(dict.fromkeys(args.experiment))
     return run(experiments, args)
 
 
