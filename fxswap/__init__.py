@@ -8,9 +8,9 @@
 from . import data, losses, models
 from .accounting import compare, count
 from .blocks import Block, find_blocks
-from .blockswap import BlockSwapResult, blockswap
-from .distillation import Distiller, LITDistiller
-from .distillation import distill, fit, train
+from .blockswap import PAPER_CANDIDATES, REFERENCE_CANDIDATES, BlockSwapResult, blockswap, candidate_specs
+from .distillation import Distiller, HintStage, LITDistiller
+from .distillation import distill, fit, fitnets_two_stage, train
 from .errors import BudgetError, DistillError, FxswapError, NoBlocksError, SpecError, TraceError
 from .fisher import fisher_potential, sensitivity
 from .probes import probe
@@ -43,5 +43,7 @@ __all__ = [
 # shipping
 __all__ += ["latency", "LatencyReport", "Timing", "BlockLatency", "cheapen_part", "save_student", "load_student",
             "read_record", "export", "ExportResult"]
+# the papers' procedures: BlockSwap's candidate sets, FitNets' two stages
+__all__ += ["PAPER_CANDIDATES", "REFERENCE_CANDIDATES", "candidate_specs", "HintStage", "fitnets_two_stage"]
 # extras
 __all__ += ["plotting", "Callback", "CSVLogger", "TensorBoardLogger", "WandbLogger"]

@@ -160,3 +160,47 @@ def test_distill_no_progress_prints_each_epoch_and_lit_reports_the_real_path(tmp
     assert "lit epoch 1" in text
     reported = text.strip().splitlines()[-1].split("the student's weights in ")[-1]
     assert os.path.isfile(reported), reported
+
+
+class _Stop(Exception):
+    """Raised by a stand-in to end a CLI run once what it was called with is known."""
+
+
+@pytest.mark.parametrize("extra, batch, cutout", [
+    ([], 128, 0),                                              # moonshine: the papers' 128, no Cutout
+    (["--method", "lit"], 32, 0),                              # LIT's preset trains at batch 32
+    (["--preset", "blockswap"], 128, 16),                      # BlockSwap's reference uses Cutout 16
+    (["--preset", "blockswap", "--batch-size", "8", "--cutout", "0"], 8, 0),  # what the user asks wins
+])
+def test_distill_takes_batch_and_cutout_from_the_preset(extra, batch, cutout, monkeypatch, tiny_npz):
+    import fxswap.data
+
+    seen = {}
+
+    def loaders(*args, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(fxswap.data, "make_loaders", loaders)
+    argv = [a for a in DISTILL if a not in ("--batch-size", "8")] + ["--data", tiny_npz, *extra]
+    assert main(argv) == 1  # the stand-in's _Stop, reported as any other failure
+    assert (seen["batch_size"], seen["cutout"]) == (batch, cutout)
+
+
+def test_train_stem_and_head_reaches_lit_and_is_refused_elsewhere(monkeypatch, capsys, tiny_npz):
+    import fxswap.distillation
+
+    seen = {}
+
+    def distill(*args, **kwargs):
+        seen.update(kwargs)
+        raise _Stop
+
+    monkeypatch.setattr(fxswap.distillation, "distill", distill)
+    assert main(DISTILL + ["--data", tiny_npz, "--method", "lit", "--train-stem-and-head"]) == 1
+    assert seen["method"] == "lit" and seen["train_stem_and_head"] is True
+    seen.clear()
+    assert main(DISTILL + ["--data", tiny_npz, "--method", "lit"]) == 1
+    assert seen["train_stem_and_head"] is False  # the reference's frozen stem and head by default
+    assert main(DISTILL + ["--data", tiny_npz, "--method", "at", "--train-stem-and-head"]) == 2
+    assert "applies to --method lit only" in capsys.readouterr().err

@@ -26,8 +26,8 @@ From Python, ``fit``/``distill`` take ``callbacks=[...]``, W&B included
 
 >>> from fxswap.cli.main import build_parser
 >>> args = build_parser().parse_args(["distill", "--teacher", "wrn-40-2", "--student", "G(N/4)", "--data", "c.npz"])
->>> args.method, args.batch_size, args.epochs
-('at', 128, None)
+>>> args.method, args.batch_size, args.cutout, args.epochs   # None: the preset's
+('at', None, None, None)
 """
 from __future__ import annotations
 
@@ -69,13 +69,18 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--epochs", type=positive_int, default=None, help="default: the preset's (paper's) epochs")
     p.add_argument("--finetune-epochs", type=non_negative_int, default=None,
                    help="LIT's KD fine-tune stage (default 75/175 of --epochs)")
-    p.add_argument("--batch-size", type=positive_int, default=128)
+    p.add_argument("--batch-size", type=positive_int, default=None,
+                   help="default: the preset's (128; LIT's 32)")
     p.add_argument("--limit", type=positive_int, default=None, help="use the first N images of each split")
-    p.add_argument("--cutout", type=non_negative_int, default=0, help="Cutout size (BlockSwap uses 16); 0 = off")
+    p.add_argument("--cutout", type=non_negative_int, default=None,
+                   help="Cutout size; 0 = off (default: the preset's: 16 for blockswap, else off)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="data-loading worker processes")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="optimiser + lr schedule (default: moonshine; lit for --method lit)")
     p.add_argument("--lr", type=positive_float, default=None, help="initial lr (default: the preset's)")
+    p.add_argument("--train-stem-and-head", action="store_true",
+                   help="--method lit: train the student's own stem and classifier (default, as lit-code: the "
+                        "teacher's are copied in and frozen)")
     p.add_argument("--teacher-checkpoint", default=None,
                    help="teacher weights: a state_dict, or a dict with 'student'/'model'/'state_dict'")
     p.add_argument("--train-teacher-epochs", type=non_negative_int, default=0,
@@ -225,15 +230,21 @@ def run_distill(args: argparse.Namespace) -> int:
     check_writable(args.out, "--out", is_file=False)  # a run folder, made if missing
     method = _method(args.method)
     preset = args.preset or ("lit" if method == "lit" else "moonshine")
-    epochs = args.epochs if args.epochs is not None else get_preset(preset).paper_epochs
+    if args.train_stem_and_head and method != "lit":
+        raise FxswapError(f"--train-stem-and-head applies to --method lit only (got --method {args.method})")
+    chosen = get_preset(preset)
+    epochs = args.epochs if args.epochs is not None else chosen.paper_epochs
+    # the preset is the paper's recipe: its batch and Cutout come with it unless asked otherwise
+    batch_size = args.batch_size if args.batch_size is not None else chosen.batch_size
+    cutout = args.cutout if args.cutout is not None else chosen.cutout
     out = Path(args.out) if args.out else None
     device = _device(args.device)
 
     callbacks = _callbacks(args)
     kind = data_kind(args.data)
     train_loader, val_loader = make_loaders(args.data, image_size=args.image_size, dataset=args.dataset,
-                                            batch_size=args.batch_size, num_workers=args.workers,
-                                            cutout=args.cutout, limit=args.limit, device=device, seed=args.seed)
+                                            batch_size=batch_size, num_workers=args.workers,
+                                            cutout=cutout, limit=args.limit, device=device, seed=args.seed)
     image_size = (args.image_size or 224) if kind == "imagefolder" else 32
     num_classes = train_loader.dataset.num_classes
     torch.manual_seed(args.seed)
@@ -253,7 +264,10 @@ def run_distill(args: argparse.Namespace) -> int:
     echo(f"teacher val: loss {t_eval['loss']:.4f}, acc {100 * t_eval['acc']:.2f}%")
 
     label = method if isinstance(method, str) else json.dumps(method)
-    echo(f"distilling with {label} for {epochs} epoch(s), preset {preset}")
+    echo(f"distilling with {label} for {epochs} epoch(s), preset {preset} (batch {batch_size}, "
+         f"Cutout {cutout or 'off'})")
+    if method == "lit":
+        common["train_stem_and_head"] = args.train_stem_and_head
     history = distill(teacher, student, train_loader, val_loader, method=method, epochs=epochs,
                       finetune_epochs=args.finetune_epochs, preset=preset, lr=args.lr,
                       out_dir=out / "student" if out else None, **common)
