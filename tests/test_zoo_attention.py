@@ -196,3 +196,46 @@ def test_torchvision_swin_attention_is_a_block_and_identity_removes_it(v2):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         assert n_params(fxswap.cheapen(model, "B(2)", example_input=x)) < n_params(model)
+
+
+class Mixer(nn.Module):
+    """Attention by its code, not its name (as timm's GPSA / LiteMLA): ``@`` and a softmax."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.qk = nn.Parameter(torch.randn(dim, dim) / dim)
+
+    def forward(self, x):
+        return torch.softmax(x @ self.qk @ x.transpose(-2, -1), dim=-1) @ x
+
+
+class Scale(nn.Module):
+    """A leaf with weights that computes no attention."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.gamma = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x):
+        return x * self.gamma
+
+
+@pytest.mark.parametrize("unit, kind", [(Mixer, "attention"), (Scale, "other")])
+def test_kind_of_an_opaque_unit_comes_from_its_code(unit, kind):
+    model = Tokens(unit, depth=1).eval()
+    blocks = fxswap.find_blocks(model, leaf_modules=(unit,))
+    assert [b.kind for b in blocks] == [kind, "mlp"]
+    student = fxswap.cheapen(model, {"blocks.0.add": "I"}, leaf_modules=(unit,), example_input=torch.randn(1, 3, 8, 8))
+    assert n_params(student) == n_params(model) - n_params(model.blocks[0].attn) - n_params(model.blocks[0].norm1)
+
+
+def test_torchvision_vit_multihead_attention_is_a_block():
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=32, patch_size=16, num_layers=2, num_heads=2, hidden_dim=32, mlp_dim=64).eval()
+    blocks = fxswap.find_blocks(model)
+    # each EncoderBlock: input + dropout(self_attention(ln_1(input))), then the same around its MLP
+    assert [b.kind for b in blocks] == ["attention", "mlp"] * 2
+    student = fxswap.cheapen(model, {"encoder.layers.*.add": "I"}, example_input=torch.randn(1, 3, 32, 32))
+    layers = list(model.encoder.layers)
+    assert n_params(student) == n_params(model) - sum(n_params(l.self_attention) + n_params(l.ln_1) for l in layers)
