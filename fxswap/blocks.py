@@ -2,7 +2,8 @@
 
 A residual block is an ``add`` whose two operands meet at a common ancestor
 (the block input), with at least one convolution or ``nn.Linear`` between that
-ancestor and the add. The operand path with the mixers is the *branch*; the
+ancestor and the add (or, on a branch with neither, an opaque leaf module with
+weights: Swin's or timm's not-traceable attention, ``nn.MultiheadAttention``). The operand path with the mixers is the *branch*; the
 other is the *shortcut* (identity when it is the block input itself). Matching
 is by role, not by module class: any ``nn.Conv2d`` (or ``F.conv2d``) is a
 convolution, any batch/group/layer norm a normalisation, so timm's fused
@@ -57,8 +58,8 @@ KINDS = {
     "inverted": "1×1 expand, depthwise k×k, 1×1 project (MobileNetV2, MBConv, optional SE)",
     "mixer": "depthwise or partial spatial conv, then a pointwise MLP (ConvNeXt, FasterNet, MetaFormer)",
     "mlp": "pointwise layers only: Linear/1×1 - act - Linear/1×1 (a transformer's MLP)",
-    "attention": "self-attention (Linear/1×1 projections, matmul or softmax)",
-    "other": "any other branch with convolutions (multi-branch, nested adds)",
+    "attention": "self-attention (Linear/1×1 projections, matmul or softmax; or one opaque attention module)",
+    "other": "any other branch with convolutions (multi-branch, nested adds) or one opaque module with weights",
 }
 
 _ATTENTION_FUNCTIONS = (F.scaled_dot_product_attention, torch.matmul, torch.bmm, torch.softmax, F.softmax,
