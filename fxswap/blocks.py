@@ -168,11 +168,32 @@ def _analyse_opaque_add(view: GraphView, add: fx.Node, src: int, paths: list[int
     """An add whose branch's only layers are opaque units (:meth:`GraphView.is_unit`: a leaf attention module,
     torchvision Swin's ``ShiftedWindowAttention``): a residual when one operand has units and the other none,
     on maps or tokens (not pooled features)."""
-    units = [[n for n in view.members(p) if view.is_unit(n)] for p in paths]
+    units = [[n for n in view.members(p) if view.is_unit(n) and _reads_data(view, n, src, p)] for p in paths]
     if bool(units[0]) == bool(units[1]) or view.scale[view.index[add]] in (None, float("inf")):
         return None
     k = 0 if units[0] else 1
     return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), units[k], k
+
+
+def _reads_data(view: GraphView, unit: fx.Node, src: int, path: int) -> bool:
+    """Whether ``unit`` takes a tensor from the block input, not only sizes read off it (a positional encoding
+    built from ``x.shape`` is no branch of ``x``)."""
+    inputs = [i for i in unit.all_input_nodes if view.index[i] == src or path >> view.index[i] & 1]
+    return any(not _is_size(i) for i in inputs)
+
+
+_SIZE_ARITHMETIC = (operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, operator.truediv)
+
+
+def _is_size(n: fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.dim()`` and integers computed from them."""
+    if n.op == "call_function" and n.target is getattr:
+        return n.args[1] in ("shape", "ndim")
+    if n.op == "call_method":
+        return n.target in ("size", "dim")
+    if n.op == "call_function" and n.target in _SIZE_ARITHMETIC:
+        return bool(n.all_input_nodes) and all(_is_size(i) for i in n.all_input_nodes)
+    return False
 
 
 def _layer_of(module: nn.Module | None, last: bool = False) -> nn.Module | None:

@@ -239,3 +239,31 @@ def test_torchvision_vit_multihead_attention_is_a_block():
     student = fxswap.cheapen(model, {"encoder.layers.*.add": "I"}, example_input=torch.randn(1, 3, 32, 32))
     layers = list(model.encoder.layers)
     assert n_params(student) == n_params(model) - sum(n_params(l.self_attention) + n_params(l.ln_1) for l in layers)
+
+
+class PositionalEncoding(nn.Module):
+    """A leaf with weights fed only the sizes of its input (as timm's ``PositionalEncodingFourier``)."""
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.table = nn.Parameter(torch.randn(1, 64, dim))
+
+    def forward(self, b: int, n: int):
+        return self.table[:, :n].expand(b, -1, -1)
+
+
+class WithPositions(Tokens):
+    def __init__(self):
+        super().__init__(LeafAttention, depth=1)
+        self.pos = PositionalEncoding(16)
+
+    def forward(self, x):
+        x = self.embed(x).flatten(2).transpose(1, 2)
+        x = x + self.pos(x.shape[0], x.shape[1])
+        return self.head(self.blocks(x).mean(1))
+
+
+def test_a_leaf_fed_only_the_input_sizes_is_no_branch():
+    blocks = fxswap.find_blocks(WithPositions(), leaf_modules=(LeafAttention, PositionalEncoding))
+    # the positional encoding's add is not a residual of the tokens; the block's two adds are
+    assert [(b.name, b.kind) for b in blocks] == [("blocks.0.add", "attention"), ("blocks.0.add_1", "mlp")]
