@@ -267,3 +267,10 @@ def test_a_leaf_fed_only_the_input_sizes_is_no_branch():
     blocks = fxswap.find_blocks(WithPositions(), leaf_modules=(LeafAttention, PositionalEncoding))
     # the positional encoding's add is not a residual of the tokens; the block's two adds are
     assert [(b.name, b.kind) for b in blocks] == [("blocks.0.add", "attention"), ("blocks.0.add_1", "mlp")]
+
+
+def test_count_attributes_each_of_two_adds_in_one_module_to_its_branch():
+    model = Tokens(WeightPassingAttention).eval()
+    rows = {b.name: b.params for b in fxswap.count(model, (3, 16, 16)).blocks}
+    first = model.blocks[0]
+    assert rows["blocks.0.add"] == n_params(first.attn) and rows["blocks.0.add_1"] == n_params(first.mlp)
