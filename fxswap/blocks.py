@@ -3,7 +3,8 @@
 A residual block is an ``add`` whose two operands meet at a common ancestor
 (the block input), with at least one convolution or ``nn.Linear`` between that
 ancestor and the add (or, on a branch with neither, an opaque leaf module with
-weights: Swin's or timm's not-traceable attention, ``nn.MultiheadAttention``). The operand path with the mixers is the *branch*; the
+weights: Swin's or timm's not-traceable attention, ``nn.MultiheadAttention``).
+The operand path with the mixers is the *branch*; the
 other is the *shortcut* (identity when it is the block input itself). Matching
 is by role, not by module class: any ``nn.Conv2d`` (or ``F.conv2d``) is a
 convolution, any batch/group/layer norm a normalisation, so timm's fused
