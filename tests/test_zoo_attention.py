@@ -14,6 +14,8 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from torch import nn
 
 import fxswap
@@ -168,9 +170,6 @@ def window_pad(x):
 torch.fx.wrap("window_pad")
 
 
-torchvision = pytest.importorskip("torchvision")
-
-
 def tiny_swin(v2: bool):
     from torchvision.models import swin_transformer as sw
 
@@ -274,3 +273,25 @@ def test_count_attributes_each_of_two_adds_in_one_module_to_its_branch():
     rows = {b.name: b.params for b in fxswap.count(model, (3, 16, 16)).blocks}
     first = model.blocks[0]
     assert rows["blocks.0.add"] == n_params(first.attn) and rows["blocks.0.add_1"] == n_params(first.mlp)
+
+
+@settings(max_examples=6, deadline=None)
+@given(heads=st.sampled_from([1, 2, 4]), per_head=st.sampled_from([2, 4]), depth=st.integers(1, 3),
+       removed=st.sets(st.integers(0, 2)), seed=st.integers(0, 2**16))
+def test_identity_on_any_opaque_attention_blocks_leaves_exactly_the_rest(heads, per_head, depth, removed, seed):
+    torch.manual_seed(seed)
+    dim = heads * per_head
+    model = Tokens(lambda d: WeightPassingAttention(d, heads), dim=dim, depth=depth).eval()
+    removed = sorted(i for i in removed if i < depth)
+    plan = {f"blocks.{i}.add": "I" for i in removed} or {"blocks.0.add": "S"}
+    x = torch.randn(2, 3, 8, 8)
+    student = fxswap.cheapen(model, plan, example_input=x).eval()
+    t = model.embed(x).flatten(2).transpose(1, 2)
+    for i, b in enumerate(model.blocks):
+        if i not in removed:
+            t = t + b.attn(b.norm1(t))
+        t = t + b.mlp(b.norm2(t))
+    with torch.no_grad():
+        torch.testing.assert_close(student(x), model.head(t.mean(1)))
+    assert n_params(model) - n_params(student) == sum(
+        n_params(model.blocks[i].attn) + n_params(model.blocks[i].norm1) for i in removed)
