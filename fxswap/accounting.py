@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .blocks import Block, find_blocks
+from .blocks import Block, common_path, find_blocks
 from .errors import FxswapError, NoBlocksError
 from .modes import kept_modes
 
@@ -252,13 +252,17 @@ def macs_by_module(model: nn.Module, input_shape: tuple[int, ...]) -> dict[str, 
         raise FxswapError(f"fvcore could not count MACs of {type(model).__name__} on input {tuple(x.shape)}: {exc}") from exc
 
 
-def _block_cost(model: nn.Module, name: str, macs: dict[str, int]) -> BlockCost:
+def _block_cost(model: nn.Module, block: Block, macs: dict[str, int]) -> BlockCost:
+    """The costs of the module named like the block; a block named by its add (two adds in one module: a
+    transformer's attention and MLP) costs the module holding its branch's layers (``blocks.0.attn``)."""
+    name = block.name
+    path = name if name in dict(model.named_modules()) or not block.convs else common_path(block.convs)
     try:
-        sub = model.get_submodule(name)
+        sub = model.get_submodule(path)
     except AttributeError:
         return BlockCost(name, 0, 0, 0)
     params = sum(p.numel() for p in sub.parameters())
-    return BlockCost(name, params, params + bn_running_stats(sub), int(macs.get(name, 0)))
+    return BlockCost(name, params, params + bn_running_stats(sub), int(macs.get(path, 0)))
 
 
 def _check_module(model, who: str) -> None:
@@ -301,7 +305,7 @@ def count(model: nn.Module, input_shape: tuple[int, ...], blocks: list[Block] | 
         params_bn=params + bn_running_stats(model),
         macs=int(macs.get("", 0)),
         input_shape=input_shape,
-        blocks=tuple(_block_cost(model, b.name, macs) for b in blocks if "." in b.name or b.name in dict(model.named_modules())),
+        blocks=tuple(_block_cost(model, b, macs) for b in blocks if "." in b.name or b.name in dict(model.named_modules())),
     )
 
 

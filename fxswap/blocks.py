@@ -2,7 +2,9 @@
 
 A residual block is an ``add`` whose two operands meet at a common ancestor
 (the block input), with at least one convolution or ``nn.Linear`` between that
-ancestor and the add. The operand path with the mixers is the *branch*; the
+ancestor and the add (or, on a branch with neither, an opaque leaf module with
+weights: Swin's or timm's not-traceable attention, ``nn.MultiheadAttention``).
+The operand path with the mixers is the *branch*; the
 other is the *shortcut* (identity when it is the block input itself). Matching
 is by role, not by module class: any ``nn.Conv2d`` (or ``F.conv2d``) is a
 convolution, any batch/group/layer norm a normalisation, so timm's fused
@@ -57,8 +59,8 @@ KINDS = {
     "inverted": "1×1 expand, depthwise k×k, 1×1 project (MobileNetV2, MBConv, optional SE)",
     "mixer": "depthwise or partial spatial conv, then a pointwise MLP (ConvNeXt, FasterNet, MetaFormer)",
     "mlp": "pointwise layers only: Linear/1×1 - act - Linear/1×1 (a transformer's MLP)",
-    "attention": "self-attention (Linear/1×1 projections, matmul or softmax)",
-    "other": "any other branch with convolutions (multi-branch, nested adds)",
+    "attention": "self-attention (Linear/1×1 projections, matmul or softmax; or one opaque attention module)",
+    "other": "any other branch with convolutions (multi-branch, nested adds) or one opaque module with weights",
 }
 
 _ATTENTION_FUNCTIONS = (F.scaled_dot_product_attention, torch.matmul, torch.bmm, torch.softmax, F.softmax,
@@ -150,7 +152,7 @@ def _analyse_add(view: GraphView, add: fx.Node):
     paths = [path_between(view, src, a), path_between(view, src, b)]
     mixers = [[n for n in view.members(p) if view.is_mixer(n)] for p in paths]
     if not mixers[0] and not mixers[1]:
-        return None
+        return _analyse_opaque_add(view, add, src, paths)
     # the branch has more mixers (ties: the longer path)
     k = max((0, 1), key=lambda i: (len(mixers[i]), bin(paths[i]).count("1")))
     convs = [n for n in mixers[k] if view.is_conv(n)]
@@ -161,6 +163,46 @@ def _analyse_add(view: GraphView, add: fx.Node):
             return None
         convs = mixers[k]
     return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), convs, k
+
+
+def _analyse_opaque_add(view: GraphView, add: fx.Node, src: int, paths: list[int]):
+    """An add whose branch's only layers are opaque units (:meth:`GraphView.is_unit`: a leaf attention module,
+    torchvision Swin's ``ShiftedWindowAttention``): a residual when one operand has units and the other none,
+    on maps or tokens (not pooled features)."""
+    units = [[n for n in view.members(p) if view.is_unit(n) and _reads_data(view, n, src, p)] for p in paths]
+    if bool(units[0]) == bool(units[1]) or view.scale[view.index[add]] in (None, float("inf")):
+        return None
+    k = 0 if units[0] else 1
+    return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), units[k], k
+
+
+def _reads_data(view: GraphView, unit: fx.Node, src: int, path: int) -> bool:
+    """Whether ``unit`` takes a tensor from the block input, not only sizes read off it (a positional encoding
+    built from ``x.shape`` is no branch of ``x``)."""
+    inputs = [i for i in unit.all_input_nodes if view.index[i] == src or path >> view.index[i] & 1]
+    return any(not _is_size(i) for i in inputs)
+
+
+_SIZE_ARITHMETIC = (operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, operator.truediv)
+
+
+def _is_size(n: fx.Node) -> bool:
+    """``x.shape``, ``x.size()``, ``x.dim()`` and integers computed from them."""
+    if n.op == "call_function" and n.target is getattr:
+        return n.args[1] in ("shape", "ndim")
+    if n.op == "call_method":
+        return n.target in ("size", "dim")
+    if n.op == "call_function" and n.target in _SIZE_ARITHMETIC:
+        return bool(n.all_input_nodes) and all(_is_size(i) for i in n.all_input_nodes)
+    return False
+
+
+def _layer_of(module: nn.Module | None, last: bool = False) -> nn.Module | None:
+    """The conv or Linear that reads (``last``: writes) a unit's channels: itself, else its first (last) one."""
+    if module is None or isinstance(module, (nn.Conv2d, nn.Linear)):
+        return module
+    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    return (layers[-1] if last else layers[0]) if layers else module
 
 
 def branch_operand(view: GraphView, add: fx.Node) -> int | None:
@@ -206,8 +248,32 @@ def _is_attention(view: GraphView, branch: list[fx.Node]) -> bool:
             return True
         if n.op == "call_method" and n.target in _ATTENTION_METHODS:
             return True
-        if n.op == "call_module" and "attn" in type(view.module(n)).__name__.lower():
+        if n.op == "call_module" and any(w in type(view.module(n)).__name__.lower() for w in ("attn", "attention")):
             return True
+        if view.is_unit(n) and _computes_attention(type(view.module(n))):
+            return True
+    return False
+
+
+_ATTENTION_NAMES = {"softmax", "matmul", "bmm", "baddbmm", "einsum", "scaled_dot_product_attention"}
+
+
+def _computes_attention(cls: type) -> bool:
+    """Whether an opaque unit's own code multiplies tensors or takes a softmax (timm's GPSA, LiteMLA): read from
+    the bytecode of the methods its classes define, since fx does not trace into it."""
+    import dis
+
+    for klass in cls.__mro__:
+        if klass.__module__.startswith("torch.") or klass is object:
+            continue
+        for fn in vars(klass).values():
+            code = getattr(fn, "__code__", None)
+            if code is None:
+                continue
+            if _ATTENTION_NAMES & set(code.co_names):
+                return True
+            if any(i.argrepr in ("@", "@=") for i in dis.get_instructions(code) if i.opname.startswith("BINARY")):
+                return True
     return False
 
 
@@ -298,12 +364,18 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
             region = region + [nxt]
     if problem is None and any(c.op != "call_module" for c in convs):
         problem = "its convolutions are functional calls (F.conv2d), not modules"
+    opaque = [c for c in convs if view.is_unit(c)]
+    if opaque:
+        unit = view.module(opaque[0])
+        problem = (f"its layer {opaque[0].target!r} ({type(unit).__name__}) is one opaque call that torch.fx "
+                   f"does not trace into, so no substitute can be built from its layers")
     if problem is None and region is not None and any(c not in set(region) for c in convs):
         problem = ("its convolutions run on parallel paths that are summed (a re-parameterisable multi-branch "
                    "block, RepVGG/MobileOne style), not one chain of layers that a substitute can replace")
     conv_mods = [view.module(n) for n in convs]
     mixer_mods = [view.module(n) for n in mixers]
-    first_mod, last_mod = view.module(first), view.module(last)
+    # an opaque unit's channels are those of the first / last conv or Linear inside it
+    first_mod, last_mod = _layer_of(view.module(first)), _layer_of(view.module(last), last=True)
     only_linear = all(isinstance(m, nn.Linear) for m in conv_mods)
     in_ch = getattr(first_mod, "in_channels", None) or getattr(first_mod, "in_features", 0)
     split_paths = [c for c in convs if entry is not None and c.args[0] is not entry and tensor_entry(c.args[0]) is entry]
@@ -357,7 +429,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
         shortcut="projection" if any(not isinstance(view.module(n), nn.Identity) for n in shortcut) else "identity",
         norm=norm, act=act_type.__name__ if act_type else None, kind=kind, width=width,
         add=add.meta["qualname"], first_conv=str(first.target),
-        last_conv=str(last_conv.target) if not only_linear else "",
+        last_conv=str(last_conv.target) if not (only_linear or opaque) else "",
         tail=str(tail.target) if tail.op == "call_module" else tail.meta["qualname"],
         tail_is_module=tail.op == "call_module", region_scope=region_scope, add_scope=add_scope, add_owner=scope_add,
         region_problem=problem, act_type=act_type,

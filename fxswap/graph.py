@@ -127,6 +127,18 @@ class GraphView:
     def is_mixer(self, n: fx.Node) -> bool:
         return self.is_conv(n) or isinstance(self.module(n), nn.Linear)
 
+    def is_unit(self, n: fx.Node) -> bool:
+        """An opaque layer: a leaf module with parameters that is no conv, Linear, norm or activation.
+
+        fx keeps such a module as one call (timm's not-traceable attention, ``nn.MultiheadAttention``, a
+        module handing its weights to a ``torch.fx.wrap``-ped function): fxswap cannot see its layers, but a
+        branch made of it is still a residual branch (``I`` removes it; no substitute can be built from it).
+        """
+        m = self.module(n)
+        if m is None or isinstance(m, (nn.Conv2d, nn.Linear)) or self.is_norm(n) or self.act_type(n) is not None:
+            return False
+        return next(m.parameters(), None) is not None
+
     def is_norm(self, n: fx.Node) -> bool:
         m = self.module(n)
         if m is not None:

@@ -1,6 +1,6 @@
 """Tracing models into torch.fx graphs that name nodes by module path.
 
-``trace`` is ``torch.fx.symbolic_trace`` with three additions:
+``trace`` is ``torch.fx.symbolic_trace`` with four additions:
 
 * timm's not-traceable modules and functions (``timm.layers.get_notrace_*``)
   are kept as leaves / wrapped calls, so timm models trace out of the box;
@@ -8,6 +8,9 @@
   (``layer2.0.conv1``, ``layer2.0.add`` for the residual add inside
   ``layer2.0``; repeats get ``_1``, ``_2``, as in torchvision's
   ``get_graph_node_names``);
+* a module that hands its own weights to a ``torch.fx.wrap``-ped function
+  (torchvision Swin's attention) is kept as a leaf: one unit, not bare weights
+  (:func:`weight_passing_modules`);
 * a failure raises :class:`fxswap.TraceError` naming the module being traced
   and the fix (``leaf_modules=``), instead of a stack trace from deep inside fx.
 
@@ -27,7 +30,8 @@ from torch import nn
 
 from .errors import TraceError
 
-__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "default_arguments", "callers"]
+__all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "default_arguments", "callers",
+           "weight_passing_modules"]
 
 
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
@@ -193,6 +197,11 @@ def trace(
     caches = _dict_attributes(model)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
+        units = weight_passing_modules(model, graph)
+        if units:  # traced again with each one a leaf: one call_module that find_blocks sees as a layer
+            _restore(caches)
+            tracer = FxswapTracer(tuple(leaf_modules) + units, tuple(autowrap_functions), _trace_paths)
+            graph = tracer.trace(model, concrete_args=concrete_args)
     except TraceError:
         raise
     except Exception as exc:  # fx raises many kinds; we add where and how to fix
@@ -213,6 +222,51 @@ def trace(
     gm = fx.GraphModule(tracer.root, graph, name)
     _assign_qualnames(gm)
     return gm
+
+
+def _is_fx_wrapped(fn) -> bool:
+    """Whether ``fn`` was registered with ``torch.fx.wrap`` (fx records a call to it, never traces into it)."""
+    try:
+        from torch.fx._symbolic_trace import _wrapped_fns_to_patch
+    except ImportError:  # a torch without the registry: no module is kept whole for this reason
+        return False
+    globs, name = getattr(fn, "__globals__", None), getattr(fn, "__name__", None)
+    return globs is not None and (id(globs), name) in _wrapped_fns_to_patch
+
+
+def weight_passing_modules(root: nn.Module, graph: fx.Graph) -> tuple[nn.Module, ...]:
+    """Submodules whose ``forward`` hands their own parameters to a ``torch.fx.wrap``-ped function.
+
+    torchvision's Swin attention calls ``shifted_window_attention(x, self.qkv.weight, self.proj.weight, ...)``,
+    a function fx records as one call: traced through, the module's layers become bare weights feeding an
+    opaque op, with no layer fxswap can recognise. Kept as a leaf, the module is one ``call_module`` unit,
+    which :func:`fxswap.find_blocks` counts as its branch's layer (so ``I`` can remove the branch). The model
+    itself is never one (its whole forward would be opaque).
+
+    >>> @torch.fx.wrap
+    ... def scaled_matmul(x, w):
+    ...     return x @ w * 0.5
+    >>> class Mix(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.w = nn.Parameter(torch.eye(4))
+    ...     def forward(self, x):
+    ...         return scaled_matmul(x, self.w)
+    >>> net = nn.Sequential(nn.Linear(4, 4), Mix())
+    >>> [type(m).__name__ for m in weight_passing_modules(net, fx.symbolic_trace(net).graph)]
+    ['Mix']
+    """
+    found: dict[str, nn.Module] = {}
+    for node in graph.nodes:
+        if node.op != "call_function" or not _is_fx_wrapped(node.target):
+            continue
+        scope = node_scope(node)
+        own = [a for a in node.all_input_nodes if a.op == "get_attr" and str(a.target).startswith(scope + ".")]
+        if scope and own and scope not in found:
+            found[scope] = root.get_submodule(scope)
+    # an inner unit inside an outer one is hidden by the outer leaf anyway
+    return tuple(m for path, m in found.items()
+                 if not any(path.startswith(other + ".") for other in found if other != path))
 
 
 def _keep_argument_names(graph: fx.Graph, concrete_args: dict) -> None:
