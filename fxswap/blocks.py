@@ -40,6 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import NoBlocksError
+from .match import BlockMatch, match_block
 from .graph import (
     GraphView, ancestry, common_path, is_add, is_cat, is_layout, path_between, region_from, tensor_entry,
 )
@@ -139,6 +140,8 @@ class Block:
     #: the k×k padding that keeps the region's output size (an int, or "same" where only an uneven pad
     #: does: a 2×2 conv after a ZeroPad2d); None when shapes are unknown (then k // 2)
     padding: int | str | None = field(default=None, repr=False)
+    #: the matched nodes (add, branch operand, region) that the rewrite replaces (:mod:`fxswap.match`)
+    match: BlockMatch | None = field(default=None, repr=False, compare=False)
 
 
 def _analyse_add(view: GraphView, add: fx.Node):
@@ -151,8 +154,10 @@ def _analyse_add(view: GraphView, add: fx.Node):
     mixers = [[n for n in view.members(p) if view.is_mixer(n)] for p in paths]
     if not mixers[0] and not mixers[1]:
         return None
-    # the branch has more mixers (ties: the longer path)
-    k = max((0, 1), key=lambda i: (len(mixers[i]), bin(paths[i]).count("1")))
+    # the branch has more mixers; on a tie, an operand that is itself a sum is the running shortcut
+    # (``out = a(x) + b(x); out += c(x)``: c is the branch), then the longer path
+    sums = [sum(1 for n in view.members(p) if is_add(n)) for p in paths]
+    k = max((0, 1), key=lambda i: (len(mixers[i]), -sums[i], bin(paths[i]).count("1")))
     convs = [n for n in mixers[k] if view.is_conv(n)]
     if not convs:
         # Linear-only: a residual only if the other operand is the input itself (not two heads summed)
@@ -255,7 +260,8 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_inpu
         if analysed is None:
             continue
         *analysed, k = analysed
-        found.append(_describe(view, add, *analysed, index=len(found), branch_out=add.args[k].meta.get("qualname", "")))
+        found.append(_describe(view, add, *analysed, index=len(found), branch_out=add.args[k].meta.get("qualname", ""),
+                               branch_index=k))
     if not found:
         raise NoBlocksError(
             f"no residual block was found in {type(model).__name__}: fxswap looks for an add whose two operands "
@@ -267,7 +273,7 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_inpu
 
 
 def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, convs, index: int,
-              branch_out: str = "") -> Block:
+              branch_out: str = "", branch_index: int = 0) -> Block:
     # gates (SE, SK attention) run on globally pooled maps: not the main path
     on_map = [n for n in branch if view.scale[view.index[n]] not in (None, float("inf"))]
     convs = [n for n in convs if n in on_map] or convs
@@ -368,6 +374,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
         downsampling=downsampling if downsampling is not None and math.isfinite(downsampling) else float("inf"),
         tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise, branch_stride=branch_stride, groups=groups,
         branch_out=branch_out, channels_last_out=channels_last_out, padding=padding,
+        match=match_block(add, branch_index, branch, entry, region if problem is None else None),
     )
 
 
