@@ -77,8 +77,9 @@ class Block:
     ``order`` is ``"pre"`` (BN-act before each conv, WRN) or ``"post"``
     (conv-BN, ResNet); ``shortcut`` is ``"identity"`` or ``"projection"``;
     ``width`` the branch's inner width (the k×k conv's or hidden layer's
-    channels, which ``B(b)`` divides by b). The remaining fields anchor the
-    rewrite passes (see :mod:`fxswap.rewrite`).
+    channels, which ``B(b)`` divides by b). ``match`` holds the nodes the
+    rewrite replaces (:mod:`fxswap.match`: the add, its branch operand, the
+    branch's region); the remaining fields describe the block further.
 
     >>> import fxswap
     >>> b = fxswap.find_blocks(fxswap.models.wrn(16, 1))[3]
@@ -102,7 +103,7 @@ class Block:
     act: str | None = None
     kind: str = "basic"
     width: int = 0
-    # anchors for rewriting (qualnames / module paths in the traced graph)
+    # where the block sits (qualnames / module paths in the traced graph); the rewrite reads ``match``
     add: str = field(default="", repr=False)
     first_conv: str = field(default="", repr=False)
     last_conv: str = field(default="", repr=False)

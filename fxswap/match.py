@@ -160,7 +160,14 @@ def match_block(add: fx.Node, branch_index: int, branch: list[fx.Node], entry: f
 
 @dataclass(frozen=True)
 class LocatedBranch:
-    """A match's region in a trace: what a branch substitute reads, replaces and hands on."""
+    """A match's region in a trace: what a branch substitute reads, replaces and hands on (see :func:`locate`).
+
+    >>> import torch
+    >>> g = fx.symbolic_trace(lambda x: x + torch.relu(x) * 2).graph
+    >>> x, relu, mul = list(g.nodes)[:3]
+    >>> LocatedBranch(x, mul, (relu, mul)).exit.name
+    'mul'
+    """
 
     entry: fx.Node
     exit: fx.Node
@@ -169,7 +176,14 @@ class LocatedBranch:
 
 @dataclass(frozen=True)
 class LocatedAdd:
-    """A match's residual add in a trace, with its branch and shortcut operands."""
+    """A match's residual add in a trace, with its branch and shortcut operands (see :func:`locate`).
+
+    >>> import torch
+    >>> g = fx.symbolic_trace(lambda x: x + torch.relu(x)).graph
+    >>> x, relu, add = list(g.nodes)[:3]
+    >>> LocatedAdd(add, relu, x).shortcut.name
+    'x'
+    """
 
     add: fx.Node
     branch: fx.Node
