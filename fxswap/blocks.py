@@ -155,10 +155,8 @@ def _analyse_add(view: GraphView, add: fx.Node):
     mixers = [[n for n in view.members(p) if view.is_mixer(n)] for p in paths]
     if not mixers[0] and not mixers[1]:
         return None
-    # the branch has more mixers; on a tie, an operand that is itself a sum is the running shortcut
-    # (``out = a(x) + b(x); out += c(x)``: c is the branch), then the longer path
-    sums = [sum(1 for n in view.members(p) if is_add(n)) for p in paths]
-    k = max((0, 1), key=lambda i: (len(mixers[i]), -sums[i], bin(paths[i]).count("1")))
+    # the branch has more mixers (ties: the longer path)
+    k = max((0, 1), key=lambda i: (len(mixers[i]), bin(paths[i]).count("1")))
     convs = [n for n in mixers[k] if view.is_conv(n)]
     if not convs:
         # Linear-only: a residual only if the other operand is the input itself (not two heads summed)

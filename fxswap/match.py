@@ -202,9 +202,10 @@ def locate(match: BlockMatch, gm: fx.GraphModule, owner: str, part: str) -> Loca
     ``"branch"`` the located nodes must still be one region whose only input
     is the entry (the match's entry, or the owner's input when the entry lies
     outside it) and whose only output is the exit; for ``"add"`` the add must
-    still be a residual add whose branch operand is the matched one. Anything
-    else raises :class:`fxswap.errors.MatchError` saying which node did not
-    map: the rewrite never guesses.
+    still be a residual add whose branch operand is the matched one (unless an
+    earlier ``I`` in this trace replaced that operand: a running sum, where
+    :func:`fxswap.blocks.branch_operand` picks it again). Anything else
+    raises :class:`fxswap.errors.MatchError` saying which node did not map.
 
     >>> from fxswap import find_blocks, trace
     >>> from fxswap.models import wrn
@@ -240,8 +241,16 @@ def locate(match: BlockMatch, gm: fx.GraphModule, owner: str, part: str) -> Loca
         branch, shortcut = add.args[match.branch_index], add.args[1 - match.branch_index]
         rel_out = relative_path(match.branch_out, owner) if match.branch_out else None
         if rel_out is not None and _qualname(branch) != rel_out:
-            raise MatchError(f"the branch operand of {match.add!r} in the trace of {where} is "
-                             f"{_qualname(branch)!r}, not the matched {match.branch_out!r} ({_WHY_MISSING})")
+            # a running sum (``out = a(x) + b(x); out += c(x)``) whose inner add an earlier I removed: the
+            # matched operand is gone, and the branch is what find_blocks' rule picks in the edited graph
+            from .blocks import branch_operand  # blocks builds matches: imported here, not at module level
+
+            k = branch_operand(GraphView(gm), add)
+            if k is None:
+                raise MatchError(f"the branch operand of {match.add!r} in the trace of {where} is "
+                                 f"{_qualname(branch)!r}, not the matched {match.branch_out!r}, and its two "
+                                 f"operands share no input ({_WHY_MISSING})")
+            branch, shortcut = add.args[k], add.args[1 - k]
         return LocatedAdd(add, branch, shortcut)
 
     if not match.nodes:
