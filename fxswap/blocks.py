@@ -42,6 +42,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import NoBlocksError
+from .match import BlockMatch, match_block
 from .graph import (
     GraphView, ancestry, common_path, is_add, is_cat, is_layout, path_between, region_from, tensor_entry,
 )
@@ -78,8 +79,9 @@ class Block:
     ``order`` is ``"pre"`` (BN-act before each conv, WRN) or ``"post"``
     (conv-BN, ResNet); ``shortcut`` is ``"identity"`` or ``"projection"``;
     ``width`` the branch's inner width (the k×k conv's or hidden layer's
-    channels, which ``B(b)`` divides by b). The remaining fields anchor the
-    rewrite passes (see :mod:`fxswap.rewrite`).
+    channels, which ``B(b)`` divides by b). ``match`` holds the nodes the
+    rewrite replaces (:mod:`fxswap.match`: the add, its branch operand, the
+    branch's region); the remaining fields describe the block further.
 
     >>> import fxswap
     >>> b = fxswap.find_blocks(fxswap.models.wrn(16, 1))[3]
@@ -103,7 +105,7 @@ class Block:
     act: str | None = None
     kind: str = "basic"
     width: int = 0
-    # anchors for rewriting (qualnames / module paths in the traced graph)
+    # where the block sits (qualnames / module paths in the traced graph); the rewrite reads ``match``
     add: str = field(default="", repr=False)
     first_conv: str = field(default="", repr=False)
     last_conv: str = field(default="", repr=False)
@@ -141,6 +143,8 @@ class Block:
     #: the k×k padding that keeps the region's output size (an int, or "same" where only an uneven pad
     #: does: a 2×2 conv after a ZeroPad2d); None when shapes are unknown (then k // 2)
     padding: int | str | None = field(default=None, repr=False)
+    #: the matched nodes (add, branch operand, region) that the rewrite replaces (:mod:`fxswap.match`)
+    match: BlockMatch | None = field(default=None, repr=False, compare=False)
 
 
 def _analyse_add(view: GraphView, add: fx.Node):
@@ -321,7 +325,8 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_inpu
         if analysed is None:
             continue
         *analysed, k = analysed
-        found.append(_describe(view, add, *analysed, index=len(found), branch_out=add.args[k].meta.get("qualname", "")))
+        found.append(_describe(view, add, *analysed, index=len(found), branch_out=add.args[k].meta.get("qualname", ""),
+                               branch_index=k))
     if not found:
         raise NoBlocksError(
             f"no residual block was found in {type(model).__name__}: fxswap looks for an add whose two operands "
@@ -333,7 +338,7 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_inpu
 
 
 def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, convs, index: int,
-              branch_out: str = "") -> Block:
+              branch_out: str = "", branch_index: int = 0) -> Block:
     # gates (SE, SK attention) run on globally pooled maps: not the main path
     on_map = [n for n in branch if view.scale[view.index[n]] not in (None, float("inf"))]
     convs = [n for n in convs if n in on_map] or convs
@@ -440,6 +445,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
         downsampling=downsampling if downsampling is not None and math.isfinite(downsampling) else float("inf"),
         tail_skip=tail_skip, channels_last=only_linear, depthwise=depthwise, branch_stride=branch_stride, groups=groups,
         branch_out=branch_out, channels_last_out=channels_last_out, padding=padding,
+        match=match_block(add, branch_index, branch, entry, region if problem is None else None),
     )
 
 

@@ -27,3 +27,7 @@ class DistillError(FxswapError, RuntimeError):
 
 class DataError(FxswapError, ValueError):
     """A data file or array fxswap cannot use; the message names the file, the array and what is accepted."""
+
+
+class MatchError(SpecError):
+    """A block matched by ``find_blocks`` does not map onto the module trace its rewrite edits."""

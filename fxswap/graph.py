@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "GraphView", "is_add", "common_path", "ancestry", "path_between", "region_from", "tensor_entry",
+    "GraphView", "is_add", "common_path", "ancestry", "path_between", "region_from", "region_problem",
+    "tensor_entry",
     "is_layout", "is_cat",
 ]
 
@@ -287,7 +288,7 @@ def region_from(view: GraphView, branch: list[fx.Node], entry: fx.Node, tail: fx
     """The nodes of ``branch`` from ``entry`` (exclusive) to ``tail``, and what stops them being one region.
 
     Returns ``(region, problem)``; ``problem`` is ``None`` when the region has
-    a single input (``entry``) and a single output (``tail``).
+    a single input (``entry``) and a single output (``tail``), see :func:`region_problem`.
 
     >>> view = GraphView(fx.symbolic_trace(lambda x: (x + 1) * 2 + x))
     >>> region, problem = region_from(view, view.nodes, view.nodes[0], view.nodes[2])
@@ -297,14 +298,29 @@ def region_from(view: GraphView, branch: list[fx.Node], entry: fx.Node, tail: fx
     e = view.index[entry]
     branch_set = set(branch)
     region = [n for n in view.members(ancestry(view, tail)) if n in branch_set and view.anc[view.index[n]] >> e & 1]
+    return region, region_problem(view, region, entry, tail)
+
+
+def region_problem(view: GraphView, region: list[fx.Node], entry: fx.Node, tail: fx.Node) -> str | None:
+    """Why ``region`` is not one piece that reads only ``entry`` and hands on only ``tail`` (``None``: it is).
+
+    A substitute can replace exactly such a region: its one input is the
+    substitute's input, its one output what the substitute's output replaces.
+    Parameters (``get_attr``) may be read from anywhere.
+
+    >>> view = GraphView(fx.symbolic_trace(lambda x: (x + 1) * 2 + x))
+    >>> x, add, mul, add_1 = view.nodes[:4]
+    >>> region_problem(view, [add, mul], x, mul), region_problem(view, [mul], x, mul)
+    (None, 'the branch takes a second input (add) between its convolutions')
+    >>> region_problem(view, [add, mul], x, add)
+    'mul is used outside the branch'
+    """
     region_set = set(region)
     for n in region:
         for inp in n.all_input_nodes:
             if inp not in region_set and inp is not entry and inp.op != "get_attr":
-                return region, f"the branch takes a second input ({inp.meta.get('qualname', inp.name)}) between its convolutions"
+                return f"the branch takes a second input ({inp.meta.get('qualname', inp.name)}) between its convolutions"
         # users with no users of their own are checks (torch._assert), not data flow
         if n is not tail and any(u not in region_set and view.live(u) for u in n.users):
-            return region, f"{n.meta.get('qualname', n.name)} is used outside the branch"
-    return region, None
-
-
+            return f"{n.meta.get('qualname', n.name)} is used outside the branch"
+    return None

@@ -7,7 +7,11 @@ attributes) in which only the rewritten regions change:
   for its substitute;
 * branch-level specs (``B``, ``BG``) and ``I`` rewrite the graph of the
   smallest module owning the block (``layer2.0``) and put that GraphModule
-  back in its place.
+  back in its place. They replace the nodes :func:`fxswap.find_blocks`
+  matched (``Block.match``, see :mod:`fxswap.match`): the owner is re-traced,
+  :func:`fxswap.match.locate` maps the match onto that trace (or says why it
+  cannot), and :func:`replace_branch` / :func:`remove_branch` edit exactly the
+  located nodes. Nothing is searched for again by name.
 
 Before / after ``B(2)`` on a pre-activation WRN block ``layer2.1``::
 
@@ -34,14 +38,14 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .blocks import KINDS as KIND_TEXT, Block, branch_operand, find_blocks, propagate_shapes
-from .graph import GraphView, ancestry, is_add, region_from, tensor_entry
-from .errors import SpecError
+from .blocks import KINDS as KIND_TEXT, Block, find_blocks, propagate_shapes
+from .errors import MatchError, SpecError
+from .match import BlockMatch, LocatedAdd, LocatedBranch, locate
 from .spec import BlockSpec, parse_spec
 from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets, for_host
 from .trace import callers, retrace_both_modes, trace, unpassed_defaults
 
-__all__ = ["cheapen", "resolve_plan", "Plan", "example_input_for"]
+__all__ = ["cheapen", "resolve_plan", "Plan", "example_input_for", "replace_branch", "remove_branch"]
 
 Plan = Union[str, BlockSpec, Mapping[str, Union[str, BlockSpec]], Sequence[Union[str, BlockSpec]]]
 
@@ -99,13 +103,6 @@ def _summarise(names: Sequence[str], at_most: int = 12) -> str:
     return ", ".join(names[:at_most]) + f", ... ({len(names)} in all)"
 
 
-def _relative(path: str, owner: str) -> str | None:
-    """``path`` relative to module ``owner`` (``None`` when it is not inside it)."""
-    if not owner:
-        return path
-    return path[len(owner) + 1:] if path.startswith(owner + ".") else None
-
-
 def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     parent, _, name = path.rpartition(".")
     setattr(root.get_submodule(parent) if parent else root, name, new)
@@ -115,31 +112,6 @@ def _like(new: nn.Module, old: nn.Module) -> nn.Module:
     """Put ``new`` on the device/dtype of ``old``'s first parameter."""
     ref = next(old.parameters(), None)
     return new.to(device=ref.device, dtype=ref.dtype) if ref is not None else new
-
-
-def _find_target(gm: fx.GraphModule, path: str, owner: str, block: Block, spec: BlockSpec) -> fx.Node:
-    """The call of layer ``path`` (a full module path) in the trace of module ``owner``."""
-    target = _relative(path, owner)
-    for n in gm.graph.nodes:
-        if target is not None and n.op == "call_module" and n.target == target:
-            return n
-    raise SpecError(
-        f"{spec} cannot rewrite block {block.name!r}: its layer {path!r} does not run inside "
-        f"{repr(owner) if owner else 'the model'} as one piece with the rest of the branch (it is shared with "
-        f"another block, called from elsewhere, or inside a nested block that this plan rewrites too: give the "
-        f"inner or the outer block 'S'); {_applicable(block)}"
-    )
-
-
-def _find_op(gm: fx.GraphModule, block: Block, owner: str, spec: BlockSpec) -> fx.Node:
-    """The op ending the block's branch (the sum or concat that joins its paths), by its name in ``owner``."""
-    name = _relative(block.tail, owner)
-    for n in gm.graph.nodes:
-        if name is not None and n.meta.get("qualname") == name:
-            return n
-    raise SpecError(f"{spec} cannot rewrite block {block.name!r}: the op {block.tail!r} that joins its branch does "
-                    f"not run inside {repr(owner) if owner else 'the model'} (a nested block that this plan rewrites "
-                    f"too: give the inner or the outer block 'S'); {_applicable(block)}")
 
 
 def _applicable(block: Block) -> str:
@@ -153,63 +125,83 @@ class _Kept(SpecError):
     """A block a whole-model spec leaves as it is (the reason is the message)."""
 
 
+def _located(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str, part: str):
+    """The block's match in ``gm`` (the trace of ``owner``); a match that does not map is an error naming the
+    block and the specs that apply."""
+    if block.match is None:
+        raise SpecError(f"{spec} cannot rewrite block {block.name!r}: it was not found by fxswap.find_blocks "
+                        f"(it carries no match); {_applicable(block)}")
+    try:
+        return locate(block.match, gm, owner, part)
+    except MatchError as exc:
+        raise SpecError(f"{spec} cannot rewrite block {block.name!r}: {exc}; {_applicable(block)}") from None
+
+
+def replace_branch(gm: fx.GraphModule, found: LocatedBranch, name: str, module: nn.Module) -> fx.Node:
+    """Call ``module`` (registered as ``name``) on the located branch's entry in place of its exit.
+
+    Exactly the located nodes go (a node something else still uses would
+    stay: :func:`fxswap.match.locate` has checked there is none); returns
+    the new call. Before / after, in the trace of WRN's ``layer1.0``::
+
+        relu1 ─ conv1 ─ bn2 ─ relu2 ─ conv2 ─ add        relu1 ─ substitute ─ add
+
+    >>> from fxswap import find_blocks, trace
+    >>> from fxswap.match import locate
+    >>> from fxswap.models import wrn
+    >>> model = wrn(10, 1)
+    >>> gm = trace(model.layer1[0])
+    >>> found = locate(find_blocks(model)[0].match, gm, "layer1.0", "branch")
+    >>> new = replace_branch(gm, found, "substitute", nn.Identity())
+    >>> [n.name for n in gm.graph.nodes]
+    ['x', 'bn1', 'relu1', 'substitute', 'add', 'output']
+    """
+    gm.add_submodule(name, module)
+    with gm.graph.inserting_after(found.exit):
+        new = gm.graph.call_module(name, (found.entry,))
+    found.exit.replace_all_uses_with(new)
+    for n in reversed(found.nodes):
+        if not n.users:
+            gm.graph.erase_node(n)
+    return new
+
+
+def remove_branch(gm: fx.GraphModule, found: LocatedAdd) -> fx.Node:
+    """Replace the located residual add by its shortcut operand (``I``); returns what now stands for the add.
+
+    The branch is left to dead-code elimination. An in-place consumer of the
+    add (``ReLU(inplace=True)``) gets a clone, as it must not overwrite the
+    shortcut that autograd or later blocks still read.
+
+    >>> from fxswap import find_blocks, trace
+    >>> from fxswap.match import locate
+    >>> from fxswap.models import wrn
+    >>> model = wrn(10, 1)
+    >>> gm = trace(model.layer1[0])
+    >>> remove_branch(gm, locate(find_blocks(model)[0].match, gm, "layer1.0", "add")).name
+    'x'
+    """
+    keep = found.shortcut
+    if any(_in_place(gm, u) for u in found.add.users):
+        with gm.graph.inserting_before(found.add):
+            keep = gm.graph.call_method("clone", (keep,))
+    found.add.replace_all_uses_with(keep)
+    gm.graph.erase_node(found.add)
+    return keep
+
+
 def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str, sub_name: str, sub: nn.Module,
                     costs: dict, cheaper_only: bool = False) -> None:
-    view = GraphView(gm)
-    tail = _find_target(gm, block.tail, owner, block, spec) if block.tail_is_module else _find_op(gm, block, owner, spec)
-    for _ in range(block.tail_skip):  # a permute back to NCHW after the last Linear (ConvNeXt)
-        tail = next(iter(tail.users))
-    convs = [_find_target(gm, c, owner, block, spec) for c in block.convs]
-    common = -1
-    for c in convs:
-        common &= ancestry(view, c.args[0])
-    if common <= 0:
-        raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: its layers share no input inside "
-                        f"{repr(owner) if owner else 'the model'}; {_applicable(block)}")
-    entry = tensor_entry(view.nodes[common.bit_length() - 1])
-    region, problem = region_from(view, list(view.nodes), entry, tail)
-    if problem:
-        raise SpecError(f"{spec} cannot replace the branch of block {block.name!r}: {problem}; {_applicable(block)}")
-    mods = {n.target for n in region if n.op == "call_module"}
-    old = _params(gm.get_submodule(t) for t in mods)
+    found = _located(gm, block, spec, owner, "branch")
+    old = _params(gm.get_submodule(t) for t in {n.target for n in found.nodes if n.op == "call_module"})
     if cheaper_only and _params([sub]) > old:
         raise _Kept(f"would be larger: {old:,} -> {_params([sub]):,} parameters")
     costs.setdefault(block.name, old)
-    gm.add_submodule(sub_name, sub)
-    with gm.graph.inserting_after(tail):
-        new = gm.graph.call_module(sub_name, (entry,))
-    tail.replace_all_uses_with(new)
-    for n in reversed(region):
-        if not n.users:
-            gm.graph.erase_node(n)
+    replace_branch(gm, found, sub_name, sub)
 
 
 def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str) -> None:
-    """Replace the block's add by its shortcut operand (the add is matched by name, its branch operand by name,
-    else by the rule find_blocks uses: the operand with more convolutions or Linear layers)."""
-    view = GraphView(gm)
-    where = repr(owner) if owner else "the model"
-    rel_add = _relative(block.add, owner)
-    adds = [n for n in view.nodes if rel_add is not None and n.meta.get("qualname") == rel_add and is_add(n)]
-    if not adds:
-        raise SpecError(f"I cannot remove the branch of block {block.name!r}: its residual add does not run inside "
-                        f"{where} (the branch and the shortcut meet in a different module than the one that holds "
-                        f"the add); {_applicable(block)}")
-    add = adds[0]
-    rel_branch = _relative(block.branch_out, owner) if block.branch_out else None
-    named = [i for i, a in enumerate(add.args[:2]) if rel_branch is not None and a.meta.get("qualname") == rel_branch]
-    k = named[0] if len(named) == 1 else branch_operand(view, add)
-    if k is None:
-        raise SpecError(f"I cannot remove the branch of block {block.name!r}: inside {where} its two operands share "
-                        f"no input, so fxswap cannot tell its branch from its shortcut; {_applicable(block)}")
-    keep = add.args[1 - k]
-    if any(_in_place(gm, u) for u in add.users):
-        # the add made a fresh tensor; an in-place consumer (ReLU(inplace=True))
-        # must not overwrite the shortcut that autograd or later blocks still need
-        with gm.graph.inserting_before(add):
-            keep = gm.graph.call_method("clone", (keep,))
-    add.replace_all_uses_with(keep)
-    gm.graph.erase_node(add)
+    remove_branch(gm, _located(gm, block, spec, owner, "add"))
 
 
 def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -279,6 +271,7 @@ def _expected_shapes(gm: fx.GraphModule, blocks, specs) -> dict:
     """What each rewritten place must produce: conv paths and branch tails, from the teacher's shapes."""
     by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
     by_qualname = {n.meta.get("qualname"): n for n in gm.graph.nodes}
+    no_match = BlockMatch(add="", branch_index=0)
     out = {}
     for block in blocks:
         spec = specs[block.name]
@@ -287,12 +280,9 @@ def _expected_shapes(gm: fx.GraphModule, blocks, specs) -> dict:
             for path in conv_targets(spec.kind, block):
                 out[("conv", path)] = _shape(by_target.get(path))
         elif level == "branch":
-            tail = by_target.get(block.tail) if block.tail_is_module else by_qualname.get(block.tail)
-            for _ in range(block.tail_skip):
-                tail = next(iter(tail.users)) if tail is not None and tail.users else None
-            out[("branch", block.name)] = _shape(tail)
+            out[("branch", block.name)] = _shape(by_qualname.get((block.match or no_match).exit))
         elif level == "remove":
-            out[("remove", block.name)] = _shape(by_qualname.get(block.add))
+            out[("remove", block.name)] = _shape(by_qualname.get((block.match or no_match).add))
     return out
 
 
@@ -523,11 +513,9 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
 def _owner(block: Block, level: str) -> str:
     """The module whose forward a branch-level or remove edit retraces: the smallest one holding the region
     (``B``), or the add and its branch operand (``I``: the add's own module unless the branch is passed in)."""
-    if level == "branch":
-        return block.region_scope
-    if not block.branch_out or _relative(block.branch_out, block.add_owner) is not None:
-        return block.add_owner
-    return block.add_scope
+    if block.match is None:
+        return block.region_scope if level == "branch" else block.add_owner
+    return block.match.owner("branch" if level == "branch" else "add")
 
 
 def _build_convs(student: nn.Module, block: Block, spec: BlockSpec, paths) -> list:
