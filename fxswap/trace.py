@@ -243,18 +243,13 @@ def weight_passing_modules(root: nn.Module, graph: fx.Graph) -> tuple[nn.Module,
     which :func:`fxswap.find_blocks` counts as its branch's layer (so ``I`` can remove the branch). The model
     itself is never one (its whole forward would be opaque).
 
-    >>> @torch.fx.wrap
-    ... def scaled_matmul(x, w):
-    ...     return x @ w * 0.5
-    >>> class Mix(nn.Module):
-    ...     def __init__(self):
-    ...         super().__init__()
-    ...         self.w = nn.Parameter(torch.eye(4))
-    ...     def forward(self, x):
-    ...         return scaled_matmul(x, self.w)
-    >>> net = nn.Sequential(nn.Linear(4, 4), Mix())
+    >>> from torchvision.models.swin_transformer import ShiftedWindowAttention
+    >>> net = nn.Sequential(nn.Linear(8, 8), ShiftedWindowAttention(8, [2, 2], [0, 0], num_heads=2))
     >>> [type(m).__name__ for m in weight_passing_modules(net, fx.symbolic_trace(net).graph)]
-    ['Mix']
+    ['ShiftedWindowAttention']
+
+    (A doctest must not ``torch.fx.wrap`` a function of its own: fx keeps the doctest's globals in a
+    process-wide table, and once doctest clears them every later trace fails with a ``KeyError``.)
     """
     found: dict[str, nn.Module] = {}
     for node in graph.nodes:
