@@ -338,8 +338,9 @@ def main(argv=None) -> None:
         return
     if args.report:
         if args.merge_into:
+            rows = list(merged(args.report))  # read every file before writing: the target is often one of them
             with open(args.merge_into, "w") as f:
-                f.writelines(json.dumps(row) + "\n" for row in merged(args.report))
+                f.writelines(json.dumps(row) + "\n" for row in rows)
         print(report(args.report))
         return
     if args.all:
