@@ -39,7 +39,7 @@ from torch import nn
 
 __all__ = [
     "StageSpec", "NetSpec", "BlockGeometry", "PreActBlock", "PostActBlock", "BottleneckBlock", "InvertedBlock",
-    "TransformerBlock", "BLOCK_KINDS", "ResidualNet",
+    "TransformerBlock", "SharedConvBlocks", "BLOCK_KINDS", "ResidualNet",
     "build", "residual_nets", "specs", "divisors",
 ]
 
@@ -236,6 +236,24 @@ def _block(kind: str, order: str, cin: int, cout: int, stride: int, k: int) -> n
     if kind in ("inverted", "transformer") or order == "post":
         return PostActBlock(cin, cout, stride, k)
     return PreActBlock(cin, cout, stride, k)
+
+
+class SharedConvBlocks(nn.Module):
+    """Two residual blocks whose branches call one conv module (fx records the second call as ``conv@1``;
+    CoaT shares its MLPs this way): rewriting one call site must not silently rewrite the other.
+
+    >>> import fxswap
+    >>> [b.name for b in fxswap.find_blocks(SharedConvBlocks())]
+    ['add', 'add_1']
+    """
+
+    def __init__(self, channels: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        x = x + self.conv(torch.relu(x))
+        return x + self.conv(torch.relu(x))
 
 
 #: block structures :func:`residual_nets` can draw

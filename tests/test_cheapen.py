@@ -210,14 +210,7 @@ def test_wrapped_models_ask_to_unwrap():
 
 
 def test_conv_shared_by_two_blocks_is_supported_or_a_spec_error():
-    class Shared(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.conv = nn.Conv2d(8, 8, 3, padding=1)
-
-        def forward(self, x):
-            x = x + self.conv(torch.relu(x))
-            return x + self.conv(torch.relu(x))
+    from fxswap.testing import SharedConvBlocks as Shared
 
     for spec in ("B(2)", "I", "G(2)", "S-2x2"):
         try:

@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 import fxswap
+from fxswap.testing import SharedConvBlocks
 from fxswap import SpecError, cheapen, find_blocks
 
 
@@ -31,16 +32,7 @@ def cheaper_and_runs(model, plan, x, **kw):
     return student, [str(w.message) for w in caught]
 
 
-class SharedConv(nn.Module):
-    """One conv module called by two residual blocks (fx records the second call as ``conv@1``)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv = nn.Conv2d(8, 8, 3, padding=1)
-
-    def forward(self, x):
-        x = x + self.conv(torch.relu(x))
-        return x + self.conv(torch.relu(x))
+SharedConv = SharedConvBlocks  # one conv module called by two residual blocks (``conv@1``)
 
 
 def test_module_called_twice_is_rewritten_in_its_caller():
