@@ -1,0 +1,91 @@
+"""Train the seeds' CIFAR-10 teacher once, resumably, and keep it with its record (issue 19, point 2).
+
+A WRN-16-2 on all 40,000 training images of ``../shared/data/cifar10_subset.npz``,
+evaluated on its 10,000 test images. bf16 autocast and channels_last where the
+CPU computes bf16 natively (``avx512_bf16`` or AMX in ``/proc/cpuinfo``) or on
+CUDA, fp32 elsewhere: on an AVX2-only CPU bf16 is 3.5–5× slower
+(``docs/benchmarks.md``). Every epoch is checkpointed in ``--out``;
+``--resume`` continues a killed run exactly. At the end the student is written
+with :func:`fxswap.save_student` (model name, epochs, preset, accuracy, command)
+to ``--keep``.
+
+    python benchmarks/train_teacher.py --data ../shared/data/cifar10_subset.npz \\
+        --out /work/fxswap-runs/teacher-wrn16-2 --epochs 40 --threads 2 --resume \\
+        --keep docs/results/teacher_wrn-16-2.pt
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+import fxswap
+from fxswap.device_data import device_cifar_loaders
+
+
+def native_bf16() -> tuple[bool, str]:
+    """Whether this machine computes bf16 natively, and why (the flag that decided)."""
+    if torch.cuda.is_available():
+        return True, "CUDA"
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False, "no /proc/cpuinfo"
+    for flag in ("amx_bf16", "avx512_bf16"):
+        if flag in flags:
+            return True, f"CPU flag {flag}"
+    return False, "the CPU has neither avx512_bf16 nor amx_bf16"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", required=True)
+    ap.add_argument("--out", required=True, help="run folder (checkpoint.pt, history.jsonl)")
+    ap.add_argument("--model", default="wrn-16-2")
+    ap.add_argument("--epochs", type=int, default=40)
+    ap.add_argument("--preset", default="cosine")
+    ap.add_argument("--cutout", type=int, default=0)
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    ap.add_argument("--resume", action="store_true")
+    ap.add_argument("--keep", help="where the finished teacher goes (save_student format)")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    native, why = native_bf16()
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and native)
+    print(f"precision: {'bf16 + channels_last' if bf16 else 'fp32'} ({args.precision}; {why}); "
+          f"cpu: {platform.processor() or platform.machine()}, {args.threads} threads", flush=True)
+    train, val = device_cifar_loaders(args.data, args.batch, cutout=args.cutout, device="cpu",
+                                      channels_last=bf16, seed=args.seed)
+    teacher = fxswap.models.create_model(args.model)
+    if bf16:
+        teacher = teacher.to(memory_format=torch.channels_last)
+    t0 = time.time()
+    hist = fxswap.train(teacher, train, val, epochs=args.epochs, preset=args.preset, amp=bf16,
+                        amp_dtype=torch.bfloat16 if bf16 else None, out_dir=args.out, resume=args.resume,
+                        seed=args.seed, progress=False)
+    last = hist[-1]
+    record = {"model": args.model, "epochs": args.epochs, "preset": args.preset, "cutout": args.cutout,
+              "batch": args.batch, "seed": args.seed, "precision": "bf16" if bf16 else "fp32",
+              "val_acc": last.get("val_acc"), "train_images": len(train.dataset) if hasattr(train, "dataset") else None,
+              "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
+              "wall_s_this_process": round(time.time() - t0, 1)}
+    Path(args.out, "teacher_record.json").write_text(json.dumps(record, indent=1))
+    if args.keep:
+        # plan "S": the teacher is its own identity student, so load_student rebuilds it
+        fxswap.save_student(teacher.to(memory_format=torch.contiguous_format), args.keep, model=args.model, plan="S")
+        Path(args.keep).with_suffix(".json").write_text(json.dumps(record, indent=1))
+    print(json.dumps(record), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
