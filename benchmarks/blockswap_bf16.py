@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 import fxswap
-from fxswap.blockswap import CostModel
+from fxswap.search.plans import CostModel
 from fxswap.data import CIFAR10_MEAN, CIFAR10_STD
 from fxswap.models import wrn
 

@@ -3,7 +3,7 @@
 For one teacher (default WRN-40-2, 32×32 inputs) the script
 
 1. builds the BlockSwap cost table for a short candidate list and measures its
-   latency column (:meth:`fxswap.blockswap.CostModel.measure_latency`: every
+   latency column (:meth:`fxswap.search.plans.CostModel.measure_latency`: every
    block × candidate variant timed on the input its block gets, at ``--batch``);
 2. for each budget (default 60% and 75% of the teacher's measured latency)
    runs :func:`fxswap.blockswap` (``--samples`` plans, Fisher potential on one
@@ -36,7 +36,7 @@ from pathlib import Path
 import torch
 
 import fxswap
-from fxswap.blockswap import CostModel, blockswap
+from fxswap.search.plans import CostModel, blockswap
 from fxswap.cli.search import load_batch, split_specs
 from fxswap.errors import BudgetError
 from fxswap.models import create_model

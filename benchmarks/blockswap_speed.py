@@ -34,9 +34,9 @@ import torch.nn.functional as F
 
 import fxswap
 from fxswap.blocks import find_blocks
-from fxswap.blockswap import CostModel, sample_plans
+from fxswap.search.plans import CostModel, sample_plans
 from fxswap.cli.search import load_batch
-from fxswap.fisher import channel_fisher, fisher_potential, random_init
+from fxswap.search.fisher import channel_fisher, fisher_potential, random_init
 from fxswap.models import wrn
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset.npz"

@@ -26,7 +26,7 @@ Sub-commands (``all`` runs every one, sharing one teacher; several may be named,
 Every training is a *job*; jobs run in-process (``--jobs 1``) or as parallel
 processes (small CIFAR models leave most of a big GPU idle). The teacher and
 the BlockSwap scoring run first, then all students at once. Data: the
-device-resident pipeline (:class:`fxswap.device_data.DeviceLoader`).
+device-resident pipeline (:class:`fxswap.data.device.DeviceLoader`).
 
 Scales: ``ci`` — tiny synthetic 16×16 data, one epoch of a couple of steps
 (``tests/test_fidelity_ci.py`` runs it); ``cpu`` — a CIFAR-10 subset on a
@@ -67,7 +67,7 @@ from torch import nn
 
 import fxswap
 from fxswap.blocks import find_blocks
-from fxswap.device_data import device_cifar_loaders
+from fxswap.data.device import device_cifar_loaders
 
 EXPERIMENTS = ("moonshine", "blockswap", "lit", "srrl", "urban")
 

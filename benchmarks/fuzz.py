@@ -1,6 +1,6 @@
 """Fuzz every input surface with N cases and count the outcomes: ok / clear error / raw exception.
 
-The cases are those of :mod:`fxswap.fuzzing` (the test suite runs a few dozen of
+The cases are those of :mod:`fuzzing` (tests/fuzzing.py) (the test suite runs a few dozen of
 each): ``npz`` data files, ``plan-json`` plan files, ``cli`` argv. Case ``i`` of a
 surface is drawn from ``random.Random(seed * 1_000_003 + i)``, so a count is
 reproducible and a raw exception can be replayed from its index. Raw
@@ -19,7 +19,8 @@ import time
 import warnings
 from pathlib import Path
 
-from fxswap.fuzzing import OUTCOMES, SURFACES, outcome
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))  # the harness lives beside the tests
+from fuzzing import OUTCOMES, SURFACES, outcome  # noqa: E402
 
 
 def fuzz(name: str, cases: int, seed: int) -> tuple[collections.Counter, dict[str, list[int]], float]:

@@ -9,7 +9,7 @@ autocast, backward, SGD step with the Moonshine preset's settings):
 
 Each is fed by (a) ``DataLoader(ArrayDataset(..., cifar_transforms(True)))``
 — per-sample augmentation on CPU workers, as :func:`fxswap.data.cifar_loaders`
-— and (b) :class:`fxswap.device_data.DeviceLoader` (uint8 images on the device,
+— and (b) :class:`fxswap.data.device.DeviceLoader` (uint8 images on the device,
 augmentation per batch there). For every device (``cpu``; ``cuda`` when
 available) and configuration (fp32 / bf16 autocast, ``channels_last``,
 ``torch.compile``) it times ``--steps`` steps after ``--warmup`` steps, in
@@ -34,7 +34,7 @@ from torch.utils.data import DataLoader
 
 import fxswap
 from fxswap.data import ArrayDataset, cifar_transforms
-from fxswap.device_data import DeviceLoader
+from fxswap.data.device import DeviceLoader
 from fxswap.distillation import Distiller
 from fxswap.distillation.presets import get_preset
 

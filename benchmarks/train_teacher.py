@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 import fxswap
-from fxswap.device_data import device_cifar_loaders
+from fxswap.data.device import device_cifar_loaders
 
 
 def native_bf16() -> tuple[bool, str]:

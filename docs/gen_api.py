@@ -1,8 +1,8 @@
 """Write docs/api.md: the API reference, generated from fxswap's docstrings.
 
-Every name in ``fxswap.__all__`` (and the public names of ``fxswap.losses``,
-``fxswap.models``, ``fxswap.data`` and ``fxswap.plotting``) with its signature and docstring, in the
-order of ``__all__``. Rerun after changing a docstring (``--check`` in CI tells
+Every name in ``fxswap.__all__`` (and the public names of each subpackage, in the order of the flow: tracing,
+blocks, surgery, metrics, search, distillation, io, data, models, losses, testing, integrations.plotting) with
+its signature and docstring, in the order of ``__all__``. Rerun after changing a docstring (``--check`` in CI tells
 when the committed file is stale; tests/test_api_docs.py checks that every
 public name is covered).
 
@@ -12,13 +12,15 @@ public name is covered).
 from __future__ import annotations
 
 import argparse
+import importlib
 import inspect
 import re
 import sys
 from pathlib import Path
 
 OUT = Path(__file__).resolve().parent / "api.md"
-SUBMODULES = ("models", "losses", "data", "plotting")
+SUBMODULES = ("tracing", "blocks", "surgery", "metrics", "search", "distillation", "io", "data", "models", "losses",
+              "testing", "integrations.plotting")
 
 
 def _signature(obj) -> str:
@@ -59,7 +61,7 @@ def render() -> str:
             continue
         lines.append(_entry(f"fxswap.{name}", obj))
     for sub in SUBMODULES:
-        module = getattr(fxswap, sub)
+        module = importlib.import_module(f"fxswap.{sub}")
         lines += [f"## fxswap.{sub}", "", inspect.getdoc(module) or "", ""]
         for name in getattr(module, "__all__", []):
             lines.append(_entry(f"fxswap.{sub}.{name}", getattr(module, name)))

@@ -1,49 +1,42 @@
-"""fxswap: model surgery for PyTorch CNNs with torch.fx.
+"""fxswap: model surgery for PyTorch CNNs and vision transformers with torch.fx.
+
+trace → blocks → surgery → metrics / search / distillation → io. The package
+tree shows that flow; ``docs/design.md`` has one line per module.
 
 >>> import fxswap
 >>> student = fxswap.cheapen(fxswap.models.wrn(40, 2), "G(N/4)")
 >>> fxswap.count(student, (3, 32, 32)).params_bn     # Moonshine Table 3, G(N/4)
 373626
 """
-from . import data, losses, models
-from .accounting import compare, count
+from . import data, deprecated, losses, models
 from .blocks import Block, find_blocks
-from .blockswap import PAPER_CANDIDATES, REFERENCE_CANDIDATES, BlockSwapResult, blockswap, candidate_specs
-from .distillation import Distiller, HintStage, LITDistiller
-from .distillation import distill, fit, fitnets_two_stage, train
+from .distillation import Distiller, HintStage, LITDistiller, distill, fit, fitnets_two_stage, train
 from .errors import BudgetError, DistillError, FxswapError, NoBlocksError, SpecError, TraceError
-from .fisher import fisher_potential, sensitivity
+from .io import ExportResult, export, load_student, read_record, save_student
+from .metrics import BlockLatency, LatencyReport, Timing, compare, count, latency
 from .probes import probe
-from .rewrite import cheapen, resolve_plan
+from .search import (PAPER_CANDIDATES, REFERENCE_CANDIDATES, BlockSwapResult, blockswap, candidate_specs,
+                     fisher_potential, sensitivity)
 from .sections import split_sections
-from .spec import BlockSpec, parse_spec
-from .substitutes import register_substitute
-from .trace import trace
+from .surgery import BlockSpec, cheapen, cheapen_part, parse_spec, register_substitute, resolve_plan
+from .tracing import trace
+from .version import __version__
 
-# --- shipping: latency, self-describing students, export, partial surgery ---
-from .exporting import ExportResult, export
-from .partial import cheapen_part
-from .student_io import load_student, read_record, save_student
-from .timing import BlockLatency, LatencyReport, Timing, latency
-# --- end shipping ---
-
-# --- extras: logging callbacks on fit, figures (fxswap.plotting needs the [plot] extra) ---
-from . import plotting
-from .distillation.callbacks import Callback, CSVLogger, TensorBoardLogger, WandbLogger
-# --- end extras ---
-
-__version__ = "0.1.0"
+deprecated.install()
 
 __all__ = [
-    "data", "losses", "models", "compare", "count", "Block", "find_blocks", "BlockSwapResult",
-    "blockswap", "Distiller", "LITDistiller", "distill", "fit", "train", "BudgetError", "DistillError",
-    "FxswapError", "NoBlocksError", "SpecError", "TraceError", "fisher_potential", "sensitivity", "probe",
-    "cheapen", "resolve_plan", "split_sections", "BlockSpec", "parse_spec", "register_substitute", "trace",
+    "trace", "find_blocks", "Block",
+    "cheapen", "cheapen_part", "resolve_plan", "parse_spec", "BlockSpec", "register_substitute",
+    "probe", "split_sections",
+    "count", "compare", "latency", "LatencyReport", "Timing", "BlockLatency",
+    "blockswap", "BlockSwapResult", "PAPER_CANDIDATES", "REFERENCE_CANDIDATES", "candidate_specs",
+    "fisher_potential", "sensitivity",
+    "Distiller", "LITDistiller", "HintStage", "distill", "fit", "train", "fitnets_two_stage",
+    "save_student", "load_student", "read_record", "export", "ExportResult",
+    "FxswapError", "SpecError", "TraceError", "NoBlocksError", "BudgetError", "DistillError",
+    "data", "losses", "models", "__version__",
 ]
-# shipping
-__all__ += ["latency", "LatencyReport", "Timing", "BlockLatency", "cheapen_part", "save_student", "load_student",
-            "read_record", "export", "ExportResult"]
-# the papers' procedures: BlockSwap's candidate sets, FitNets' two stages
-__all__ += ["PAPER_CANDIDATES", "REFERENCE_CANDIDATES", "candidate_specs", "HintStage", "fitnets_two_stage"]
-# extras
-__all__ += ["plotting", "Callback", "CSVLogger", "TensorBoardLogger", "WandbLogger"]
+
+
+def __getattr__(name: str):
+    return deprecated.old_name(name)

@@ -41,7 +41,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from fxswap.errors import FxswapError
+from .errors import FxswapError
 
 __all__ = [
     "LOSSES",

@@ -3,7 +3,7 @@
 ``probe(model, points)`` traces the model and makes the chosen nodes extra
 outputs, so the result works under ``torch.compile``, DDP and
 ``torch.export`` (no Python side effects), and the model's train/eval
-behaviour is kept (see :func:`fxswap.trace.retrace_both_modes`).
+behaviour is kept (see :func:`fxswap.tracing.tracer.retrace_both_modes`).
 
 Before::
 
@@ -38,11 +38,11 @@ from typing import Iterable, Sequence
 import torch.fx as fx
 from torch import nn
 
-from .blocks import Block, find_blocks
-from .graph import GraphView as _GraphView
+from .blocks.block import Block, find_blocks
+from .tracing.graph import GraphView as _GraphView
 from .errors import FxswapError, NoBlocksError
-from .modes import kept_modes
-from .trace import retrace_both_modes
+from .tracing.modes import kept_modes
+from .tracing.tracer import retrace_both_modes
 
 __all__ = ["probe", "resolve_points", "block_output"]
 

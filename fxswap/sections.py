@@ -28,11 +28,11 @@ from typing import Sequence
 import torch.fx as fx
 from torch import nn
 
-from .graph import GraphView as _GraphView
+from .tracing.graph import GraphView as _GraphView
 from .errors import FxswapError
-from .modes import kept_modes
+from .tracing.modes import kept_modes
 from .probes import check_model, point_list, resolve_points
-from .trace import ModeSwitch, trace
+from .tracing.tracer import ModeSwitch, trace
 
 __all__ = ["split_sections"]
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 import fxswap
-from fxswap.blockswap import (PAPER_CANDIDATES, BlockSwapResult, CostModel, blockswap, parse_budget,
+from fxswap.search.plans import (PAPER_CANDIDATES, BlockSwapResult, CostModel, blockswap, parse_budget,
                               sample_plans)
 from fxswap.cli.search import load_batch, split_specs
 from fxswap.errors import BudgetError
-from fxswap.fisher import fisher_potential
+from fxswap.search.fisher import fisher_potential
 from fxswap.models import cifar_resnet, wrn
 
 SPECS = ["S", "G(4)", "G(N/4)", "G(N)", "B(2)", "BG(2,M/4)", "BG(2,16)", "S-2x2"]
@@ -179,7 +179,7 @@ def test_bad_budgets_say_what_is_accepted(budget):
 
 
 def test_cost_table_is_plain_data_with_room_for_latency(wrn_cm):
-    from fxswap.costs import CostTable
+    from fxswap.search.costs import CostTable
 
     table = wrn_cm.table
     assert isinstance(table, CostTable) and table.latency is None

@@ -13,10 +13,10 @@ import pytest
 import torch
 
 import fxswap
-from fxswap.blockswap import BlockSwapResult, CostModel, blockswap, budget_metric, parse_budget, sample_plans
+from fxswap.search.plans import BlockSwapResult, CostModel, blockswap, budget_metric, parse_budget, sample_plans
 from fxswap.errors import BudgetError, FxswapError
 from fxswap.testing import NetSpec, StageSpec, build
-from fxswap.timing import block_latency_table
+from fxswap.metrics.latency import block_latency_table
 
 NET = NetSpec(stem=8, stages=(StageSpec(8, 2, 1), StageSpec(16, 1, 2)), order="post")
 SPECS = ["S", "B(2)", "G(2)"]

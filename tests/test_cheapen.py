@@ -7,7 +7,7 @@ from torch import nn
 
 import fxswap
 from fxswap import SpecError, cheapen, find_blocks
-from fxswap.accounting import bn_running_stats
+from fxswap.metrics.counting import bn_running_stats
 from fxswap.models import cifar_resnet, wrn
 
 # Moonshine (seed 000) Table 3, "No. Params" of WRN-40-2 students on CIFAR-10, counting BN running
@@ -182,7 +182,7 @@ def test_reinit_unfreezes_a_frozen_teacher():
 
 def test_self_check_names_block_and_shape():
     # a user substitute that gets the width wrong is caught before cheapen returns
-    from fxswap.substitutes import SUBSTITUTES, register_substitute
+    from fxswap.surgery.substitutes import SUBSTITUTES, register_substitute
 
     @register_substitute("Wrong", level="conv")
     def wrong(spec, conv, block):
@@ -261,7 +261,7 @@ def test_untraceable_model_raises_trace_error_naming_module():
 
 
 def test_user_registered_substitute():
-    from fxswap.substitutes import register_substitute
+    from fxswap.surgery.substitutes import register_substitute
 
     @register_substitute("Half", level="conv")
     def half(spec, conv, block):

@@ -173,7 +173,7 @@ class _Stop(Exception):
     (["--preset", "blockswap", "--batch-size", "8", "--cutout", "0"], 8, 0),  # what the user asks wins
 ])
 def test_distill_takes_batch_and_cutout_from_the_preset(extra, batch, cutout, monkeypatch, tiny_npz):
-    import fxswap.data
+    import fxswap.data.datasets
 
     seen = {}
 
@@ -181,7 +181,7 @@ def test_distill_takes_batch_and_cutout_from_the_preset(extra, batch, cutout, mo
         seen.update(kwargs)
         raise _Stop
 
-    monkeypatch.setattr(fxswap.data, "make_loaders", loaders)
+    monkeypatch.setattr(fxswap.data.datasets, "make_loaders", loaders)
     argv = [a for a in DISTILL if a not in ("--batch-size", "8")] + ["--data", tiny_npz, *extra]
     assert main(argv) == 1  # the stand-in's _Stop, reported as any other failure
     assert (seen["batch_size"], seen["cutout"]) == (batch, cutout)

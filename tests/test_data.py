@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-import fxswap.data as D
+import fxswap.data.datasets as D
 from fxswap.data import (
     CIFAR10_MEAN,
     CIFAR10_STD,

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 import fxswap
 from fxswap.data import CIFAR10_MEAN, CIFAR10_STD, ArrayDataset, cifar_transforms
-from fxswap.device_data import DeviceLoader, augment_batch, device_cifar_loaders
+from fxswap.data.device import DeviceLoader, augment_batch, device_cifar_loaders
 from fxswap.errors import FxswapError
 
 H = W = 32
@@ -233,7 +233,7 @@ def test_cuda_batches_without_host_syncs_match_the_cpu_function():
     assert all(x.is_cuda and x.is_contiguous(memory_format=torch.channels_last) for x, _ in batches)
     g = torch.Generator(device="cuda").manual_seed(0)
     imgs = loader.images[:64]
-    from fxswap.device_data import draw_augmentation
+    from fxswap.data.device import draw_augmentation
 
     draws = draw_augmentation(64, H, W, padding=4, flip=True, cutout=16, generator=g, device=imgs.device)
     on_gpu = augment_batch(imgs, draws, loader.mean, loader.std, cutout=16)

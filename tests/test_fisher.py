@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 import fxswap
-from fxswap.fisher import channel_fisher, fisher_potential, probe_points, random_init, sensitivity
+from fxswap.search.fisher import channel_fisher, fisher_potential, probe_points, random_init, sensitivity
 from fxswap.models import cifar_resnet, wrn
 
 

@@ -2,7 +2,7 @@
 
 Small here (the ``ci`` profile); ``HYPOTHESIS_PROFILE=nightly`` runs each with
 1,000 cases, and ``benchmarks/fuzz.py`` counts the outcomes. The cases come from
-:mod:`fxswap.fuzzing`, drawn from a seeded ``random.Random``.
+:mod:`fuzzing` (tests/fuzzing.py), drawn from a seeded ``random.Random``.
 
 Inputs that once ended in a raw exception are pinned in ``REGRESSIONS``, one
 each, and must now be clear errors; the fuzz itself tolerates no raw exception.
@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import fxswap
-from fxswap.fuzzing import SURFACES, Surface, outcome
+from fuzzing import SURFACES, Surface, outcome
 
 # the raw failure each input once gave -> (surface, the input, what it was)
 REGRESSIONS = {

@@ -7,10 +7,10 @@ import torch
 from torch import nn
 
 import fxswap
-from fxswap.accounting import BlockCost, Comparison, CostReport
+from fxswap.metrics.counting import BlockCost, Comparison, CostReport
 from fxswap.errors import FxswapError
 from fxswap.models import wrn
-from fxswap.timing import _block_inputs, parse_duration
+from fxswap.metrics.latency import _block_inputs, parse_duration
 
 # one thread: on a shared, oversubscribed CI machine multi-threaded timing calls wait on the scheduler
 FAST = {"min_run_time": 0.005, "warmup": 1, "num_threads": 1}

@@ -16,13 +16,13 @@ from torch import nn
 
 from fxswap import SpecError, cheapen, find_blocks, trace
 from fxswap.errors import MatchError
-from fxswap.match import BlockMatch, LocatedAdd, LocatedBranch, locate
+from fxswap.blocks.match import BlockMatch, LocatedAdd, LocatedBranch, locate
 from fxswap.models import wrn
-from fxswap.rewrite import _rewrite, remove_branch, replace_branch
-from fxswap.spec import parse_spec
+from fxswap.surgery.rewrite import _rewrite, remove_branch, replace_branch
+from fxswap.surgery.spec import parse_spec
 from fxswap.testing import (BottleneckBlock, InvertedBlock, NetSpec, PostActBlock, PreActBlock, StageSpec,
                             TransformerBlock, build, residual_nets)
-from fxswap.trace import retrace_both_modes
+from fxswap.tracing.tracer import retrace_both_modes
 
 
 class Wrap(nn.Module):

@@ -9,11 +9,11 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from torch.utils.data import DataLoader, TensorDataset
 
-import fxswap.plotting as plotting
-from fxswap.blockswap import BlockSwapResult, Candidate
+import fxswap.integrations.plotting as plotting
+from fxswap.search.plans import BlockSwapResult, Candidate
 from fxswap.cli import main
 from fxswap.errors import FxswapError
-from fxswap.plotting import load_history, load_search, pareto_front
+from fxswap.integrations.plotting import load_history, load_search, pareto_front
 
 PNG = b"\x89PNG\r\n\x1a\n"
 

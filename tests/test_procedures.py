@@ -199,9 +199,9 @@ def test_srrl_rejects_an_unknown_weight():
 # BlockSwap: the reference's candidate set; a fresh minibatch and initialisation per candidate
 # ---------------------------------------------------------------------------
 
-from fxswap.blockswap import (CANDIDATE_SETS, PAPER_CANDIDATES, REFERENCE_CANDIDATES, CostModel,  # noqa: E402
+from fxswap.search.plans import (CANDIDATE_SETS, PAPER_CANDIDATES, REFERENCE_CANDIDATES, CostModel,  # noqa: E402
                               candidate_specs)
-from fxswap.spec import parse_spec  # noqa: E402
+from fxswap.surgery.spec import parse_spec  # noqa: E402
 
 # BayesWatch/pytorch-blockswap utils.py string_to_conv, read by hand: class → (kind, bottleneck, groups)
 REFERENCE_CLASSES = {
@@ -261,7 +261,7 @@ def test_fresh_batch_gives_each_candidate_its_own_minibatch():
 
 
 def _in_sampling_order(cm, result):
-    plans = fxswap.blockswap.__globals__["sample_plans"](cm, result.budget, result.samples, tolerance=result.tolerance,
+    plans = fxswap.search.plans.sample_plans(cm, result.budget, result.samples, tolerance=result.tolerance,
                                                         seed=result.seed)
     by_plan = {tuple(sorted(c.plan.items())): c for c in result.candidates}
     return [by_plan[tuple(sorted(p.items()))] for p in plans]
@@ -289,7 +289,7 @@ def test_fresh_init_scores_each_candidate_at_its_own_initialisation_and_leaves_t
     assert {c.fisher for c in fresh.candidates}.isdisjoint({c.fisher for c in shared.candidates})
     # each fresh score is the plan's network, re-initialised with its own seed, scored directly
     for i, c in enumerate(_in_sampling_order(cm, fresh)):
-        net = fxswap.fisher.random_init(cm.build(c.plan), fxswap.seeding.derived_seed(0, f"fresh-init/{i}"))
+        net = fxswap.search.fisher.random_init(cm.build(c.plan), fxswap.seeding.derived_seed(0, f"fresh-init/{i}"))
         assert c.fisher == pytest.approx(fxswap.fisher_potential(net, batch).total, rel=1e-5)
     # and the cost model's variants were not re-initialised: the shared scores come back
     later = fxswap.blockswap(teacher, 0.6, batch, samples=2, tolerance=0.9, cost_model=cm, seed=0)

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from fxswap import SpecError, parse_spec
-from fxswap.spec import Ratio
+from fxswap.surgery.spec import Ratio
 
 CANONICAL = ["S", "S-2x2", "I", "G(2)", "G(16)", "G(N/4)", "G(N)", "B(2)", "B(4)", "BG(2,4)", "BG(2,M/8)", "BG(4,M)"]
 

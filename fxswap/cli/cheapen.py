@@ -62,7 +62,7 @@ def blocks_table(blocks) -> str:
     >>> print(blocks_table(find_blocks(models.wrn(10, 1))).splitlines()[0])
     block     stage  in  out  stride  k  convs  order    shortcut
     """
-    from ..accounting import render_table
+    from ..metrics.counting import render_table
 
     rows = [(b.name, b.stage, b.in_channels, b.out_channels, b.stride, b.kernel_size, len(b.convs), b.order, b.shortcut)
             for b in blocks]
@@ -71,7 +71,7 @@ def blocks_table(blocks) -> str:
 
 def run_blocks(args: argparse.Namespace) -> int:
     """``fxswap blocks``: print the residual blocks of the model."""
-    from ..blocks import find_blocks
+    from ..blocks.block import find_blocks
 
     blocks = find_blocks(model_from_args(args))
     if args.json:
@@ -83,8 +83,8 @@ def run_blocks(args: argparse.Namespace) -> int:
 
 def run_count(args: argparse.Namespace) -> int:
     """``fxswap count``: print parameters and MACs per block."""
-    from ..accounting import count
-    from ..timing import latency
+    from ..metrics.counting import count
+    from ..metrics.latency import latency
 
     model = model_from_args(args)
     shape = parse_shape(args.input, model)
@@ -102,11 +102,11 @@ def run_count(args: argparse.Namespace) -> int:
 
 def run_cheapen(args: argparse.Namespace) -> int:
     """``fxswap cheapen``: rewrite, save (first), then print both tables and a forward check."""
-    from ..accounting import compare
-    from ..blocks import find_blocks
-    from ..rewrite import cheapen
+    from ..metrics.counting import compare
+    from ..blocks.block import find_blocks
+    from ..surgery.rewrite import cheapen
 
-    from ..student_io import save_student
+    from ..io.student import save_student
 
     check_writable(args.save, "--save")
     model = model_from_args(args)

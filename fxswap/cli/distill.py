@@ -109,8 +109,8 @@ def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.M
     >>> how
     'cheapen(teacher, G(N/4))'
     """
-    from ..rewrite import cheapen
-    from ..spec import parse_spec
+    from ..surgery.rewrite import cheapen
+    from ..surgery.spec import parse_spec
 
     plan = load_plan(text, "--student")
     if isinstance(plan, str):
@@ -197,12 +197,12 @@ _DATA_KINDS = {"npz": ".npz", "imagefolder": "ImageFolder", "cifar-folder": "tor
 def _save_student(args, student: nn.Module, num_classes: int, image_size: int, out: Path) -> Path | None:
     """``DIR/student.pt`` in :func:`fxswap.save_student`'s format; None (with a note) when the student
     cannot describe itself (a named student model without residual blocks)."""
-    from ..student_io import save_student
+    from ..io.student import save_student
 
     plan, model = load_plan(args.student, "--student"), args.teacher
     if isinstance(plan, str):
         try:
-            from ..spec import parse_spec
+            from ..surgery.spec import parse_spec
 
             parse_spec(plan)
         except SpecError:  # a model name: the student is that model, unchanged ("S" everywhere)
@@ -220,7 +220,7 @@ def _save_student(args, student: nn.Module, num_classes: int, image_size: int, o
 
 def run_distill(args: argparse.Namespace) -> int:
     """Run ``fxswap distill`` with parsed ``args``; prints the history table; returns the exit code."""
-    from ..data import data_kind, make_loaders
+    from ..data.datasets import data_kind, make_loaders
     from ..distillation import distill, evaluate, format_history
     from ..distillation.checkpoint import STUDENT
     from ..distillation.presets import get_preset

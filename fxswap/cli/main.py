@@ -39,7 +39,7 @@ def build_parser() -> CliParser:
 def _version() -> str:
     import torch
 
-    from .. import __version__
+    from ..version import __version__
 
     return f"fxswap {__version__} (torch {torch.__version__})"
 

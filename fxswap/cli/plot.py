@@ -5,7 +5,7 @@
     fxswap distill ... --out runs/g4
     fxswap plot runs/g4/student/history.jsonl --out curves.png   # loss terms and error per epoch
 
-Needs matplotlib: ``pip install 'fxswap[plot]'``. See :mod:`fxswap.plotting`.
+Needs matplotlib: ``pip install 'fxswap[plot]'``. See :mod:`fxswap.integrations.plotting`.
 
 >>> from fxswap.cli.main import build_parser
 >>> build_parser().parse_args(["plot", "search.json", "--out", "front.png"]).out
@@ -36,7 +36,7 @@ def run_plot(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from ..errors import FxswapError
-    from ..plotting import plot, plot_search
+    from ..integrations.plotting import plot, plot_search
 
     check_writable(args.out, "--out")
     if args.metrics:

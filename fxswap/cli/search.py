@@ -12,7 +12,7 @@ cheapen MODEL plan.json`` accepts), then prints the top candidates. Without
 
 A latency budget (``25ms``, ``0.1s``, ``60%latency``, or ``--metric latency``
 with a fraction) first times every block × candidate variant on this
-machine (:meth:`fxswap.blockswap.CostModel.measure_latency`) at
+machine (:meth:`fxswap.search.plans.CostModel.measure_latency`) at
 ``--latency-batch`` (default ``--batch-size``); the budget is a ceiling:
 samples are kept when their estimated latency is within ``--tolerance``
 below it. ``--latency`` adds the measured column to a parameter or MAC
@@ -72,7 +72,7 @@ def load_batch(path: str | None, batch_size: int, input_shape: tuple[int, ...], 
     >>> tuple(x.shape), tuple(y.shape), what
     ((4, 3, 32, 32), (4,), 'random noise (no --data)')
     """
-    from ..data import CIFAR10_MEAN, CIFAR10_STD, Normalize, NpzDataset
+    from ..data.datasets import CIFAR10_MEAN, CIFAR10_STD, Normalize, NpzDataset
 
     if batch_size < 1:
         raise FxswapError(f"--batch-size must be >= 1, got {batch_size}")
@@ -132,7 +132,7 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     """Run ``fxswap search`` from parsed arguments; returns the exit status."""
-    from ..blockswap import CostModel, blockswap, budget_metric, candidate_specs, parse_budget
+    from ..search.plans import CostModel, blockswap, budget_metric, candidate_specs, parse_budget
 
     out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
     check_writable(out, "--out")

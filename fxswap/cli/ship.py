@@ -40,8 +40,8 @@ def run_export(args: argparse.Namespace) -> int:
     import torch
 
     from ..errors import FxswapError
-    from ..exporting import export
-    from ..student_io import load_student, read_record
+    from ..io.export import export
+    from ..io.student import load_student, read_record
 
     check_writable(args.out, "out")
     record = read_record(args.student)

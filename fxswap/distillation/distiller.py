@@ -44,7 +44,7 @@ class _Resolver:
 
     def __call__(self, selector) -> list[str]:
         from ..probes import resolve_points
-        from ..trace import trace
+        from ..tracing.tracer import trace
 
         if self.graph is None:
             self.graph = trace(self.model, self.leaf_modules)

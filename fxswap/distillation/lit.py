@@ -57,7 +57,7 @@ import contextlib
 import torch
 from torch import Tensor, nn
 
-from ..blocks import find_blocks
+from ..blocks.block import find_blocks
 from ..errors import DistillError
 from .distiller import Distiller
 

@@ -26,9 +26,11 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from .blocks import Block, common_path, find_blocks
-from .errors import FxswapError, NoBlocksError
-from .modes import kept_modes
+from ..blocks.block import Block, common_path, find_blocks
+from ..errors import FxswapError, NoBlocksError
+from ..tracing.modes import kept_modes
+
+from .table import render_table
 
 __all__ = ["count", "compare", "CostReport", "BlockCost", "Comparison", "bn_running_stats"]
 
@@ -91,7 +93,7 @@ class Comparison:
     """Teacher vs student costs, from :func:`compare`.
 
     ``teacher_latency`` / ``student_latency`` are
-    :class:`fxswap.timing.LatencyReport` objects when ``compare(...,
+    :class:`fxswap.metrics.latency.LatencyReport` objects when ``compare(...,
     latency=True)`` measured them, else ``None``. In the table a ratio above 1
     (the student's block costs *more* than the teacher's) is marked ``*``.
 
@@ -179,24 +181,6 @@ def _ratio(a: float, b: float) -> str:
     if not b:
         return "-"
     return f"{a / b:.3f}" + ("*" if a > b else "")
-
-
-def render_table(header: list[str], rows: list[tuple]) -> str:
-    """A plain-text table (ints with thousands separators), as every fxswap report prints.
-
-    >>> print(render_table(["block", "params"], [("layer1.0", 1234)]))
-    block     params
-    --------  ------
-    layer1.0   1,234
-    """
-    cells = [header] + [[f"{c:,}" if isinstance(c, int) else str(c) for c in r] for r in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
-    lines = []
-    for k, r in enumerate(cells):
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
-        if k == 0:
-            lines.append("  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def bn_running_stats(module: nn.Module) -> int:
@@ -334,7 +318,7 @@ def compare(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...]
     result = Comparison(count(teacher, input_shape, t_blocks), count(student, input_shape, t_blocks))
     if not latency:
         return result
-    from .timing import latency as measure
+    from .latency import latency as measure
 
     return Comparison(
         result.teacher, result.student,

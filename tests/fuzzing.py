@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .errors import FxswapError
+from fxswap.errors import FxswapError
 
 __all__ = ["Surface", "SURFACES", "outcome", "OUTCOMES"]
 
@@ -213,7 +213,7 @@ def make_npz_case(rng: random.Random, folder: Path) -> Path:
 
 def run_npz_case(path: Path) -> None:
     """Load both splits and draw one batch of each, as a training run would."""
-    from .data import cifar_loaders
+    from fxswap.data import cifar_loaders
 
     train, val = cifar_loaders(path, batch_size=4, num_workers=0, seed=0)
     next(iter(train))
@@ -286,15 +286,15 @@ def make_plan_case(rng: random.Random, folder: Path) -> Path:
 
 @functools.lru_cache(maxsize=1)
 def _plan_model():
-    from .models import wrn
+    from fxswap.models import wrn
 
     return wrn(10, 1)
 
 
 def run_plan_case(path: Path) -> None:
     """What ``fxswap cheapen wrn-10-1 PATH`` does with the file: load the plan, cheapen the model."""
-    from .cli.common import load_plan
-    from .rewrite import cheapen
+    from fxswap.cli.common import load_plan
+    from fxswap import cheapen
 
     cheapen(_plan_model(), load_plan(str(path)))
 
@@ -423,7 +423,7 @@ _ERROR_LINE = re.compile(r"^fxswap[\w -]*: error: ")
 
 def run_cli_case(argv: list[str]) -> tuple[str, str]:
     """Run ``fxswap argv`` in-process; the outcome follows the exit-status contract."""
-    from .cli import main
+    from fxswap.cli import main
 
     out, err = io.StringIO(), io.StringIO()
     home = os.getcwd()

@@ -8,8 +8,8 @@ attributes) in which only the rewritten regions change:
 * branch-level specs (``B``, ``BG``) and ``I`` rewrite the graph of the
   smallest module owning the block (``layer2.0``) and put that GraphModule
   back in its place. They replace the nodes :func:`fxswap.find_blocks`
-  matched (``Block.match``, see :mod:`fxswap.match`): the owner is re-traced,
-  :func:`fxswap.match.locate` maps the match onto that trace (or says why it
+  matched (``Block.match``, see :mod:`fxswap.blocks.match`): the owner is re-traced,
+  :func:`fxswap.blocks.match.locate` maps the match onto that trace (or says why it
   cannot), and :func:`replace_branch` / :func:`remove_branch` edit exactly the
   located nodes. Nothing is searched for again by name.
 
@@ -38,14 +38,15 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .blocks import KINDS as KIND_TEXT, Block, find_blocks, propagate_shapes
-from .errors import MatchError, SpecError
-from .match import BlockMatch, LocatedAdd, LocatedBranch, locate
+from ..blocks.block import KINDS as KIND_TEXT, Block, find_blocks, propagate_shapes
+from ..errors import MatchError, SpecError
+from ..blocks.match import BlockMatch, LocatedAdd, LocatedBranch, locate
+from .partial import submodule_at, with_part
 from .spec import BlockSpec, parse_spec
 from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets, for_host
-from .trace import callers, retrace_both_modes, trace, unpassed_defaults
+from ..tracing.tracer import callers, retrace_both_modes, trace, unpassed_defaults
 
-__all__ = ["cheapen", "resolve_plan", "Plan", "example_input_for", "replace_branch", "remove_branch"]
+__all__ = ["cheapen", "cheapen_part", "resolve_plan", "Plan", "example_input_for", "replace_branch", "remove_branch"]
 
 Plan = Union[str, BlockSpec, Mapping[str, Union[str, BlockSpec]], Sequence[Union[str, BlockSpec]]]
 
@@ -141,13 +142,13 @@ def replace_branch(gm: fx.GraphModule, found: LocatedBranch, name: str, module: 
     """Call ``module`` (registered as ``name``) on the located branch's entry in place of its exit.
 
     Exactly the located nodes go (a node something else still uses would
-    stay: :func:`fxswap.match.locate` has checked there is none); returns
+    stay: :func:`fxswap.blocks.match.locate` has checked there is none); returns
     the new call. Before / after, in the trace of WRN's ``layer1.0``::
 
         relu1 ─ conv1 ─ bn2 ─ relu2 ─ conv2 ─ add        relu1 ─ substitute ─ add
 
     >>> from fxswap import find_blocks, trace
-    >>> from fxswap.match import locate
+    >>> from fxswap.blocks.match import locate
     >>> from fxswap.models import wrn
     >>> model = wrn(10, 1)
     >>> gm = trace(model.layer1[0])
@@ -174,7 +175,7 @@ def remove_branch(gm: fx.GraphModule, found: LocatedAdd) -> fx.Node:
     shortcut that autograd or later blocks still read.
 
     >>> from fxswap import find_blocks, trace
-    >>> from fxswap.match import locate
+    >>> from fxswap.blocks.match import locate
     >>> from fxswap.models import wrn
     >>> model = wrn(10, 1)
     >>> gm = trace(model.layer1[0])
@@ -312,10 +313,9 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     >>> sum(p.numel() for p in student.parameters())
     363066
 
-    ``root="backbone.body"`` rewrites only that submodule (see :mod:`fxswap.partial`).
+    ``root="backbone.body"`` rewrites only that submodule (see :mod:`fxswap.surgery.partial`).
     """
-    if root is not None:  # surgery on part of the model: fxswap.partial traces only the submodule
-        from .partial import cheapen_part
+    if root is not None:  # surgery on part of the model: fxswap.surgery.partial traces only the submodule
         return cheapen_part(model, plan, root, reinit=reinit, leaf_modules=leaf_modules,
                             example_input=example_input, allow_larger=allow_larger, strict=strict)
     gm = trace(model, leaf_modules)
@@ -376,6 +376,21 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
 #: rewrites tried when the self-check finds blocks whose substitute does not fit (a whole-model spec then
 #: keeps them and rewrites the rest again)
 _SELF_CHECK_ROUNDS = 4
+
+
+def cheapen_part(model: nn.Module, plan, root: str, **cheapen_options) -> nn.Module:
+    """A deep copy of ``model`` whose submodule ``root`` is ``fxswap.cheapen(submodule, plan)``.
+
+    ``cheapen_options`` (``reinit``, ``leaf_modules``) go to
+    :func:`fxswap.cheapen`. The user's model is never mutated.
+
+    >>> from fxswap.models import wrn
+    >>> teacher = wrn(16, 1)
+    >>> student = cheapen_part(teacher, "G(N/4)", "layer3")
+    >>> type(student.layer3[0].conv1).__name__, type(student.layer1[0].conv1).__name__
+    ('Sequential', 'Conv2d')
+    """
+    return with_part(model, root, cheapen(submodule_at(model, root), plan, **cheapen_options))
 
 
 def _reason(message: str) -> str:

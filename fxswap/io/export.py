@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import FxswapError
+from ..errors import FxswapError
 
 __all__ = ["export", "ExportResult", "FORMATS"]
 

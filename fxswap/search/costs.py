@@ -1,11 +1,11 @@
 """The search's cost table: per block × candidate spec, what the block costs.
 
-A plain table, built by :class:`fxswap.blockswap.CostModel` (one
+A plain table, built by :class:`fxswap.search.plans.CostModel` (one
 :func:`fxswap.cheapen` per spec) and read by the sampler: ``params[block][spec]``
 and ``macs[block][spec]`` are the costs of that block's module, ``latency``
 (same layout, milliseconds) the measured latency of that module at the
-search's batch and input shape (:func:`fxswap.timing.block_latency_table`,
-filled by :meth:`fxswap.blockswap.CostModel.measure_latency`). A plan's cost
+search's batch and input shape (:func:`fxswap.metrics.latency.block_latency_table`,
+filled by :meth:`fxswap.search.plans.CostModel.measure_latency`). A plan's cost
 is ``fixed + Σ block costs``: for params and MACs equal to what
 ``count(cheapen(teacher, plan))`` reports; for latency an estimate, with
 ``fixed`` the measured teacher total minus the teacher's blocks (see
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import BudgetError
+from ..errors import BudgetError
 
 __all__ = ["CostTable", "METRICS"]
 

@@ -41,10 +41,10 @@ from typing import Callable, Mapping
 import torch
 from torch import nn
 
-from .blocks import Block, find_blocks
-from .errors import FxswapError, NoBlocksError
+from ..blocks.block import Block, find_blocks
+from ..errors import FxswapError, NoBlocksError
 
-__all__ = ["latency", "LatencyReport", "Timing", "BlockLatency", "parse_duration", "BlockLatencyTable",
+__all__ = ["latency", "LatencyReport", "Timing", "BlockLatency", "parse_duration", "is_duration", "BlockLatencyTable",
            "block_latency_table"]
 
 
@@ -106,7 +106,7 @@ class LatencyReport:
 
     def table(self) -> str:
         """Fixed-width table: one row per block, then the total, then the conditions."""
-        from .accounting import render_table
+        from .table import render_table
 
         rows = [(b.name, f"{b.timing.median_ms:.3f}", f"{b.timing.iqr_ms:.3f}", b.timing.runs) for b in self.blocks]
         rows.append(("total", f"{self.total.median_ms:.3f}", f"{self.total.iqr_ms:.3f}", self.total.runs))
@@ -419,6 +419,15 @@ def _quantile(sorted_values: list[float], q: float) -> float:
 
 
 _DURATION = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|us|µs)\s*")
+
+
+def is_duration(text) -> bool:
+    """Whether ``text`` reads as a duration (``"25ms"``, ``"0.1 s"``, ``"800us"``).
+
+    >>> is_duration("25ms"), is_duration("60%latency"), is_duration(25)
+    (True, False, False)
+    """
+    return isinstance(text, str) and _DURATION.fullmatch(text) is not None
 
 
 def parse_duration(text: str | float) -> float:

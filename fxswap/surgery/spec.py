@@ -35,7 +35,7 @@ import re
 from dataclasses import dataclass
 from typing import Union
 
-from .errors import SpecError
+from ..errors import SpecError
 
 __all__ = ["Ratio", "BlockSpec", "parse_spec", "register_form", "spec_forms"]
 
@@ -133,7 +133,7 @@ class BlockSpec:
 
 
 # Each form: its parameter kinds, in order ("int" is a positive integer; "N"/"M" accept an int or a
-# Ratio on that base) and an example. Empty here: fxswap.substitutes registers the built-in forms
+# Ratio on that base) and an example. Empty here: fxswap.surgery.substitutes registers the built-in forms
 # through register_substitute, exactly as a user's substitute registers its own.
 _FORMS: dict[str, tuple[str, ...]] = {}
 _EXAMPLES: dict[str, str] = {}

@@ -28,7 +28,7 @@ import torch
 import torch.fx as fx
 from torch import nn
 
-from .errors import TraceError
+from ..errors import TraceError
 
 __all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "default_arguments", "callers",
            "weight_passing_modules"]

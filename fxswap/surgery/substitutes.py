@@ -35,8 +35,8 @@ from typing import Callable
 
 from torch import nn
 
-from .blocks import KINDS, Block
-from .errors import SpecError
+from ..blocks.block import KINDS, Block
+from ..errors import SpecError
 from .spec import BlockSpec, register_form
 
 __all__ = [
@@ -185,7 +185,7 @@ def fit_groups(arg, channels: int, what: str, block: Block, spec: BlockSpec) -> 
     a :class:`fxswap.SpecError` instead. A ratio ``N/d`` asks for ``N/d``
     groups (a fraction when d does not divide N).
 
-    >>> from fxswap.spec import parse_spec, Ratio
+    >>> from fxswap.surgery.spec import parse_spec, Ratio
     >>> b = Block("b", 0, 0, 26, 26, 1, 3, (), "pre", "identity")
     >>> fit_groups(Ratio("N", 4), 26, "a conv", b, parse_spec("G(N/4)")), fit_groups(4, 64, "a conv", b, parse_spec("G(4)"))
     (2, 4)

@@ -12,6 +12,7 @@ plans are relative to ``root`` (``layer3.*``, not ``backbone.body.layer3.*``).
 >>> from torchvision.models.detection.backbone_utils import resnet_fpn_backbone
 >>> detector = torchvision.models.detection.FasterRCNN(
 ...     resnet_fpn_backbone(backbone_name="resnet18", weights=None), num_classes=3, min_size=64, max_size=64)
+>>> from fxswap import cheapen_part
 >>> student = cheapen_part(detector, "B(2)", "backbone.body")
 >>> size = lambda m: sum(p.numel() for p in m.parameters())
 >>> type(student).__name__, size(student.backbone.body) < size(detector.backbone.body)
@@ -27,9 +28,9 @@ import copy
 
 from torch import nn
 
-from .errors import SpecError
+from ..errors import SpecError
 
-__all__ = ["cheapen_part", "submodule_at"]
+__all__ = ["submodule_at", "with_part"]
 
 
 def submodule_at(model: nn.Module, root: str) -> nn.Module:
@@ -55,22 +56,16 @@ def submodule_at(model: nn.Module, root: str) -> nn.Module:
                         f"are {children}") from None
 
 
-def cheapen_part(model: nn.Module, plan, root: str, **cheapen_options) -> nn.Module:
-    """A deep copy of ``model`` whose submodule ``root`` is ``fxswap.cheapen(submodule, plan)``.
-
-    ``cheapen_options`` (``reinit``, ``leaf_modules``) go to
-    :func:`fxswap.cheapen`. The user's model is never mutated.
+def with_part(model: nn.Module, root: str, new_part: nn.Module) -> nn.Module:
+    """A deep copy of ``model`` whose submodule ``root`` is ``new_part`` (``model`` is not mutated).
 
     >>> from fxswap.models import wrn
-    >>> teacher = wrn(16, 1)
-    >>> student = cheapen_part(teacher, "G(N/4)", "layer3")
-    >>> type(student.layer3[0].conv1).__name__, type(student.layer1[0].conv1).__name__
-    ('Sequential', 'Conv2d')
+    >>> teacher = wrn(10, 1)
+    >>> student = with_part(teacher, "layer2", nn.Identity())
+    >>> type(student.layer2).__name__, type(teacher.layer2).__name__
+    ('Identity', 'Sequential')
     """
-    from .rewrite import cheapen
-
     part = submodule_at(model, root)
-    new_part = cheapen(part, plan, **cheapen_options)
     # copy everything but the part: the memo makes deepcopy reuse `part` itself, which is then replaced
     student = copy.deepcopy(model, memo={id(part): part})
     parent, _, name = root.rpartition(".")

@@ -33,40 +33,22 @@ import contextlib
 import dataclasses
 import io
 import math
-import operator
 from dataclasses import dataclass, field
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 from torch import nn
 
-from .errors import NoBlocksError
+from ..errors import NoBlocksError
 from .match import BlockMatch, match_block
-from .graph import (
-    GraphView, ancestry, common_path, is_add, is_cat, is_layout, path_between, region_from, tensor_entry,
+from .patterns import KINDS, analyse_add, branch_operand, branch_region, host_kind, layer_of, node_shape
+from ..tracing.graph import (
+    GraphView, common_path, is_add, is_cat, is_layout, region_from, tensor_entry,
 )
-from .trace import node_scope, trace
+from ..tracing.tracer import node_scope, trace
 
 __all__ = ["Block", "KINDS", "find_blocks", "propagate_shapes", "is_add", "common_path", "branch_operand"]
 
-# Deprecated private aliases: the graph helpers now live in fxswap.graph.
-_GraphView, _bits, _region_from, _tensor_entry = GraphView, ancestry, region_from, tensor_entry
-
-#: Host kinds, by what the branch computes (docs/specs.md says what each spec does on each).
-KINDS = {
-    "basic": "k×k convs only (ResNet/WRN basic block)",
-    "bottleneck": "1×1 reduce, full or grouped k×k, 1×1 expand (ResNet-50, ResNeXt, RegNet)",
-    "inverted": "1×1 expand, depthwise k×k, 1×1 project (MobileNetV2, MBConv, optional SE)",
-    "mixer": "depthwise or partial spatial conv, then a pointwise MLP (ConvNeXt, FasterNet, MetaFormer)",
-    "mlp": "pointwise layers only: Linear/1×1 - act - Linear/1×1 (a transformer's MLP)",
-    "attention": "self-attention (Linear/1×1 projections, matmul or softmax; or one opaque attention module)",
-    "other": "any other branch with convolutions (multi-branch, nested adds) or one opaque module with weights",
-}
-
-_ATTENTION_FUNCTIONS = (F.scaled_dot_product_attention, torch.matmul, torch.bmm, torch.softmax, F.softmax,
-                        operator.matmul, torch.einsum, torch.baddbmm)
-_ATTENTION_METHODS = ("softmax", "matmul", "bmm")
 
 
 @dataclass(frozen=True)
@@ -80,7 +62,7 @@ class Block:
     (conv-BN, ResNet); ``shortcut`` is ``"identity"`` or ``"projection"``;
     ``width`` the branch's inner width (the k×k conv's or hidden layer's
     channels, which ``B(b)`` divides by b). ``match`` holds the nodes the
-    rewrite replaces (:mod:`fxswap.match`: the add, its branch operand, the
+    rewrite replaces (:mod:`fxswap.blocks.match`: the add, its branch operand, the
     branch's region); the remaining fields describe the block further.
 
     >>> import fxswap
@@ -143,159 +125,9 @@ class Block:
     #: the k×k padding that keeps the region's output size (an int, or "same" where only an uneven pad
     #: does: a 2×2 conv after a ZeroPad2d); None when shapes are unknown (then k // 2)
     padding: int | str | None = field(default=None, repr=False)
-    #: the matched nodes (add, branch operand, region) that the rewrite replaces (:mod:`fxswap.match`)
+    #: the matched nodes (add, branch operand, region) that the rewrite replaces (:mod:`fxswap.blocks.match`)
     match: BlockMatch | None = field(default=None, repr=False, compare=False)
 
-
-def _analyse_add(view: GraphView, add: fx.Node):
-    a, b = add.args[0], add.args[1]
-    common = ancestry(view, a) & ancestry(view, b)
-    if not common:
-        return None
-    src = common.bit_length() - 1
-    paths = [path_between(view, src, a), path_between(view, src, b)]
-    mixers = [[n for n in view.members(p) if view.is_mixer(n)] for p in paths]
-    if not mixers[0] and not mixers[1]:
-        return _analyse_opaque_add(view, add, src, paths)
-    # the branch has more mixers (ties: the longer path)
-    k = max((0, 1), key=lambda i: (len(mixers[i]), bin(paths[i]).count("1")))
-    convs = [n for n in mixers[k] if view.is_conv(n)]
-    if not convs:
-        # Linear-only: a residual only if the other operand is the input itself (not two heads summed)
-        # and the branch works on maps or tokens, not on pooled features (a classifier)
-        if mixers[1 - k] or view.scale[view.index[add]] in (None, float("inf")):
-            return None
-        convs = mixers[k]
-    return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), convs, k
-
-
-def _analyse_opaque_add(view: GraphView, add: fx.Node, src: int, paths: list[int]):
-    """An add whose branch's only layers are opaque units (:meth:`GraphView.is_unit`: a leaf attention module,
-    torchvision Swin's ``ShiftedWindowAttention``): a residual when one operand has units and the other none,
-    on maps or tokens (not pooled features)."""
-    units = [[n for n in view.members(p) if view.is_unit(n) and _reads_data(view, n, src, p)] for p in paths]
-    if bool(units[0]) == bool(units[1]) or view.scale[view.index[add]] in (None, float("inf")):
-        return None
-    k = 0 if units[0] else 1
-    return view.nodes[src], view.members(paths[k]), view.members(paths[1 - k]), units[k], k
-
-
-def _reads_data(view: GraphView, unit: fx.Node, src: int, path: int) -> bool:
-    """Whether ``unit`` takes a tensor from the block input, not only sizes read off it (a positional encoding
-    built from ``x.shape`` is no branch of ``x``)."""
-    inputs = [i for i in unit.all_input_nodes if view.index[i] == src or path >> view.index[i] & 1]
-    return any(not _is_size(i) for i in inputs)
-
-
-_SIZE_ARITHMETIC = (operator.getitem, operator.floordiv, operator.mul, operator.add, operator.sub, operator.truediv)
-
-
-def _is_size(n: fx.Node) -> bool:
-    """``x.shape``, ``x.size()``, ``x.dim()`` and integers computed from them."""
-    if n.op == "call_function" and n.target is getattr:
-        return n.args[1] in ("shape", "ndim")
-    if n.op == "call_method":
-        return n.target in ("size", "dim")
-    if n.op == "call_function" and n.target in _SIZE_ARITHMETIC:
-        return bool(n.all_input_nodes) and all(_is_size(i) for i in n.all_input_nodes)
-    return False
-
-
-def _layer_of(module: nn.Module | None, last: bool = False) -> nn.Module | None:
-    """The conv or Linear that reads (``last``: writes) a unit's channels: itself, else its first (last) one."""
-    if module is None or isinstance(module, (nn.Conv2d, nn.Linear)):
-        return module
-    layers = [m for m in module.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    return (layers[-1] if last else layers[0]) if layers else module
-
-
-def branch_operand(view: GraphView, add: fx.Node) -> int | None:
-    """Which operand of a residual ``add`` is its branch (0 or 1), by the rule :func:`find_blocks` uses.
-
-    >>> from fxswap.models import wrn
-    >>> view = GraphView(trace(wrn(10, 1)))
-    >>> add = next(n for n in view.nodes if is_add(n))
-    >>> branch_operand(view, add), add.args[branch_operand(view, add)].meta["qualname"]
-    (1, 'layer1.0.conv2')
-    """
-    analysed = _analyse_add(view, add)
-    return None if analysed is None else analysed[-1]
-
-
-def _region(view: GraphView, branch: list[fx.Node], convs: list[fx.Node], tail: fx.Node):
-    """The single-entry, single-exit part of the branch from its convolutions to ``tail``.
-
-    The entry is the lowest common ancestor of the convs' inputs (one tensor
-    even when a selective-kernel conv splits it into parallel paths), so a
-    pre-activation BN-act before the first conv stays outside the region.
-    """
-    inputs = [c.args[0] for c in convs if c.args and isinstance(c.args[0], fx.Node)]
-    if not inputs:
-        return None, "its first convolution has no tensor input", None
-    common = -1
-    for inp in inputs:
-        common &= ancestry(view, inp)
-    if common <= 0:
-        return None, "its convolutions share no input", None
-    entry = tensor_entry(view.nodes[common.bit_length() - 1])
-    return (*region_from(view, branch, entry, tail), entry)
-
-
-def _shape(node: fx.Node | None):
-    meta = node.meta.get("tensor_meta") if node is not None else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
-def _is_attention(view: GraphView, branch: list[fx.Node]) -> bool:
-    for n in branch:
-        if n.op == "call_function" and n.target in _ATTENTION_FUNCTIONS:
-            return True
-        if n.op == "call_method" and n.target in _ATTENTION_METHODS:
-            return True
-        if n.op == "call_module" and any(w in type(view.module(n)).__name__.lower() for w in ("attn", "attention")):
-            return True
-        if view.is_unit(n) and _computes_attention(type(view.module(n))):
-            return True
-    return False
-
-
-_ATTENTION_NAMES = {"softmax", "matmul", "bmm", "baddbmm", "einsum", "scaled_dot_product_attention"}
-
-
-def _computes_attention(cls: type) -> bool:
-    """Whether an opaque unit's own code multiplies tensors or takes a softmax (timm's GPSA, LiteMLA): read from
-    the bytecode of the methods its classes define, since fx does not trace into it."""
-    import dis
-
-    for klass in cls.__mro__:
-        if klass.__module__.startswith("torch.") or klass is object:
-            continue
-        for fn in vars(klass).values():
-            code = getattr(fn, "__code__", None)
-            if code is None:
-                continue
-            if _ATTENTION_NAMES & set(code.co_names):
-                return True
-            if any(i.argrepr in ("@", "@=") for i in dis.get_instructions(code) if i.opname.startswith("BINARY")):
-                return True
-    return False
-
-
-def _kind(view: GraphView, branch: list[fx.Node], mixers: list[nn.Module]) -> str:
-    convs = [m for m in mixers if isinstance(m, nn.Conv2d)]
-    spatial = [m for m in convs if max(m.kernel_size) > 1]
-    pointwise = [m for m in mixers if isinstance(m, nn.Linear) or (isinstance(m, nn.Conv2d) and max(m.kernel_size) == 1)]
-    if not spatial:  # (a softmax next to k×k convs is a gate, SK/ResNeSt split attention, not a token mixer)
-        return "attention" if _is_attention(view, branch) else "mlp" if pointwise else "other"
-    dw = [m for m in spatial if m.groups > 1 and m.groups == m.in_channels]
-    first_spatial = next(i for i, m in enumerate(mixers) if m in spatial)
-    if dw:
-        return "inverted" if first_spatial > 0 else "mixer"
-    if len(spatial) == len(convs) == len(mixers):
-        return "basic"
-    if first_spatial > 0 and len(mixers) >= 3 and mixers[-1] in pointwise:
-        return "bottleneck"
-    return "mixer" if first_spatial == 0 and len(spatial) == 1 and pointwise else "other"
 
 
 def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_input=None) -> list[Block]:
@@ -321,7 +153,7 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_inpu
     for add in view.nodes:
         if not is_add(add):
             continue
-        analysed = _analyse_add(view, add)
+        analysed = analyse_add(view, add)
         if analysed is None:
             continue
         *analysed, k = analysed
@@ -337,18 +169,15 @@ def find_blocks(model: nn.Module | fx.GraphModule, leaf_modules=(), example_inpu
     return _finalise(found)
 
 
-def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, convs, index: int,
-              branch_out: str = "", branch_index: int = 0) -> Block:
-    # gates (SE, SK attention) run on globally pooled maps: not the main path
-    on_map = [n for n in branch if view.scale[view.index[n]] not in (None, float("inf"))]
-    convs = [n for n in convs if n in on_map] or convs
-    mixers = [n for n in on_map if view.is_mixer(n)] or convs
-    first, last = convs[0], mixers[-1]
-    last_conv = convs[-1]
+def _region_of(view: GraphView, branch, convs, last):
+    """The region a branch-level rewrite replaces: ``(region, problem, entry, tail, tail_skip, order)``.
+
+    From the first conv to the last mixer (pre-activation) or the norm right after it (post-activation), widened
+    where the branch's paths join later or a permute back to NCHW follows; ``problem`` says why there is none."""
     norms_after = [n for n in branch if view.is_norm(n) and view.index[n] > view.index[last]]
     order = "post" if norms_after else "pre"
     tail = norms_after[0] if norms_after else last
-    region, problem, entry = _region(view, branch, convs, tail)
+    region, problem, entry = branch_region(view, branch, convs, tail)
     if entry is not None and (problem is not None or not set(convs) <= set(region or ())):
         # the branch's paths join after its last norm (RepVGG's sum of conv-BNs, GhostNet's concat):
         # the region ends at the first node where it is one piece holding every convolution
@@ -377,10 +206,22 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     if problem is None and region is not None and any(c not in set(region) for c in convs):
         problem = ("its convolutions run on parallel paths that are summed (a re-parameterisable multi-branch "
                    "block, RepVGG/MobileOne style), not one chain of layers that a substitute can replace")
+    return region, problem, entry, tail, tail_skip, order, opaque
+
+
+def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, convs, index: int,
+              branch_out: str = "", branch_index: int = 0) -> Block:
+    # gates (SE, SK attention) run on globally pooled maps: not the main path
+    on_map = [n for n in branch if view.scale[view.index[n]] not in (None, float("inf"))]
+    convs = [n for n in convs if n in on_map] or convs
+    mixers = [n for n in on_map if view.is_mixer(n)] or convs
+    first, last = convs[0], mixers[-1]
+    last_conv = convs[-1]
+    region, problem, entry, tail, tail_skip, order, opaque = _region_of(view, branch, convs, last)
     conv_mods = [view.module(n) for n in convs]
     mixer_mods = [view.module(n) for n in mixers]
     # an opaque unit's channels are those of the first / last conv or Linear inside it
-    first_mod, last_mod = _layer_of(view.module(first)), _layer_of(view.module(last), last=True)
+    first_mod, last_mod = layer_of(view.module(first)), layer_of(view.module(last), last=True)
     only_linear = all(isinstance(m, nn.Linear) for m in conv_mods)
     in_ch = getattr(first_mod, "in_channels", None) or getattr(first_mod, "in_features", 0)
     split_paths = [c for c in convs if entry is not None and c.args[0] is not entry and tensor_entry(c.args[0]) is entry]
@@ -395,7 +236,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     # a Linear acts on the last dim: channels-last there (ConvNeXt's MLP between permutes), NCHW for a conv
     in_dim = -1 if isinstance(first_mod, nn.Linear) else 1
     out_dim = -1 if isinstance(last_mod, nn.Linear) else 1
-    entry_shape, tail_shape = _shape(entry), _shape(tail)
+    entry_shape, tail_shape = node_shape(entry), node_shape(tail)
     # a Linear on a 4-D map acts on its last dim: the branch ends channels-last unless a permute back follows
     channels_last_out = (isinstance(first_mod, nn.Conv2d) and isinstance(last_mod, nn.Linear) and tail_skip == 0
                          and tail_shape is not None and len(tail_shape) == 4)
@@ -412,7 +253,7 @@ def _describe(view: GraphView, add: fx.Node, src: fx.Node, branch, shortcut, con
     name = scope_add or common_path(str(n.target) for n in branch if n.op == "call_module") or add.meta["qualname"]
     ratio = view.scale[view.index[add]] / view.scale[view.index[src]] if view.scale[view.index[src]] else 1.0
     stride = ratio if math.isfinite(ratio) and ratio > 0 else 1.0  # gates and global pools: no map stride
-    kind = _kind(view, branch, [m for m in mixer_mods if m is not None])
+    kind = host_kind(view, branch, [m for m in mixer_mods if m is not None])
     spatial = [m for m in conv_mods if isinstance(m, nn.Conv2d) and max(m.kernel_size) > 1]
     depthwise = any(m.groups > 1 and m.groups == m.in_channels for m in spatial)
     groups = max(spatial, key=lambda m: m.out_channels).groups if spatial else 1

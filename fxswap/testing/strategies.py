@@ -20,7 +20,7 @@ torch.Size([1, 10])
 With hypothesis (``pip install hypothesis``)::
 
     from hypothesis import given
-    from fxswap.testing import residual_nets, build, specs
+    from .strategies import residual_nets, build, specs
 
     @given(residual_nets().flatmap(lambda n: st.tuples(st.just(n), specs(n))))
     def test_shape(net_and_spec):
@@ -365,7 +365,7 @@ def specs(net: NetSpec | None = None, forms=("S", "S-2x2", "G", "G(N/d)", "B", "
     meet; ``b`` of ``B``/``BG`` divides every block's output width.
 
     >>> from hypothesis import given, settings
-    >>> from fxswap.spec import parse_spec
+    >>> from fxswap.surgery.spec import parse_spec
     >>> @settings(max_examples=20, deadline=None)
     ... @given(specs(NetSpec(stem=16, stages=(StageSpec(24, 1, 2),))))
     ... def check(text):

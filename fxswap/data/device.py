@@ -46,8 +46,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .data import CIFAR_DATASETS, CIFAR10_MEAN, CIFAR10_STD, ArrayDataset, NpzDataset
-from .errors import FxswapError
+from .datasets import CIFAR_DATASETS, CIFAR10_MEAN, CIFAR10_STD, ArrayDataset, NpzDataset
+from ..errors import FxswapError
 
 __all__ = ["DeviceLoader", "augment_batch", "draw_augmentation", "device_cifar_loaders"]
 

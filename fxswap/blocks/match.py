@@ -6,7 +6,7 @@ the whole model, and records a :class:`BlockMatch` on it: the residual
 nodes a branch substitute replaces, from the tensor it reads, ``entry``,
 exclusive, to the node whose output it hands on, ``exit``), each node by its
 qualname (a layer by its module path, an op by its module's path and the op).
-The rewrite (:mod:`fxswap.rewrite`) never searches the graph again. It edits
+The rewrite (:mod:`fxswap.surgery.rewrite`) never searches the graph again. It edits
 the re-trace of the block's *owner* (the smallest module whose forward runs
 the region, or, for ``I``, the add), so that the student keeps the user's
 classes, and :func:`locate` maps the match onto that trace node by node, or
@@ -37,9 +37,10 @@ from dataclasses import dataclass
 
 import torch.fx as fx
 
-from .errors import MatchError
-from .graph import GraphView, common_path, is_add, region_problem
-from .trace import node_scope
+from ..errors import MatchError
+from ..tracing.graph import GraphView, common_path, is_add, region_problem
+from ..tracing.tracer import node_scope
+from .patterns import branch_operand
 
 __all__ = ["BlockMatch", "LocatedBranch", "LocatedAdd", "match_block", "locate", "relative_path"]
 
@@ -204,7 +205,7 @@ def locate(match: BlockMatch, gm: fx.GraphModule, owner: str, part: str) -> Loca
     outside it) and whose only output is the exit; for ``"add"`` the add must
     still be a residual add whose branch operand is the matched one (unless an
     earlier ``I`` in this trace replaced that operand: a running sum, where
-    :func:`fxswap.blocks.branch_operand` picks it again). Anything else
+    `fxswap.blocks.patterns.branch_operand` picks it again). Anything else
     raises :class:`fxswap.errors.MatchError` saying which node did not map.
 
     >>> from fxswap import find_blocks, trace
@@ -243,8 +244,6 @@ def locate(match: BlockMatch, gm: fx.GraphModule, owner: str, part: str) -> Loca
         if rel_out is not None and _qualname(branch) != rel_out:
             # a running sum (``out = a(x) + b(x); out += c(x)``) whose inner add an earlier I removed: the
             # matched operand is gone, and the branch is what find_blocks' rule picks in the edited graph
-            from .blocks import branch_operand  # blocks builds matches: imported here, not at module level
-
             k = branch_operand(GraphView(gm), add)
             if k is None:
                 raise MatchError(f"the branch operand of {match.add!r} in the trace of {where} is "

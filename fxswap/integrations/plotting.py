@@ -30,7 +30,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from .errors import FxswapError
+from ..errors import FxswapError
 
 __all__ = ["pareto_front", "load_search", "load_history", "search_figure", "history_figure", "plot_search",
            "plot_history", "plot"]
@@ -104,7 +104,7 @@ def load_search(source: str | os.PathLike | Mapping[str, Any] | Any) -> dict[str
     """A search result as a dict (:meth:`~fxswap.BlockSwapResult.to_dict`'s form), checked: a path to its
     JSON, the dict itself, or a :class:`~fxswap.BlockSwapResult`.
 
-    >>> from fxswap.blockswap import BlockSwapResult, Candidate
+    >>> from fxswap.search.plans import BlockSwapResult, Candidate
     >>> r = BlockSwapResult([Candidate({"a": "S"}, 100, None, 0.5)], budget=100)
     >>> [c["params"] for c in load_search(r)["top"]]
     [100]
@@ -180,7 +180,7 @@ def search_figure(source, metrics: Sequence[str] | None = None):
     Each panel holds three artists with labels ``"candidates"``, ``"Pareto front"``
     and ``"pick"`` (plus ``"budget"`` on the budget's metric).
 
-    >>> from fxswap.blockswap import BlockSwapResult, Candidate
+    >>> from fxswap.search.plans import BlockSwapResult, Candidate
     >>> r = BlockSwapResult([Candidate({"a": "B(2)"}, 90, 900, 0.6), Candidate({"a": "G(2)"}, 80, 950, 0.4)],
     ...                     budget=100)
     >>> fig = search_figure(r)  # doctest: +SKIP
@@ -281,7 +281,7 @@ def plot_search(source, out: str | os.PathLike, metrics: Sequence[str] | None = 
     (``.png``, or any format matplotlib writes); returns the path written.
 
     >>> import os, tempfile
-    >>> from fxswap.blockswap import BlockSwapResult, Candidate
+    >>> from fxswap.search.plans import BlockSwapResult, Candidate
     >>> r = BlockSwapResult([Candidate({"a": "B(2)"}, 90, None, 0.6), Candidate({"a": "S"}, 99, None, 0.7)], 100)
     >>> plot_search(r, os.path.join(tempfile.mkdtemp(), "front.png")).name  # doctest: +SKIP
     'front.png'

@@ -32,7 +32,7 @@ A *latency* budget (``budget="25ms"``, ``"60%latency"``, or a fraction with
 the same table (:meth:`CostModel.measure_latency`): each block's module as
 each spec cheapens it is timed, on the device the search runs on, at the
 search's batch and input shape, on the input that block gets in the teacher
-(:func:`fxswap.timing.block_latency_table`). A plan's latency is estimated
+(:func:`fxswap.metrics.latency.block_latency_table`). A plan's latency is estimated
 as ``teacher total − Σ teacher blocks + Σ chosen blocks``; a latency budget
 is a ceiling, so a sample is kept when its estimate lies in
 ``[budget·(1 − tolerance), budget]``. ``docs/benchmarks.md`` measures how
@@ -65,13 +65,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Block, find_blocks
-from .errors import BudgetError, FxswapError, SpecError
+from ..blocks.block import Block, find_blocks
+from ..errors import BudgetError, FxswapError, SpecError
 from .costs import METRICS, CostTable
 from .fisher import FisherScorer, fisher_potential, random_init
-from .rewrite import cheapen
-from .seeding import derived_seed, seeded
-from .spec import BlockSpec, parse_spec
+from ..surgery.rewrite import cheapen
+from ..seeding import derived_seed, seeded
+from ..surgery.spec import BlockSpec, parse_spec
+from ..metrics.latency import is_duration, parse_duration
 
 __all__ = [
     "PAPER_CANDIDATES", "CostModel", "Candidate", "BlockSwapResult", "blockswap", "parse_budget", "sample_plans",
@@ -173,10 +174,7 @@ _LATENCY_FORMS = ("a duration ('25ms', '0.1s', '800us'), a fraction of the teach
 
 
 def _is_latency_text(budget) -> bool:
-    from .timing import _DURATION
-
-    return isinstance(budget, str) and (_DURATION.fullmatch(budget) is not None
-                                        or budget.strip().lower().endswith("latency"))
+    return isinstance(budget, str) and (is_duration(budget) or budget.strip().lower().endswith("latency"))
 
 
 def budget_metric(budget, metric: str | None = None) -> str:
@@ -255,12 +253,10 @@ def parse_budget(budget, total, metric: str = "params"):
 
 def _latency_budget(budget, total) -> float:
     """Milliseconds from a duration, or from a fraction/percentage of ``total`` (the teacher's ms)."""
-    from .timing import _DURATION, parse_duration
-
     fraction = None
     if isinstance(budget, str):
         text = budget.strip()
-        if _DURATION.fullmatch(text):
+        if is_duration(text):
             try:
                 return parse_duration(text)
             except FxswapError as exc:
@@ -301,15 +297,15 @@ def _count_params(module: nn.Module) -> int:
 
 
 class CostModel:
-    """The search space of one teacher and candidate list: a :class:`~fxswap.costs.CostTable`
-    (``.table``) and a :class:`~fxswap.fisher.FisherScorer` (``.scorer``) over the same block variants.
+    """The search space of one teacher and candidate list: a :class:`~fxswap.search.costs.CostTable`
+    (``.table``) and a :class:`~fxswap.search.fisher.FisherScorer` (``.scorer``) over the same block variants.
 
     Built once: one :func:`fxswap.cheapen` per spec (a block the spec cannot
     apply to is tried alone, and left out of that block's options if it still
     fails), whose blocks are read off for the table and kept for the scorer.
     A plan's cost is ``fixed + Σ block costs``, equal to what
     ``count(cheapen(teacher, plan))`` reports. ``reinit`` (default)
-    re-initialises the network with ``seed`` (:func:`fxswap.fisher.random_init`):
+    re-initialises the network with ``seed`` (:func:`fxswap.search.fisher.random_init`):
     BlockSwap scores randomly initialised networks. Each spec's substitutes are
     initialised from a seed derived from ``(seed, spec)``.
 
@@ -338,7 +334,7 @@ class CostModel:
         self.has_macs = bool(macs)
         self.input_shape = tuple(input_shape) if input_shape is not None else None
         if macs and self.input_shape is None:
-            from .models.registry import default_input_shape
+            from ..models.registry import default_input_shape
 
             self.input_shape = default_input_shape(self.base)
         self.variants: dict[str, dict[str, nn.Module]] = {n: {} for n in self.names}
@@ -355,7 +351,7 @@ class CostModel:
 
     def _costs(self, model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
         """(params, MACs) of ``model`` (key ``""``) and of each block module."""
-        from .accounting import macs_by_module
+        from ..metrics.counting import macs_by_module
 
         macs = macs_by_module(model, self.input_shape) if self.has_macs else {}
         params = {n: _count_params(model.get_submodule(n)) for n in self.names}
@@ -451,13 +447,13 @@ class CostModel:
 
         On the device the (re-initialised) teacher is on, at ``batch`` and the
         table's input shape, each variant on the input its block receives in
-        the teacher (:func:`fxswap.timing.block_latency_table`, the measurement
+        the teacher (:func:`fxswap.metrics.latency.block_latency_table`, the measurement
         of :func:`fxswap.latency`; ``timer`` replaces it; ``rounds`` repeats it
         round-robin and keeps medians). ``fixed`` becomes
         the teacher total minus its blocks, so ``cost(plan, "latency")`` is
         ``teacher total − Σ teacher blocks + Σ chosen blocks``: exact for the
         teacher, an estimate otherwise. Returns the
-        :class:`~fxswap.timing.BlockLatencyTable`.
+        :class:`~fxswap.metrics.latency.BlockLatencyTable`.
 
         >>> from fxswap.models import wrn
         >>> cm = CostModel(wrn(10, 1), ["S", "B(2)"], input_shape=(3, 16, 16), macs=False)
@@ -465,11 +461,11 @@ class CostModel:
         >>> cm.total("latency"), cm.cost({"layer1.*": "B(2)"}, "latency"), cm.table.measured_on
         (1.0, 1.0, '(cpu, batch 2, input (3, 16, 16), ... threads)')
         """
-        from .timing import block_latency_table
+        from ..metrics.latency import block_latency_table
 
         shape = self.input_shape
         if shape is None:
-            from .models.registry import default_input_shape
+            from ..models.registry import default_input_shape
 
             shape = default_input_shape(self.base)
         measured = block_latency_table(self.base, self.variants, shape, batch, warmup=warmup,
@@ -499,7 +495,7 @@ class CostModel:
 
     def resolve(self, plan) -> dict[str, str]:
         """``plan`` as one candidate spec per block; a spec a block cannot take is a :class:`SpecError`."""
-        from .rewrite import resolve_plan
+        from ..surgery.rewrite import resolve_plan
 
         if isinstance(plan, dict) and set(plan) == set(self.names):
             specs = {n: str(parse_spec(plan[n])) for n in self.names}
@@ -522,7 +518,7 @@ class CostModel:
 
         Equal to ``fisher_potential(self.build(plan), batch, loss_fn)``. With
         ``init_seed`` the plan's network is built and freshly initialised
-        (:func:`~fxswap.fisher.random_init` with that seed) before scoring, as
+        (:func:`~fxswap.search.fisher.random_init` with that seed) before scoring, as
         the reference builds a new ``WideResNet`` per candidate
         (``model_generator.py`` ``rank_arch``); slower, and the table's variants
         are left as they were.
@@ -722,7 +718,7 @@ class BlockSwapResult:
     def table(self, top: int = 10) -> str:
         """The ``top`` candidates: rank, params, MACs, (estimated latency,) Fisher potential and their specs in block
         order."""
-        from .accounting import render_table
+        from ..metrics.table import render_table
 
         timed = any(c.latency_ms is not None for c in self.candidates)
         rows = []

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
-from fxswap.errors import DataError, FxswapError
+from ..errors import DataError, FxswapError
 
 __all__ = [
     "CIFAR10_MEAN",

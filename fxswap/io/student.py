@@ -40,7 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .errors import FxswapError, NoBlocksError, SpecError
+from ..errors import FxswapError, NoBlocksError, SpecError
 
 __all__ = ["save_student", "load_student", "read_record", "build_model", "check_plan"]
 
@@ -89,14 +89,14 @@ def build_model(name: str, num_classes: int | None = None, model_kwargs: dict | 
         return model
     if kwargs:
         raise FxswapError(f"model_kwargs are for import paths ('pkg.mod:factory'); {name!r} takes only num_classes")
-    from .models import create_model
+    from ..models import create_model
 
     return create_model(name, num_classes)
 
 
 def _blocks_of(model: nn.Module, root: str | None) -> list[str]:
-    from .blocks import find_blocks
-    from .partial import submodule_at
+    from ..blocks.block import find_blocks
+    from ..surgery.partial import submodule_at
 
     try:
         return [b.name for b in find_blocks(submodule_at(model, root) if root else model)]
@@ -143,10 +143,10 @@ def save_student(student: nn.Module, path: str | os.PathLike, *, model: str, pla
     >>> record["plan"], record["blocks"]
     ({'layer1.0': 'S', 'layer2.0': 'S', 'layer3.0': 'B(2)'}, ['layer1.0', 'layer2.0', 'layer3.0'])
     """
-    from . import __version__
-    from .blocks import find_blocks
-    from .partial import submodule_at
-    from .rewrite import resolve_plan
+    from ..version import __version__
+    from ..blocks.block import find_blocks
+    from ..surgery.partial import submodule_at
+    from ..surgery.rewrite import resolve_plan
 
     if not isinstance(student, nn.Module):
         raise FxswapError(f"save_student saves an nn.Module; got {type(student).__name__}")
@@ -178,7 +178,7 @@ def save_student(student: nn.Module, path: str | os.PathLike, *, model: str, pla
 def _rebuild(base: nn.Module, record: dict) -> nn.Module:
     import warnings
 
-    from .rewrite import cheapen
+    from ..surgery.rewrite import cheapen
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the plan changes nothing in block ..." was said at save time

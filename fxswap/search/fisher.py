@@ -55,12 +55,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .blocks import Block, find_blocks
-from .errors import FxswapError
-from .probes import probe
-from .rewrite import cheapen
-from .seeding import derived_seed, seeded
-from .spec import BlockSpec, parse_spec
+from ..blocks.block import Block, find_blocks
+from ..errors import FxswapError
+from ..probes import probe
+from ..surgery.rewrite import cheapen
+from ..seeding import derived_seed, seeded
+from ..surgery.spec import BlockSpec, parse_spec
 
 __all__ = ["FisherPotential", "fisher_potential", "fisher_signal", "channel_fisher", "kept_state", "probe_points",
            "FisherScorer", "sensitivity", "SensitivityReport", "random_init"]
@@ -377,7 +377,7 @@ class SensitivityReport:
 
     def table(self) -> str:
         """One row per block: params after cheapening it, params saved, Fisher (and change)."""
-        from .accounting import render_table
+        from ..metrics.table import render_table
 
         rows = []
         for r in self.rows:
