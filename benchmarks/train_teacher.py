@@ -1,10 +1,11 @@
 """Train the seeds' CIFAR-10 teacher once, resumably, and keep it with its record (issue 19, point 2).
 
 A WRN-16-2 on all 40,000 training images of ``../shared/data/cifar10_subset.npz``,
-evaluated on its 10,000 test images. bf16 autocast and channels_last where the
-CPU computes bf16 natively (``avx512_bf16`` or AMX in ``/proc/cpuinfo``) or on
-CUDA, fp32 elsewhere: on an AVX2-only CPU bf16 is 3.5–5× slower
-(``docs/benchmarks.md``). Every epoch is checkpointed in ``--out``;
+evaluated on its 10,000 test images. ``--precision auto`` (default) is
+:func:`fxswap.precision.resolve_precision`: bf16 autocast and channels_last
+where the CPU computes bf16 natively (``avx512_bf16`` or AMX in
+``/proc/cpuinfo``) or on CUDA, fp32 elsewhere: on an AVX2-only CPU bf16 is
+3.5–5× slower (``docs/benchmarks.md``). Every epoch is checkpointed in ``--out``;
 ``--resume`` continues a killed run exactly. At the end the student is written
 with :func:`fxswap.save_student` (model name, epochs, preset, accuracy, command)
 to ``--keep``.
@@ -27,20 +28,8 @@ import torch
 
 import fxswap
 from fxswap.data.device import device_cifar_loaders
-
-
-def native_bf16() -> tuple[bool, str]:
-    """Whether this machine computes bf16 natively, and why (the flag that decided)."""
-    if torch.cuda.is_available():
-        return True, "CUDA"
-    try:
-        flags = Path("/proc/cpuinfo").read_text().split()
-    except OSError:
-        return False, "no /proc/cpuinfo"
-    for flag in ("amx_bf16", "avx512_bf16"):
-        if flag in flags:
-            return True, f"CPU flag {flag}"
-    return False, "the CPU has neither avx512_bf16 nor amx_bf16"
+from fxswap.distillation.evaluation import resolve_device
+from fxswap.precision import resolve_precision
 
 
 def main(argv=None) -> int:
@@ -59,22 +48,20 @@ def main(argv=None) -> int:
     ap.add_argument("--keep", help="where the finished teacher goes (save_student format)")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
-    native, why = native_bf16()
-    bf16 = args.precision == "bf16" or (args.precision == "auto" and native)
-    print(f"precision: {'bf16 + channels_last' if bf16 else 'fp32'} ({args.precision}; {why}); "
-          f"cpu: {platform.processor() or platform.machine()}, {args.threads} threads", flush=True)
+    prec = resolve_precision(args.precision, resolve_device(None))
+    print(f"precision: {prec.describe()}; cpu: {platform.processor() or platform.machine()}, {args.threads} threads",
+          flush=True)
     train, val = device_cifar_loaders(args.data, args.batch, cutout=args.cutout, device="cpu",
-                                      channels_last=bf16, seed=args.seed)
+                                      channels_last=prec.channels_last, seed=args.seed)
     teacher = fxswap.models.create_model(args.model)
-    if bf16:
+    if prec.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
     t0 = time.time()
-    hist = fxswap.train(teacher, train, val, epochs=args.epochs, preset=args.preset, amp=bf16,
-                        amp_dtype=torch.bfloat16 if bf16 else None, out_dir=args.out, resume=args.resume,
-                        seed=args.seed, progress=False)
+    hist = fxswap.train(teacher, train, val, epochs=args.epochs, preset=args.preset, precision=prec,
+                        out_dir=args.out, resume=args.resume, seed=args.seed, progress=False)
     last = hist[-1]
     record = {"model": args.model, "epochs": args.epochs, "preset": args.preset, "cutout": args.cutout,
-              "batch": args.batch, "seed": args.seed, "precision": "bf16" if bf16 else "fp32",
+              "batch": args.batch, "seed": args.seed, "precision": prec.name,
               "val_acc": last.get("val_acc"), "train_images": len(train.dataset) if hasattr(train, "dataset") else None,
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
               "wall_s_this_process": round(time.time() - t0, 1)}

@@ -79,11 +79,12 @@ def _first_bad(flags: list[Tensor]) -> int | None:
 
 
 def evaluate(model: nn.Module, loader, device=None, *, amp: bool | None = None,
-             amp_dtype: torch.dtype | None = None) -> dict[str, float]:
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
     """``{"loss": mean cross-entropy, "acc": top-1 accuracy}`` of ``model`` on ``loader``.
 
     Runs in eval mode under ``torch.no_grad`` (and ``torch.autocast`` when
-    ``amp``; default: on CUDA), then restores the model's mode. A batch with
+    ``amp``; default: on CUDA; inputs in ``channels_last`` when asked), then
+    restores the model's mode. A batch with
     non-finite inputs or a non-finite loss is a :class:`~fxswap.errors.DistillError`
     naming it (checked once, at the end: no host sync per batch).
 
@@ -109,6 +110,8 @@ def evaluate(model: nn.Module, loader, device=None, *, amp: bool | None = None,
         with torch.no_grad():
             for batch in loader:
                 x, y = to_device(batch, device)
+                if channels_last and x.dim() == 4:
+                    x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
                     out = logits_of(model(x))
                 loss = F.cross_entropy(out.float(), y, reduction="sum").double()

@@ -15,8 +15,10 @@ What :func:`fit` does, every epoch:
    persistent workers is used through a twin with ``persistent_workers=False``
    (a persistent worker's random stream would run on across epochs);
 2. trains: batches are moved with ``non_blocking=True``, the forward runs
-   under ``torch.autocast`` when ``amp`` (fp16 + ``GradScaler`` on CUDA by
-   default), the scheduler steps after every optimiser step. Non-finite inputs
+   in the run's precision (:func:`fxswap.precision.resolve_precision`: by
+   default ``"auto"``, bf16 autocast with channels_last inputs where the
+   hardware computes bf16 natively, fp32 elsewhere; fp16 + ``GradScaler`` on
+   a GPU without bf16), the scheduler steps after every optimiser step. Non-finite inputs
    or a non-finite loss raise :class:`~fxswap.errors.DistillError` naming the
    batch and the term(s), before the optimiser step (one host sync per step,
    on a single flag; the terms are reduced once per logging interval);
@@ -41,7 +43,7 @@ is refused.
 >>> student = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(192, 2))
 >>> hist = fit(Distiller(None, student), loader, loader, epochs=3, preset="cosine", progress=False)
 >>> [round(h["val_acc"], 2) for h in hist][-1] > 0.6, sorted(hist[0])
-(True, ['epoch', 'lr', 'seconds', 'train_acc', 'train_ce', 'train_loss', 'val_acc', 'val_loss'])
+(True, ['epoch', 'lr', 'precision', 'seconds', 'train_acc', 'train_ce', 'train_loss', 'val_acc', 'val_loss'])
 """
 from __future__ import annotations
 
@@ -59,11 +61,12 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..errors import DistillError, FxswapError
+from ..precision import Precision, amp_precision, resolve_precision
 from ..seeding import epoch_seed, reseed, rng_state, set_rng_state
 from .callbacks import CallbackList
 from .checkpoint import CHECKPOINT, FORMAT, HISTORY, STUDENT, atomic_write, load_checkpoint, non_finite, \
     save_checkpoint, write_history
-from .evaluation import autocast_dtype, evaluate, resolve_device, to_device
+from .evaluation import evaluate, resolve_device, to_device
 from .history import Meter, epoch_summary
 from .presets import Preset, get_preset
 
@@ -87,6 +90,7 @@ class _Run:
     use_amp: bool
     dtype: torch.dtype
     use_scaler: bool
+    precision: Precision
     optimizer: torch.optim.Optimizer
     scheduler: Any
     scaler: torch.amp.GradScaler
@@ -138,8 +142,8 @@ def fresh_workers(loader):
                       pin_memory_device=loader.pin_memory_device)
 
 
-def _setup(distiller, train_loader, val_loader, *, epochs, preset, lr, device, amp, amp_dtype, out_dir, seed,
-           progress, log_every, stage, on_epoch) -> _Run:
+def _setup(distiller, train_loader, val_loader, *, epochs, preset, lr, device, precision, amp, amp_dtype, out_dir,
+           seed, progress, log_every, stage, on_epoch) -> _Run:
     steps = _steps(epochs, seed, train_loader)
     student = _student_of(distiller)
     preset_obj = get_preset(preset)
@@ -147,9 +151,12 @@ def _setup(distiller, train_loader, val_loader, *, epochs, preset, lr, device, a
                            or lr <= 0):
         raise DistillError(f"lr must be a finite number > 0 (or None for the preset's), got {lr!r}")
     dev = resolve_device(device)
-    use_amp = (dev.type == "cuda") if amp is None else bool(amp)
-    dtype = autocast_dtype(dev, amp_dtype)
-    use_scaler = use_amp and dev.type == "cuda" and dtype == torch.float16
+    try:  # explicit amp= / amp_dtype= win over precision= (the older interface keeps its meaning)
+        prec = (resolve_precision(precision, dev) if amp is None and amp_dtype is None
+                else amp_precision(amp, amp_dtype, dev))
+    except FxswapError as e:
+        raise DistillError(str(e)) from None
+    use_scaler = prec.scaler and dev.type == "cuda"
     distiller.to(dev)
     params = [p for p in distiller.parameters() if p.requires_grad]
     if not params:
@@ -159,7 +166,8 @@ def _setup(distiller, train_loader, val_loader, *, epochs, preset, lr, device, a
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
     return _Run(distiller, student, fresh_workers(train_loader), fresh_workers(val_loader), epochs, steps, seed,
-                preset_obj, float(optimizer.param_groups[0]["lr"]), dev, use_amp, dtype, use_scaler, optimizer,
+                preset_obj, float(optimizer.param_groups[0]["lr"]), dev, prec.amp, prec.dtype, use_scaler, prec,
+                optimizer,
                 preset_obj.scheduler(optimizer, epochs, steps), torch.amp.GradScaler(dev.type, enabled=use_scaler),
                 out, progress, max(1, int(log_every)), stage, on_epoch)
 
@@ -278,8 +286,16 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
     with bar:
         for step, batch in enumerate(bar):
             x, y = to_device(batch, run.device)
-            with torch.autocast(run.device.type, dtype=run.dtype, enabled=run.use_amp):
-                loss, logs = run.distiller(x, y)
+            x = run.precision.inputs(x)
+            try:
+                with run.precision.autocast(run.device.type):
+                    loss, logs = run.distiller(x, y)
+            except RuntimeError as e:
+                if run.precision.channels_last and "view size is not compatible" in str(e):
+                    raise DistillError(f"the model cannot take channels_last inputs ({str(e).splitlines()[0]}); "
+                                       f"precision={run.precision.label!r} ({run.precision.reason}) feeds them. Use "
+                                       ".reshape instead of .view in the model, or pass precision='fp32'") from e
+                raise
             finite = torch.isfinite(loss.detach())
             if x.is_floating_point():
                 finite = finite & torch.isfinite(x).all()
@@ -311,6 +327,7 @@ def _epoch_row(run: _Run, epoch: int, lr: float, means: Mapping[str, float], acc
     if run.stage is not None:
         row["stage"] = run.stage
     row["lr"] = lr
+    row["precision"] = run.precision.label
     row["train_loss"] = means["loss"]
     row.update((f"train_{k}", v) for k, v in means.items() if k != "loss")
     if acc is not None:
@@ -318,7 +335,8 @@ def _epoch_row(run: _Run, epoch: int, lr: float, means: Mapping[str, float], acc
     if run.val_loader is not None:
         # validation gets its own seed too: a random transform would otherwise depend on the epochs before
         reseed(epoch_seed(run.seed, epoch, 1), run.val_loader)
-        v = evaluate(run.student, run.val_loader, run.device, amp=run.use_amp, amp_dtype=run.dtype)
+        v = evaluate(run.student, run.val_loader, run.device, amp=run.use_amp, amp_dtype=run.dtype,
+                     channels_last=run.precision.channels_last)
         row["val_loss"], row["val_acc"] = v["loss"], v["acc"]
     return row
 
@@ -345,6 +363,19 @@ def _save(run: _Run, epoch: int, history: list[dict[str, Any]]) -> None:
     write_history(run.out / HISTORY, history)
 
 
+def _start(run: _Run, hooks: CallbackList, history: list[dict[str, Any]]) -> None:
+    hooks.fit_start({"epochs": run.epochs, "steps_per_epoch": run.steps, "preset": run.preset.name, "lr": run.lr,
+                     "seed": run.seed, "device": str(run.device), "stage": run.stage,
+                     "precision": run.precision.describe(),
+                     "out_dir": None if run.out is None else str(run.out), "history": list(history)})
+    if run.out is not None:
+        write_history(run.out / HISTORY, history)
+    if run.progress:
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"precision: {run.precision.describe()}")
+
+
 def fit(
     distiller: nn.Module,
     train_loader,
@@ -354,6 +385,7 @@ def fit(
     preset: str | Preset = "moonshine",
     lr: float | None = None,
     device: str | torch.device | None = None,
+    precision: str | Precision = "auto",
     amp: bool | None = None,
     amp_dtype: torch.dtype | None = None,
     out_dir: str | os.PathLike | None = None,
@@ -378,8 +410,14 @@ def fit(
     :class:`~fxswap.distillation.presets.Preset` (SGD settings and lr schedule,
     milestones rescaled to ``epochs``); ``lr`` overrides its initial lr.
     ``device``: default CUDA when available; the distiller is moved there.
-    ``amp``: autocast (default on CUDA only) with ``amp_dtype`` (default fp16
-    with a ``GradScaler`` on CUDA, bf16 on CPU). ``out_dir``: where
+    ``precision``: ``"auto"`` (default), ``"fp32"`` or ``"bf16"``
+    (:func:`fxswap.precision.resolve_precision`): ``"auto"`` trains in bf16
+    autocast with channels_last inputs on CUDA and on CPUs with native bf16
+    (``avx512_bf16``/``amx_bf16``), in fp32 elsewhere; pass ``"fp32"`` for
+    results that must not depend on the machine. ``amp`` / ``amp_dtype``: the
+    older switch, which wins when given: ``amp`` autocast (default on CUDA
+    only) with ``amp_dtype`` (default fp16 with a ``GradScaler`` on CUDA, bf16
+    on CPU), no channels_last. ``out_dir``: where
     ``history.jsonl``, ``checkpoint.pt`` (every epoch) and, at the end,
     ``student.pt`` (the student's state dict) go. ``resume``: continue from
     ``out_dir/checkpoint.pt`` if it exists (else start afresh, with a warning).
@@ -393,8 +431,8 @@ def fit(
     at the end.
 
     Each history row has ``epoch`` (1-based), ``lr`` (at the epoch's start),
-    ``train_loss``, ``train_<term>`` for every logged term, ``train_acc`` (if
-    logits are available), ``val_loss`` and ``val_acc`` (with a
+    ``precision`` (``"fp32"``, ``"bf16+channels_last"``, ...), ``train_loss``,
+    ``train_<term>`` for every logged term, ``train_acc`` (if logits are available), ``val_loss`` and ``val_acc`` (with a
     ``val_loader``), and ``seconds`` (training + validation).
 
     >>> import os, tempfile, torch
@@ -408,16 +446,12 @@ def fit(
     ([1, 2], ['checkpoint.pt', 'history.jsonl', 'student.pt'])
     """
     hooks = CallbackList(callbacks)  # checked before any work
-    run = _setup(distiller, train_loader, val_loader, epochs=epochs, preset=preset, lr=lr, device=device, amp=amp,
-                 amp_dtype=amp_dtype, out_dir=out_dir, seed=seed, progress=progress, log_every=log_every,
-                 stage=stage, on_epoch=on_epoch)
+    run = _setup(distiller, train_loader, val_loader, epochs=epochs, preset=preset, lr=lr, device=device,
+                 precision=precision, amp=amp, amp_dtype=amp_dtype, out_dir=out_dir, seed=seed, progress=progress,
+                 log_every=log_every, stage=stage, on_epoch=on_epoch)
     run.callbacks = hooks
     start, history = _resume(run) if resume else (0, [])
-    hooks.fit_start({"epochs": run.epochs, "steps_per_epoch": run.steps, "preset": run.preset.name, "lr": run.lr,
-                     "seed": run.seed, "device": str(run.device), "stage": run.stage,
-                     "out_dir": None if run.out is None else str(run.out), "history": list(history)})
-    if run.out is not None:
-        write_history(run.out / HISTORY, history)
+    _start(run, hooks, history)
     was_training = distiller.training
     for epoch in range(start, run.epochs):
         t0 = time.perf_counter()

@@ -47,7 +47,8 @@ METHODS: dict[str, dict[str, Any]] = {
 
 def train(student: nn.Module, train_loader, val_loader=None, *, epochs: int, **fit_kwargs) -> list[dict[str, Any]]:
     """Train ``student`` alone with cross-entropy (the from-scratch baseline): :func:`fit` on
-    ``Distiller(None, student, {"ce": 1.0})``. ``student`` is trained in place.
+    ``Distiller(None, student, {"ce": 1.0})``. ``student`` is trained in place. ``fit_kwargs`` go to
+    :func:`fit` (``precision="auto"|"fp32"|"bf16"``, ``preset``, ``out_dir``, ...).
 
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> data = TensorDataset(torch.randn(32, 4), torch.randint(0, 2, (32,)))
