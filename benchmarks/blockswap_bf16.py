@@ -4,8 +4,9 @@ WRN-40-2 teacher, the paper's 21 candidate specs, plans sampled at a
 ``--budget`` (default 400K parameters), one minibatch of ``--batch`` (a real
 CIFAR-10 minibatch from ``--data`` when the file exists, else random). The
 public API only: :func:`fxswap.blockswap` with a prebuilt cost model, called
-plainly (fp32) and inside ``torch.autocast("cpu", dtype=torch.bfloat16)``,
-on the same sampled plans (same ``seed``). The plans are scored in chunks
+with ``precision="fp32"`` and in bf16 autocast (a :class:`fxswap.precision.Precision`),
+on the same sampled plans (same ``seed``). ``benchmarks/precision.py`` is the
+shorter WRN-16-2 version that ``precision="auto"`` was decided on. The plans are scored in chunks
 of ``--chunk``, the precisions interleaved per chunk so that load drifting
 on a shared machine hits them alike.
 
@@ -24,7 +25,6 @@ on a shared machine hits them alike.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import statistics
 import time
@@ -38,6 +38,7 @@ import fxswap
 from fxswap.search.plans import CostModel
 from fxswap.data import CIFAR10_MEAN, CIFAR10_STD
 from fxswap.models import wrn
+from fxswap.precision import Precision
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_subset.npz"
 
@@ -79,11 +80,13 @@ def to_channels_last(cm: CostModel) -> CostModel:
 
 
 def score(teacher, cm, budget, x, y, samples, seed, bf16: bool):
-    ctx = torch.autocast("cpu", dtype=torch.bfloat16) if bf16 else contextlib.nullcontext()
+    # explicit: precision="auto" could be bf16 on a machine with native bf16; channels_last comes with x
+    prec = Precision("bf16", torch.bfloat16, False, "benchmark") if bf16 else "fp32"
     t0 = time.perf_counter()
-    with ctx, warnings.catch_warnings():
+    with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        r = fxswap.blockswap(teacher, budget, (x, y), samples=samples, seed=seed, macs=False, cost_model=cm)
+        r = fxswap.blockswap(teacher, budget, (x, y), samples=samples, seed=seed, macs=False, cost_model=cm,
+                             precision=prec)
     seconds = time.perf_counter() - t0
     return {tuple(sorted(c.plan.items())): c.fisher for c in r.candidates}, seconds / len(r.candidates)
 

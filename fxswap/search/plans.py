@@ -69,6 +69,7 @@ from ..blocks.block import Block, find_blocks
 from ..errors import BudgetError, FxswapError, SpecError
 from .costs import METRICS, CostTable
 from .fisher import FisherScorer, fisher_potential, random_init
+from ..precision import Precision, resolve_precision
 from ..surgery.rewrite import cheapen
 from ..seeding import derived_seed, seeded
 from ..surgery.spec import BlockSpec, parse_spec
@@ -307,7 +308,8 @@ class CostModel:
     ``count(cheapen(teacher, plan))`` reports. ``reinit`` (default)
     re-initialises the network with ``seed`` (:func:`fxswap.search.fisher.random_init`):
     BlockSwap scores randomly initialised networks. Each spec's substitutes are
-    initialised from a seed derived from ``(seed, spec)``.
+    initialised from a seed derived from ``(seed, spec)``. ``precision``: the
+    scorer's (:func:`~fxswap.search.fisher.fisher_potential`).
 
     >>> from fxswap.models import wrn
     >>> cm = CostModel(wrn(10, 1), ["S", "G(N/4)"], macs=False)
@@ -320,7 +322,7 @@ class CostModel:
 
     def __init__(self, teacher: nn.Module, candidates: Sequence[str | BlockSpec] | None = None, *,
                  input_shape: tuple[int, ...] | None = None, macs: bool = True, seed: int = 0,
-                 reinit: bool = True, leaf_modules=()):
+                 reinit: bool = True, leaf_modules=(), precision: str | Precision = "auto"):
         self.specs = candidate_specs(candidates)
         if not self.specs:
             raise SpecError("blockswap needs at least one candidate spec")
@@ -347,7 +349,7 @@ class CostModel:
         if empty:
             raise SpecError(f"no candidate spec applies to block(s) {empty}: "
                             f"{ {n: self.table.skipped.get(n) for n in empty} }")
-        self.scorer = FisherScorer(self.base, self.variants, self.points, self.leaf_modules)
+        self.scorer = FisherScorer(self.base, self.variants, self.points, self.leaf_modules, precision=precision)
 
     def _costs(self, model: nn.Module) -> tuple[dict[str, int], dict[str, int]]:
         """(params, MACs) of ``model`` (key ``""``) and of each block module."""
@@ -512,8 +514,8 @@ class CostModel:
         """A standalone network for ``plan`` with exactly the weights the scorer uses."""
         return self.scorer.build(self.resolve(plan))
 
-    def score(self, plan, batch, loss_fn: Callable = F.cross_entropy, *,
-              init_seed: int | None = None) -> tuple[float, dict[str, float]]:
+    def score(self, plan, batch, loss_fn: Callable = F.cross_entropy, *, init_seed: int | None = None,
+              precision: str | Precision | None = None) -> tuple[float, dict[str, float]]:
         """Fisher potential of ``plan`` (total, per block), without building a network.
 
         Equal to ``fisher_potential(self.build(plan), batch, loss_fn)``. With
@@ -521,7 +523,7 @@ class CostModel:
         (:func:`~fxswap.search.fisher.random_init` with that seed) before scoring, as
         the reference builds a new ``WideResNet`` per candidate
         (``model_generator.py`` ``rank_arch``); slower, and the table's variants
-        are left as they were.
+        are left as they were. ``precision``: default the scorer's.
 
         >>> import torch
         >>> from fxswap.models import wrn
@@ -531,9 +533,10 @@ class CostModel:
         True
         """
         if init_seed is None:
-            return self.scorer.score(self.resolve(plan), batch, loss_fn)
+            return self.scorer.score(self.resolve(plan), batch, loss_fn, precision=precision)
         net = random_init(self.build(plan), init_seed)
-        fp = fisher_potential(net, batch, loss_fn, leaf_modules=self.leaf_modules)
+        fp = fisher_potential(net, batch, loss_fn, leaf_modules=self.leaf_modules,
+                              precision=self.scorer.precision if precision is None else precision)
         return fp.total, dict(fp.blocks)
 
 
@@ -709,6 +712,7 @@ class BlockSwapResult:
     model: str | None = None
     teacher_latency_ms: float | None = None
     latency_measured_on: str | None = None
+    precision: str | None = None
 
     @property
     def best(self) -> dict[str, str]:
@@ -752,7 +756,7 @@ class BlockSwapResult:
             "teacher_params": self.teacher_params, "teacher_macs": self.teacher_macs, "seed": self.seed,
             "samples": self.samples, "seconds": round(self.seconds, 3), "model": self.model,
             "latency_ms": best.latency_ms, "teacher_latency_ms": self.teacher_latency_ms,
-            "latency_measured_on": self.latency_measured_on,
+            "latency_measured_on": self.latency_measured_on, "precision": self.precision,
             "top": [c.to_dict() for c in self.candidates[:top]],
         }
 
@@ -775,7 +779,7 @@ class BlockSwapResult:
         return cls(cands, data.get("budget"), data.get("metric", "params"), data.get("tolerance", 0.025),
                    data.get("teacher_params"), data.get("teacher_macs"), data.get("seed", 0),
                    data.get("samples", len(cands)), data.get("seconds", 0.0), data.get("model"),
-                   data.get("teacher_latency_ms"), data.get("latency_measured_on"))
+                   data.get("teacher_latency_ms"), data.get("latency_measured_on"), data.get("precision"))
 
 
 def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
@@ -784,7 +788,8 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
               macs: bool = True, input_shape: tuple[int, ...] | None = None, progress: bool = False,
               leaf_modules=(), cost_model: CostModel | None = None, fresh_batch=None,
               fresh_init: bool = False, latency: bool = False,
-              latency_batch: int | None = None, latency_options: dict | None = None) -> BlockSwapResult:
+              latency_batch: int | None = None, latency_options: dict | None = None,
+              precision: str | Precision = "auto") -> BlockSwapResult:
     """BlockSwap: the best of ``samples`` random configurations within ``budget``, by Fisher potential.
 
     ``budget``: an int (parameters, or MACs with ``metric="macs"``), a float
@@ -817,6 +822,9 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     ``cost_model`` has it already, and keeps samples whose estimated latency
     lies in ``[budget·(1 − tolerance), budget]``. ``latency=True`` measures
     the column for a parameter or MAC budget too, to show it.
+
+    ``precision``: the scoring's, as :func:`~fxswap.search.fisher.fisher_potential`'s (over
+    ``cost_model``'s); recorded in the result and its JSON.
 
     Returns a :class:`BlockSwapResult`; ``fxswap.cheapen(teacher, result.best)``
     builds the student (see the module docstring for a fuller example).
@@ -856,6 +864,7 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     ref = next(cost_model.base.parameters(), None)
     if ref is not None:
         x, y = x.to(ref.device), y.to(ref.device)
+    prec = resolve_precision(precision, x.device, purpose="score")
     iterator = plans
     if progress:
         from tqdm import tqdm
@@ -864,7 +873,7 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     scored = []
     for i, plan in enumerate(iterator):
         b = (x, y) if draw is None else tuple(t.to(ref.device) if ref is not None else t for t in draw())
-        total, blocks = cost_model.score(plan, b, loss_fn,
+        total, blocks = cost_model.score(plan, b, loss_fn, precision=prec,
                                          init_seed=derived_seed(seed, f"fresh-init/{i}") if fresh_init else None)
         scored.append(Candidate(plan, cost_model.cost(plan, "params"),
                                 cost_model.cost(plan, "macs") if cost_model.has_macs else None, total, blocks,
@@ -872,4 +881,4 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     scored.sort(key=lambda c: -c.fisher if np.isfinite(c.fisher) else float("inf"))
     return BlockSwapResult(scored, absolute, metric, tolerance, cost_model.teacher_params, cost_model.teacher_macs,
                            seed, len(scored), time.perf_counter() - start, None, cost_model.teacher_latency,
-                           cost_model.table.measured_on)
+                           cost_model.table.measured_on, prec.label)
