@@ -93,8 +93,11 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
                    help="log the student's run as TensorBoard scalars to LOGDIR (needs: pip install tensorboard)")
     p.add_argument("--resume", action="store_true", help="continue from the checkpoints in --out")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="auto (default): bf16 autocast + channels_last where bf16 is native (CUDA, a CPU with "
+                        "avx512_bf16 or amx_bf16), fp32 elsewhere; printed and recorded in the history")
     p.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None,
-                   help="mixed precision (default: on for CUDA)")
+                   help="the older switch, wins over --precision when given: autocast (fp16 on CUDA, bf16 on CPU)")
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bars (without: one line per epoch)")
@@ -256,7 +259,14 @@ def run_distill(args: argparse.Namespace) -> int:
     echo(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
     echo(f"student: {how}, {_params(student):,} parameters ({_params(student) / _params(teacher):.1%} of the teacher)")
 
-    common = dict(device=device, amp=args.amp, seed=args.seed, progress=args.progress, resume=args.resume,
+    if args.amp is None:
+        from ..distillation.evaluation import resolve_device
+        from ..precision import resolve_precision
+
+        echo(f"precision: {resolve_precision(args.precision, resolve_device(device)).describe()}")
+    else:
+        echo(f"precision: {'autocast' if args.amp else 'fp32'} (--{'' if args.amp else 'no-'}amp)")
+    common = dict(device=device, precision=args.precision, amp=args.amp, seed=args.seed, progress=args.progress, resume=args.resume,
                   on_epoch=None if args.progress else _print_epoch)
     _teacher_weights(args, teacher, train_loader, val_loader, out, common)
     common["callbacks"] = callbacks  # the student's run only

@@ -111,6 +111,9 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
                         'default, the paper\'s 21) or "reference" (the reference code\'s 23)')
     p.add_argument("--seed", type=non_negative_int, default=0,
                    help="seed for the minibatch, the sampling and the initialisation")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto",
+                   help="scoring precision; auto (default): bf16 + channels_last only where bf16 is native and its "
+                        "ranking agreement with fp32 was measured (rho >= 0.98), else fp32; recorded in the JSON")
     p.add_argument("--top", type=positive_int, default=10, help="candidates to print (the JSON keeps all scored)")
     p.add_argument("--out", default=None, help="JSON path for the result (default: blockswap-MODEL-BUDGET.json)")
     p.add_argument("--no-macs", action="store_true", help="do not count MACs (faster set-up)")
@@ -132,6 +135,7 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
 
 def run_search(args: argparse.Namespace) -> int:
     """Run ``fxswap search`` from parsed arguments; returns the exit status."""
+    from ..precision import resolve_precision
     from ..search.plans import CostModel, blockswap, budget_metric, candidate_specs, parse_budget
 
     out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
@@ -164,9 +168,10 @@ def run_search(args: argparse.Namespace) -> int:
         costs = (f"{metric}: teacher {cm.total(metric):,}, reachable [{cheapest:,}, {dearest:,}], budget {budget:,} "
                  f"±{args.tolerance:.1%}")
     echo(f"{len(cm.names)} blocks; {costs}; minibatch: {what}", file=sys.stderr)
+    echo(f"precision: {resolve_precision(args.precision, x.device, purpose='score').describe()}", file=sys.stderr)
     with forwarded_warnings():
         result = blockswap(model, args.budget, (x, y), args.samples, tolerance=args.tolerance, metric=metric,
-                           seed=args.seed, progress=not args.no_progress, cost_model=cm)
+                           seed=args.seed, progress=not args.no_progress, cost_model=cm, precision=args.precision)
     scoring = result.seconds
     result.seconds = time.perf_counter() - start
     result.model = args.model
