@@ -10,7 +10,7 @@ bf16 is faster (``docs/benchmarks.md``, ``benchmarks/precision.py``).
 For scoring (BlockSwap's Fisher potential, ``purpose="score"``) ``"auto"``
 also needs the ranking to survive bf16: the benchmark's Spearman ρ between
 fp32 and bf16 Fisher potentials over ≥ 100 plans at batch 128 must reach
-0.98 (:data:`SCORING_RHO`, measured on a Sapphire Rapids Xeon).
+0.98 (:data:`SCORING_RHO`: 0.998 over 120 plans on a Sapphire Rapids Xeon).
 
 The CPU's flags come from ``/proc/cpuinfo``; without it (macOS, Windows)
 from ``torch.backends.cpu.get_cpu_capability()``, which names the vector
@@ -43,8 +43,9 @@ PRECISIONS = ("auto", "fp32", "bf16")
 NATIVE_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
 
 #: Spearman ρ of fp32 vs bf16 Fisher potentials measured by ``benchmarks/precision.py`` on a CPU with
-#: native bf16 (None: not measured); ``auto`` scores in bf16 only when it is at least 0.98
-SCORING_RHO: float | None = None
+#: native bf16 (None: not measured); ``auto`` scores in bf16 only when it is at least 0.98. 0.9978: 120
+#: WRN-16-2 plans at batch 128 on a Sapphire Rapids Xeon (AMX-BF16), same best plan (docs/benchmarks.md)
+SCORING_RHO: float | None = 0.9978
 
 
 class PrecisionError(FxswapError, ValueError):
