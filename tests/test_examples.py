@@ -55,7 +55,7 @@ def test_timm_task_adds_fxswaps_terms_to_timms_training():
     terms = {"ce", "at", "hint", "srrl"}
     assert terms | {"loss", "output"} == set(result) and _finite({k: result[k].detach() for k in terms | {"loss"}})
     # the loss timm's loop backpropagates is the sum of the terms: timm's label loss and fxswap's
-    assert float(result["loss"]) == pytest.approx(sum(float(result[k]) for k in terms), rel=1e-5)
+    assert float(result["loss"].detach()) == pytest.approx(sum(float(result[k]) for k in terms), rel=1e-5)
     assert result["output"].shape == (4, 10) and not result["output"].requires_grad
     # the optimiser trains the student and the connectors; the teacher has no parameter in it
     trained = {id(p) for p in task.get_trainable_module().parameters()}
