@@ -95,3 +95,21 @@ def test_pretrained_is_refused_for_models_without_published_weights(capsys):
     with pytest.raises(SystemExit):  # argparse: the two are exclusive
         from fxswap.cli.main import build_parser
         build_parser().parse_args(["blocks", "wrn-16-1", "--pretrained", "--weights", "x.pt"])
+
+
+def test_export_of_a_timm_training_checkpoint_says_what_the_file_is_and_how_to_make_a_student(tmp_path, capsys):
+    """timm's train.py saves model_best.pth.tar as a dict with an argparse.Namespace under 'args': weights-only
+    loading refuses it. The user gets one fxswap error naming the file kind and the way to a save_student file,
+    not torch's paragraph with ANSI codes."""
+    import argparse
+
+    path = tmp_path / "model_best.pth.tar"
+    torch.save({"epoch": 3, "arch": "resnet10t", "state_dict": fxswap.models.wrn(10, 1).state_dict(),
+                "optimizer": {}, "args": argparse.Namespace(model="resnet10t", lr=0.1)}, path)
+    assert main(["export", str(path), str(tmp_path / "s.pt2")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("fxswap: error: ") and err.count("\n") == 1 and "\x1b[" not in err
+    assert "argparse.Namespace" in err and "training checkpoint" in err and "fxswap.save_student" in err
+    assert "load_state_dict" in err and not (tmp_path / "s.pt2").exists()
+    with pytest.raises(fxswap.FxswapError, match="not a student saved by fxswap.save_student"):
+        fxswap.load_student(path)

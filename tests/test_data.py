@@ -323,6 +323,24 @@ def test_cifar_loaders_torchvision_folder_format(tmp_path, monkeypatch):
     assert x.shape == (4, 3, 32, 32)
 
 
+@pytest.mark.parametrize("error", ["url", "connection"])
+def test_a_failed_cifar_download_is_named_as_such_not_damaged_files(tmp_path, monkeypatch, error):
+    """Offline, download=True fails in urllib (a URLError is an OSError): the message says the download
+    failed and what to give instead, not that the batch files look damaged."""
+    import urllib.error
+
+    import torchvision
+
+    def offline(*args, **kwargs):
+        raise (urllib.error.URLError("[Errno -3] Temporary failure in name resolution") if error == "url"
+               else ConnectionResetError(104, "Connection reset by peer"))
+
+    monkeypatch.setattr(torchvision.datasets.cifar, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match=r"downloading cifar10 into .* failed \(offline\?\)") as caught:
+        cifar_loaders(tmp_path / "cifar", num_workers=0, download=True)
+    assert "damaged" not in str(caught.value) and ".npz" in str(caught.value)
+
+
 def test_docstring_examples_run():
     result = doctest.testmod(D)
     assert result.attempted > 3

@@ -118,3 +118,25 @@ def test_parse_duration():
     for bad in ("fast", "25", "-3ms", "0ms", 0, -1.0):
         with pytest.raises(FxswapError):
             parse_duration(bad)
+
+
+_MEASURE = ("import fxswap, torch; fxswap.latency(torch.nn.Linear(4, 2), (4,), batch=1, per_block=False, "
+            "min_run_time=0.001, warmup=1, num_threads=1)")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="torch logs the note only where CUDA is unavailable")
+def test_latency_does_not_print_torchs_no_cuda_runtime_note(tmp_path):
+    """torch.utils.benchmark imports cpp_extension, which logs 'No CUDA runtime is found' on a CPU-only
+    machine with a CUDA toolkit (CUDA_HOME set): fxswap's timings drop that one line and nothing else."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "CUDA_HOME": str(tmp_path), "OMP_NUM_THREADS": "1"}
+    run = lambda code: subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,  # noqa: E731
+                                      text=True, timeout=300, check=True).stderr
+    assert "No CUDA runtime is found" in run("from torch.utils import benchmark")  # the note torch prints
+    assert "No CUDA runtime is found" not in run(_MEASURE)
+    # other records from that logger still get through after the import
+    shown = run(_MEASURE + "; import logging; logging.getLogger('torch.utils.cpp_extension').warning('other note')")
+    assert "other note" in shown

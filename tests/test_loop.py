@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import re
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import fxswap
 from fxswap.distillation import distill, fit, format_history, load_checkpoint, train
-from fxswap.distillation.checkpoint import CHECKPOINT, HISTORY
+from fxswap.distillation.checkpoint import CHECKPOINT, HISTORY, STUDENT
 from fxswap.distillation.presets import PRESETS, get_preset
 from fxswap.errors import DistillError
 
@@ -110,11 +111,11 @@ def test_checkpoint_is_atomic_and_loads_with_weights_only(tmp_path, monkeypatch)
     tr, va = loaders()
     d = CEDistiller(tiny_cnn())
     fit(d, tr, None, epochs=1, out_dir=tmp_path, progress=False)
-    assert sorted(os.listdir(tmp_path)) == [CHECKPOINT, HISTORY, "student.pt"]  # no temp files left
+    assert sorted(os.listdir(tmp_path)) == [CHECKPOINT, HISTORY, STUDENT]  # no temp files left
     raw = torch.load(tmp_path / CHECKPOINT, weights_only=True)
     assert raw["epoch"] == 1 and same(raw["student"], d.student.state_dict())
     assert {"optimizer", "scheduler", "scaler", "rng", "history", "distiller"} <= set(raw)
-    assert same(torch.load(tmp_path / "student.pt", weights_only=True), d.student.state_dict())
+    assert same(torch.load(tmp_path / STUDENT, weights_only=True), d.student.state_dict())
     before = (tmp_path / CHECKPOINT).read_bytes()
 
     # a crash in the middle of writing leaves the old checkpoint intact and no partial file
@@ -274,7 +275,7 @@ def test_lit_runs_both_stages(tmp_path):
                    out_dir=tmp_path)
     assert [h["stage"] for h in hist] == ["lit", "finetune"]
     assert "train_lit" in hist[0] and "train_lit_kd" in hist[1]
-    assert (tmp_path / "student.pt").exists()
+    assert (tmp_path / STUDENT).exists()
     assert hist[1]["lr"] == pytest.approx(0.01)
     assert (tmp_path / "lit" / CHECKPOINT).exists() and (tmp_path / "finetune" / CHECKPOINT).exists()
     assert same(before, snapshot(teacher))
@@ -530,3 +531,27 @@ def test_hint_connectors_survive_resume_when_widths_differ(tmp_path):
 
     assert sum(p.numel() for p in make().connectors.parameters()) > 0  # 16→32, 32→64, 64→128 1×1 convs
     _resume_check(tmp_path, make, {"seed": 1, "n": 32}, epochs=2)
+
+
+def test_progress_bar_refreshes_early_in_an_epoch_and_shows_accuracy_in_percent(monkeypatch):
+    """The bar's running loss/accuracy are refreshed after batches 1, 2, 4, 8, 16 and then every log_every
+    steps (and on the last), not left on the first batch's values for log_every steps; accuracy shows as %."""
+    import tqdm.auto
+
+    shown, calls = [], []
+
+    class Counting(CEDistiller):
+        def forward(self, x, y):
+            calls.append(1)
+            return super().forward(x, y)
+
+    class Recording(tqdm.auto.tqdm):
+        def set_postfix(self, ordered_dict=None, refresh=True, **kwargs):
+            shown.append((len(calls) - 1, dict(ordered_dict)))  # the 0-based step just taken
+            super().set_postfix(ordered_dict, refresh=refresh, **kwargs)
+
+    monkeypatch.setattr(tqdm.auto, "tqdm", Recording)
+    tr, _ = loaders(batch=2, n=90)  # 45 steps
+    fit(Counting(tiny_cnn()), tr, None, epochs=1, preset="cosine", log_every=20, progress=True)
+    assert [n for n, _ in shown] == [0, 1, 3, 7, 15, 20, 40, 44]  # steps (0-based) the postfix was set at
+    assert all(re.fullmatch(r"\d+\.\d{2}%", post["acc"]) and float(post["loss"]) > 0 for _, post in shown)

@@ -106,6 +106,22 @@ def test_search_figure_draws_every_candidate_the_front_and_the_pick():
     assert "wrn-10-1" in fig._suptitle.get_text()
 
 
+def test_search_figure_shades_the_symmetric_tolerance_of_a_parameter_budget():
+    """--budget 400k may pick 408,890: the figure shows why, a band budget ± tolerance on the budget's panel."""
+    pytest.importorskip("matplotlib")
+    _, data = _result()
+    data["tolerance"] = 0.05
+    params_ax, macs_ax = plotting.search_figure(data).axes
+    band = _labelled(params_ax, "accepted: budget ±5.0%")
+    if hasattr(band, "get_width"):  # a Rectangle (matplotlib >= 3.9)
+        lo, hi = band.get_x(), band.get_x() + band.get_width()
+    else:  # a Polygon
+        xs = [x for x, _ in band.get_xy()]
+        lo, hi = min(xs), max(xs)
+    assert (lo, hi) == pytest.approx((95.0, 105.0))  # above the budget too
+    assert not [a for a in macs_ax.get_children() if str(getattr(a, "get_label", lambda: "")()).startswith("accepted")]
+
+
 def test_search_figure_skips_a_cost_the_candidates_lack():
     pytest.importorskip("matplotlib")
     result, _ = _result()
@@ -166,7 +182,8 @@ def test_without_matplotlib_the_error_names_the_extra(tmp_path, monkeypatch, cap
     result, _ = _result()
     search = result.to_json(tmp_path / "search.json")
     assert main(["plot", str(search)]) == 2
-    assert "pip install 'fxswap[plot]'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "pip install matplotlib" in err and "pip install -e '.[plot]'" in err and "fxswap[" not in err
     assert not (tmp_path / "search.png").exists()
 
 

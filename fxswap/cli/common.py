@@ -19,7 +19,7 @@ from ..errors import FxswapError
 
 __all__ = [
     "CliParser", "model_parent", "positive_int", "non_negative_int", "positive_float", "non_negative_float",
-    "parse_shape", "load_plan", "load_model", "forwarded_warnings", "echo", "check_writable",
+    "parse_shape", "load_plan", "load_model", "forwarded_warnings", "noted_warnings", "echo", "check_writable",
     "model_from_args", "load_weights", "print_json",
 ]
 
@@ -294,6 +294,30 @@ def forwarded_warnings() -> Iterator[None]:
         yield
     for w in caught:
         print(f"fxswap: warning: {w.message}", file=sys.stderr)
+
+
+@contextlib.contextmanager
+def noted_warnings() -> Iterator[None]:
+    """Print each ``UserWarning`` raised inside as one ``fxswap: note: ...`` line on stderr when it happens
+    (a long run's note is not held back to its end), without Python's category and source line; other
+    warning categories are shown as usual.
+
+    >>> import contextlib, sys, warnings
+    >>> with contextlib.redirect_stderr(sys.stdout), noted_warnings():
+    ...     warnings.warn("resume=True but there is no checkpoint.pt in runs/a")
+    fxswap: note: resume=True but there is no checkpoint.pt in runs/a
+    """
+    with warnings.catch_warnings():
+        shown = warnings.showwarning
+
+        def show(message, category, filename, lineno, file=None, line=None):
+            if issubclass(category, UserWarning):
+                print(f"fxswap: note: {message}", file=sys.stderr)
+            else:
+                shown(message, category, filename, lineno, file, line)
+
+        warnings.showwarning = show
+        yield
 
 
 _ASCII = {"→": "->", "±": "+-", "Δ": "d", "×": "x", "≤": "<=", "≥": ">=", "–": "-", "—": "-", "…": "...", "ρ": "rho"}

@@ -15,11 +15,12 @@ ImageNet's mean/std (:func:`fxswap.data.imagefolder_loaders`). Without
 ``--train-teacher-epochs K`` trains it first with :func:`fxswap.train`.
 With ``--out DIR`` the teacher's run goes to ``DIR/teacher`` and the student's to
 ``DIR/student`` (``history.jsonl``, ``checkpoint.pt`` every epoch,
-``student.pt``); ``--resume`` continues both where they stopped. At the end
+``student_state_dict.pt``, the bare weights); ``--resume`` continues both where they stopped. At the end
 ``DIR/student.pt`` holds the student with the record that rebuilds it
 (``fxswap.load_student("DIR/student.pt")``; ``fxswap export`` reads it).
 ``--csv FILE`` logs one row per epoch (``fxswap.distillation.callbacks.CSVLogger``:
-epoch, stage, lr, the loss terms, validation loss/accuracy, seconds);
+epoch, stage, lr, the loss terms, validation loss/accuracy, seconds; accuracies there and in
+``history.jsonl`` are fractions in [0, 1], printed ones are percentages);
 ``--tensorboard LOGDIR`` writes TensorBoard scalars (``pip install tensorboard``).
 From Python, ``fit``/``distill`` take ``callbacks=[...]``, W&B included
 (:mod:`fxswap.distillation.callbacks`).
@@ -41,7 +42,7 @@ from torch import nn
 
 from ..errors import FxswapError, SpecError
 from .common import (check_writable, echo, forwarded_warnings, load_model, load_plan, load_weights, non_negative_int,
-                     positive_float, positive_int)
+                     noted_warnings, positive_float, positive_int)
 
 __all__ = ["add_parsers", "run_distill"]
 
@@ -87,7 +88,7 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
                    help="without --teacher-checkpoint, first train the teacher this many epochs")
     p.add_argument("--teacher-preset", default="moonshine", choices=sorted(PRESETS))
     p.add_argument("--out", default=None,
-                   help="folder for histories, checkpoints and the self-describing student.pt")
+                   help="folder for histories, checkpoints and the self-describing student.pt (made if missing)")
     p.add_argument("--csv", default=None, metavar="FILE", help="log one CSV row per epoch of the student's run to FILE")
     p.add_argument("--tensorboard", default=None, metavar="LOGDIR",
                    help="log the student's run as TensorBoard scalars to LOGDIR (needs: pip install tensorboard)")
@@ -221,16 +222,36 @@ def _save_student(args, student: nn.Module, num_classes: int, image_size: int, o
     return path
 
 
+def _make_run_folder(out: str | None) -> None:
+    """``--out``: the run folder, made with its parents (``runs/g4`` when ``runs/`` does not exist yet).
+
+    >>> import os, tempfile
+    >>> root = tempfile.mkdtemp(); _make_run_folder(os.path.join(root, "runs", "g4"))
+    >>> os.path.isdir(os.path.join(root, "runs", "g4"))
+    True
+    """
+    if out is None:
+        return
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise FxswapError(f"--out {out}: is a file; give a folder for the run (made if missing)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FxswapError(f"--out {out}: cannot make the run folder: {exc.strerror or exc}") from None
+
+
 def run_distill(args: argparse.Namespace) -> int:
     """Run ``fxswap distill`` with parsed ``args``; prints the history table; returns the exit code."""
     from ..data.datasets import data_kind, make_loaders
     from ..distillation import distill, evaluate, format_history
     from ..distillation.checkpoint import STUDENT
+    from ..distillation.history import percent
     from ..distillation.presets import get_preset
 
     if args.resume and not args.out:
         raise FxswapError("--resume needs --out (the folder of the run to continue)")
-    check_writable(args.out, "--out", is_file=False)  # a run folder, made if missing
+    _make_run_folder(args.out)
     method = _method(args.method)
     preset = args.preset or ("lit" if method == "lit" else "moonshine")
     if args.train_stem_and_head and method != "lit":
@@ -268,19 +289,21 @@ def run_distill(args: argparse.Namespace) -> int:
         echo(f"precision: {'autocast' if args.amp else 'fp32'} (--{'' if args.amp else 'no-'}amp)")
     common = dict(device=device, precision=args.precision, amp=args.amp, seed=args.seed, progress=args.progress, resume=args.resume,
                   on_epoch=None if args.progress else _print_epoch)
-    _teacher_weights(args, teacher, train_loader, val_loader, out, common)
+    with noted_warnings():
+        _teacher_weights(args, teacher, train_loader, val_loader, out, common)
     common["callbacks"] = callbacks  # the student's run only
     t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
-    echo(f"teacher val: loss {t_eval['loss']:.4f}, acc {100 * t_eval['acc']:.2f}%")
+    echo(f"teacher val: loss {t_eval['loss']:.4f}, acc {percent(t_eval['acc'])}")
 
     label = method if isinstance(method, str) else json.dumps(method)
     echo(f"distilling with {label} for {epochs} epoch(s), preset {preset} (batch {batch_size}, "
          f"Cutout {cutout or 'off'})")
     if method == "lit":
         common["train_stem_and_head"] = args.train_stem_and_head
-    history = distill(teacher, student, train_loader, val_loader, method=method, epochs=epochs,
-                      finetune_epochs=args.finetune_epochs, preset=preset, lr=args.lr,
-                      out_dir=out / "student" if out else None, **common)
+    with noted_warnings():  # --resume's notes (no checkpoint yet, a new lr) as one line each, as they happen
+        history = distill(teacher, student, train_loader, val_loader, method=method, epochs=epochs,
+                          finetune_epochs=args.finetune_epochs, preset=preset, lr=args.lr,
+                          out_dir=out / "student" if out else None, **common)
     for cb in callbacks:
         cb.close()
     echo(format_history(history))
@@ -289,10 +312,11 @@ def run_distill(args: argparse.Namespace) -> int:
     if out:
         saved = _save_student(args, student, num_classes, image_size, out)
         if saved is not None:
-            echo(f"history and checkpoints in {out / 'student'}; fxswap.load_student rebuilds the student from "
-                 f"the student's weights in {saved}")
+            echo(f"history and checkpoints in {out / 'student'}; the student, which fxswap.load_student rebuilds "
+                 f"and fxswap export reads, is in {saved}")
         else:
-            echo(f"history and checkpoints in {out / 'student'}; the student's weights in {out / 'student' / STUDENT}")
+            echo(f"history and checkpoints in {out / 'student'}; the student's bare state_dict is in "
+                 f"{out / 'student' / STUDENT}")
     return 0
 
 

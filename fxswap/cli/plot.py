@@ -5,7 +5,8 @@
     fxswap distill ... --out runs/g4
     fxswap plot runs/g4/student/history.jsonl --out curves.png   # loss terms and error per epoch
 
-Needs matplotlib: ``pip install 'fxswap[plot]'``. See :mod:`fxswap.integrations.plotting`.
+Needs matplotlib: ``pip install matplotlib`` (in a checkout: ``pip install -e '.[plot]'``).
+See :mod:`fxswap.integrations.plotting`.
 
 >>> from fxswap.cli.main import build_parser
 >>> build_parser().parse_args(["plot", "search.json", "--out", "front.png"]).out

@@ -3,7 +3,8 @@
     fxswap search wrn-40-2 --budget 400k --data cifar10_subset.npz --samples 1000
     fxswap search wrn-40-2 --budget 25ms --latency-batch 32 --samples 200
 
-samples configurations within the budget, scores each by Fisher potential on
+samples configurations within ``--tolerance`` of the budget (either side of it for a
+parameter or MAC budget: ``--budget 400k`` may pick 408,890), scores each by Fisher potential on
 one random minibatch of ``--data`` (an ``.npz`` read by
 :class:`fxswap.data.NpzDataset`, normalised with the reference CIFAR-10
 mean/std of :mod:`fxswap.data`), writes the result as JSON (which ``fxswap
@@ -96,12 +97,15 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("search", parents=[model],
                               help="BlockSwap: sample students within a budget, rank by Fisher potential")
     p.add_argument("--budget", required=True,
-                   help="parameters (400000, 400k, 1.2M), a fraction of the teacher (0.25) or a percentage (25%%); "
-                        "or a latency on this machine: 25ms, 0.1s, 800us, 60%%latency")
+                   help="parameters (400000, 400k, 1.2M), a fraction of the teacher (0.25) or a percentage (25%%), "
+                        "met within --tolerance either way (400k picks from 390,000-410,000); or a latency on this "
+                        "machine: 25ms, 0.1s, 800us, 60%%latency, a ceiling (within --tolerance below it)")
     p.add_argument("--metric", choices=("params", "macs", "latency"), default=None,
                    help="what the budget counts (default: latency for a duration or ...latency, else params)")
     p.add_argument("--tolerance", type=positive_float, default=0.025,
-                   help="accepted distance from the budget (default 0.025)")
+                   help="accepted distance from the budget as a fraction of it (default 0.025): symmetric for "
+                        "params/MACs (400k +-2.5%%: 390,000 to 410,000, so 408,890 qualifies), below only for "
+                        "latency")
     p.add_argument("--samples", type=positive_int, default=1000, help="configurations to score (paper: 1000)")
     p.add_argument("--batch-size", type=positive_int, default=128,
                    help="minibatch size (paper: the training batch, 128)")
@@ -178,7 +182,10 @@ def run_search(args: argparse.Namespace) -> int:
     result.to_json(out)
     best = result.candidates[0]
     per = scoring / max(result.samples, 1)
+    cost = getattr(best, metric, None) if metric != "latency" else None
     summary = (f"\nbest plan ({best.params:,} params"
+               + (f", {cost / budget - 1:+.1%} of the {budget:,} {metric} budget (tolerance ±{args.tolerance:.1%}: "
+                  "either side)" if isinstance(cost, (int, float)) and budget else "")
                + (f", estimated {best.latency_ms:.4g} ms" if best.latency_ms is not None else "")
                + f", Fisher {best.fisher:.5g}) saved to {out}\n{result.samples} samples scored in {scoring:.1f} s "
                f"({per:.2f} s each, {per * 1000 / 60:.1f} min per 1000); {result.seconds:.1f} s in all with the cost "

@@ -1,7 +1,7 @@
 """``fxswap export``: a saved student to ``torch.export`` (.pt2) or ONNX, checked against PyTorch.
 
     fxswap cheapen wrn-16-2 "G(N/4)" --save student.pt
-    fxswap export student.pt student.pt2            # or student.onnx (pip install 'fxswap[onnx]')
+    fxswap export student.pt student.pt2            # or student.onnx (pip install -e '.[onnx]' in a checkout)
 
 The student file is one written by ``fxswap cheapen --save`` or
 ``fxswap.save_student``: its record says how to rebuild it and which input it

@@ -42,8 +42,10 @@ import pickle
 import zipfile
 import zlib
 from collections.abc import Callable, Sequence
+from http.client import HTTPException
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 import numpy as np
 import torch
@@ -502,12 +504,22 @@ class NpzDataset(ArrayDataset):
 # ---------------------------------------------------------------------------
 
 
+#: What a failed download raises (urllib's URLError is an OSError, which otherwise means damaged files).
+_NETWORK_ERRORS = (URLError, ConnectionError, TimeoutError, HTTPException)
+
+
 def _torchvision_split(root: Path, dataset: str, train: bool, download: bool, transform, limit):
     import torchvision
 
     cls = torchvision.datasets.CIFAR10 if dataset == "cifar10" else torchvision.datasets.CIFAR100
     try:
         ds = cls(root=str(root), train=train, download=download)
+    except (_NETWORK_ERRORS if download else ()) as e:  # the download failed, not the files
+        raise DataError(
+            f"downloading {dataset} into {root} failed (offline?): {getattr(e, 'reason', e)}. Download it on a "
+            "machine with network access, or give the path of a .npz file with x_train, y_train, x_test, "
+            "y_test, or a folder that already holds it in torchvision's format"
+        ) from e
     except RuntimeError as e:  # torchvision: not found / corrupted (failed integrity check)
         raise DataError(
             f"no {dataset} in torchvision's format under {root} ({e}). Pass download=True to "

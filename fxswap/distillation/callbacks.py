@@ -237,7 +237,7 @@ def _require(package: str, who: str, extra: str):
     except ImportError:
         pip = {"torch.utils.tensorboard": "tensorboard"}.get(package, package)
         raise FxswapError(f"{who} needs the {pip!r} package, which is not installed: pip install {pip} "
-                          f"(or pip install 'fxswap[{extra}]')") from None
+                          f"(or, in a checkout of fxswap, pip install -e '.[{extra}]')") from None
 
 
 class TensorBoardLogger(Callback):

@@ -36,7 +36,10 @@ __all__ = ["CHECKPOINT", "HISTORY", "STUDENT", "FORMAT", "atomic_write", "write_
 #: File names inside a run's ``out_dir``.
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.jsonl"
-STUDENT = "student.pt"
+#: The student's bare ``state_dict`` at the end of a run: not named ``student.pt``, the name of the
+#: self-describing file that :func:`fxswap.save_student` writes and ``fxswap distill --out`` leaves one
+#: folder up; this one loads with ``student.load_state_dict(torch.load(path, weights_only=True))``.
+STUDENT = "student_state_dict.pt"
 #: Checkpoint layout version (2: with ``"checksum"`` and ``"lr"``).
 FORMAT = 2
 

@@ -1,5 +1,11 @@
 """History rows: running means of the logged terms, and the printed forms of a run's history.
 
+Accuracies are fractions in [0, 1] in the rows (``fit``'s return value,
+``history.jsonl``, the callbacks) and percentages with a ``%`` sign wherever
+they are printed (:func:`epoch_summary`, :func:`format_history`,
+:func:`percent`: the progress bar and the CLI), so one run never shows
+``0.1100``, ``11.00`` and ``11.00%`` for the same number.
+
 >>> m = Meter(torch.device("cpu"))
 >>> m.add({"loss": torch.tensor(2.0), "kd": 1.0}, 4); m.add({"loss": torch.tensor(4.0), "kd": 3.0}, 4)
 >>> m.means()
@@ -13,7 +19,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-__all__ = ["Meter", "epoch_summary", "format_history"]
+__all__ = ["Meter", "percent", "epoch_summary", "format_history"]
 
 
 class Meter:
@@ -48,19 +54,28 @@ class Meter:
         return dict(zip(self.sums, values))
 
 
-def epoch_summary(row: Mapping[str, Any], epochs: int | None = None) -> str:
-    """One line for an epoch's history row.
+def percent(fraction: float) -> str:
+    """An accuracy (a fraction in [0, 1]) as printed everywhere: a percentage with two decimals and its sign.
 
-    >>> epoch_summary({"epoch": 1, "lr": 0.1, "train_loss": 2.0, "seconds": 1.0}, 3)
-    'epoch 1/3 lr 0.1 train loss 2.0000 | 1.0s'
+    >>> percent(0.11), percent(1.0)
+    ('11.00%', '100.00%')
+    """
+    return f"{100 * fraction:.2f}%"
+
+
+def epoch_summary(row: Mapping[str, Any], epochs: int | None = None) -> str:
+    """One line for an epoch's history row (accuracies in %).
+
+    >>> epoch_summary({"epoch": 1, "lr": 0.1, "train_loss": 2.0, "train_acc": 0.11, "seconds": 1.0}, 3)
+    'epoch 1/3 lr 0.1 train loss 2.0000 acc 11.00% | 1.0s'
     """
     of = f"/{epochs}" if epochs else ""
     parts = [f"{row['stage']} " if "stage" in row else "", f"epoch {row['epoch']}{of}", f" lr {row['lr']:.4g}",
              f" train loss {row['train_loss']:.4f}"]
     if "train_acc" in row:
-        parts.append(f" acc {row['train_acc']:.4f}")
+        parts.append(f" acc {percent(row['train_acc'])}")
     if "val_loss" in row:
-        parts.append(f" | val loss {row['val_loss']:.4f} acc {row['val_acc']:.4f}")
+        parts.append(f" | val loss {row['val_loss']:.4f} acc {percent(row['val_acc'])}")
     parts.append(f" | {row['seconds']:.1f}s")
     return "".join(parts)
 
@@ -70,7 +85,7 @@ def _cell(k: str, v: Any) -> str:
         return ""
     if isinstance(v, float):
         if k.endswith("_acc"):
-            return f"{100 * v:.2f}"
+            return percent(v)
         if k == "lr":
             return f"{v:.4g}"
         if k == "seconds":
@@ -80,11 +95,11 @@ def _cell(k: str, v: Any) -> str:
 
 
 def format_history(history: Sequence[Mapping[str, Any]]) -> str:
-    """The history as an aligned text table (accuracies in %).
+    """The history as an aligned text table (accuracies in %, with the sign; the rows keep fractions).
 
     >>> print(format_history([{"epoch": 1, "lr": 0.1, "train_loss": 2.5, "train_acc": 0.1, "seconds": 3.0}]))
     epoch  lr   train_loss  train_acc  seconds
-    1      0.1  2.5000      10.00      3.0
+    1      0.1  2.5000      10.00%     3.0
     """
     if not history:
         return "(no epochs)"

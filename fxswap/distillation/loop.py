@@ -67,7 +67,7 @@ from .callbacks import CallbackList
 from .checkpoint import CHECKPOINT, FORMAT, HISTORY, STUDENT, atomic_write, load_checkpoint, non_finite, \
     save_checkpoint, write_history
 from .evaluation import evaluate, resolve_device, to_device
-from .history import Meter, epoch_summary
+from .history import Meter, epoch_summary, percent
 from .presets import Preset, get_preset
 
 __all__ = ["fit"]
@@ -308,15 +308,18 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
             if isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[0] == n:
                 correct += (logits.argmax(1) == y).sum()
                 counted += n
-            reporting = run.progress or run.callbacks.log_steps
-            if reporting and (step % run.log_every == 0 or step == run.steps - 1):
+            log_now = step % run.log_every == 0 or step == run.steps - 1
+            # the bar also refreshes after batches 2, 4, 8, ... below log_every: a few syncs per epoch, and
+            # its running loss/accuracy no longer sit on the first batch's values for log_every steps
+            bar_now = run.progress and (log_now or (step < run.log_every and (step + 1) & step == 0))
+            if bar_now or (log_now and run.callbacks.log_steps):
                 means = meter.means()  # the one sync of a logging interval, shared by the bar and the callbacks
-                if run.progress:
+                if bar_now:
                     post = {"loss": f"{means['loss']:.4f}"}
                     if counted:
-                        post["acc"] = f"{int(correct) / counted:.3f}"
+                        post["acc"] = percent(int(correct) / counted)
                     bar.set_postfix(post, refresh=False)
-                if run.callbacks.log_steps:
+                if log_now and run.callbacks.log_steps:
                     run.callbacks.train_log({"epoch": epoch + 1, "step": step + 1,
                                              "global_step": epoch * run.steps + step + 1, "means": means})
     return meter.means(), (int(correct) / counted if counted else None)
@@ -419,11 +422,11 @@ def fit(
     only) with ``amp_dtype`` (default fp16 with a ``GradScaler`` on CUDA, bf16
     on CPU), no channels_last. ``out_dir``: where
     ``history.jsonl``, ``checkpoint.pt`` (every epoch) and, at the end,
-    ``student.pt`` (the student's state dict) go. ``resume``: continue from
+    ``student_state_dict.pt`` (the student's bare state dict) go. ``resume``: continue from
     ``out_dir/checkpoint.pt`` if it exists (else start afresh, with a warning).
     ``seed``: every epoch is reseeded from ``(seed, epoch)``. ``progress``: a
-    tqdm bar per epoch, its running loss/accuracy refreshed every ``log_every``
-    steps. ``stage``: a label stored in each history row (e.g. ``"lit"``).
+    tqdm bar per epoch, its running loss/accuracy (in %) refreshed every
+    ``log_every`` steps and after batches 1, 2, 4, 8, ... before that. ``stage``: a label stored in each history row (e.g. ``"lit"``).
     ``on_epoch(row)``: called with each new history row. ``callbacks``: logging
     hooks (:mod:`.callbacks`: ``CSVLogger(path)``, ``TensorBoardLogger``,
     ``WandbLogger`` or a :class:`~.callbacks.Callback` of your own), called at
@@ -433,7 +436,8 @@ def fit(
     Each history row has ``epoch`` (1-based), ``lr`` (at the epoch's start),
     ``precision`` (``"fp32"``, ``"bf16+channels_last"``, ...), ``train_loss``,
     ``train_<term>`` for every logged term, ``train_acc`` (if logits are available), ``val_loss`` and ``val_acc`` (with a
-    ``val_loader``), and ``seconds`` (training + validation).
+    ``val_loader``), and ``seconds`` (training + validation). Accuracies are
+    fractions in [0, 1] here and in ``history.jsonl``; printed, they are %.
 
     >>> import os, tempfile, torch
     >>> from torch.utils.data import DataLoader, TensorDataset
@@ -443,7 +447,7 @@ def fit(
     ...     hist = fit(Distiller(None, torch.nn.Linear(4, 2)), loader, epochs=2, preset="cosine", out_dir=d, progress=False)
     ...     files = sorted(os.listdir(d))
     >>> [h["epoch"] for h in hist], files
-    ([1, 2], ['checkpoint.pt', 'history.jsonl', 'student.pt'])
+    ([1, 2], ['checkpoint.pt', 'history.jsonl', 'student_state_dict.pt'])
     """
     hooks = CallbackList(callbacks)  # checked before any work
     run = _setup(distiller, train_loader, val_loader, epochs=epochs, preset=preset, lr=lr, device=device,

@@ -124,7 +124,7 @@ def distill_lit(teacher: nn.Module, student: nn.Module, train_loader, val_loader
     ``finetune_epochs`` of KD fine-tuning (preset ``"lit-finetune"``, lr 0.01;
     default: 75/175 of ``epochs``, the appendix's ratio, rounded). With
     ``out_dir`` each stage has its own sub-folder (``lit/``, ``finetune/``)
-    and the final ``student.pt`` is also written to ``out_dir``; history rows
+    and the final ``student_state_dict.pt`` is also written to ``out_dir``; history rows
     carry ``"stage"``. As the reference, the teacher's stem and head are
     copied into the student and held fixed in both stages;
     ``train_stem_and_head=True`` trains the student's own (see

@@ -5,13 +5,16 @@
   the candidates carry (``params``, ``macs``, ``latency``), one panel each: every
   scored candidate, the Pareto front (no other candidate is as cheap *and*
   scores higher) and the pick (the highest Fisher potential, what ``best`` is)
-  highlighted, the budget as a dashed line on its metric's panel;
+  highlighted, the budget as a dashed line on its metric's panel, shaded where
+  candidates were accepted (``budget ± tolerance`` for params and MACs, so the
+  pick may cost a little more than the budget; below it only for latency);
 * :func:`plot_history`: a run's ``history.jsonl`` (:func:`fxswap.fit` with
   ``out_dir``) as the training loss terms and the error rates (100 % − accuracy,
   training and validation) per epoch; LIT's stages are marked;
 * :func:`plot`: either, chosen by the file (``.json`` or ``.jsonl``), as ``fxswap plot FILE``.
 
-matplotlib is an optional dependency (``pip install 'fxswap[plot]'``); without
+matplotlib is an optional dependency (``pip install matplotlib``, or in a
+checkout ``pip install -e '.[plot]'``: fxswap is not on the package index); without
 it these functions raise :class:`~fxswap.errors.FxswapError` saying so.
 :func:`pareto_front`, :func:`load_search` and :func:`load_history` need no
 matplotlib. The figures are drawn with matplotlib's object API (no ``pyplot``),
@@ -52,8 +55,8 @@ def _matplotlib_figure():
     try:
         from matplotlib.figure import Figure
     except ImportError:
-        raise FxswapError("plotting needs matplotlib, which is not installed: pip install 'fxswap[plot]' "
-                          "(or pip install matplotlib)") from None
+        raise FxswapError("plotting needs matplotlib, which is not installed: pip install matplotlib (or, in a "
+                          "checkout of fxswap, pip install -e '.[plot]')") from None
     return Figure
 
 
@@ -205,7 +208,9 @@ def search_figure(source, metrics: Sequence[str] | None = None):
         ax.plot([cost[i] for i in front], [fisher[i] for i in front], "-o", color="C0", ms=4, label="Pareto front")
         ax.scatter([cost[0]], [fisher[0]], marker="*", s=220, color="C3", zorder=5, label="pick")
         if data.get("metric") == metric and _number(data.get("budget")):
-            ax.axvline(_scale(metric, [float(data["budget"])])[0], ls="--", color="0.3", lw=1, label="budget")
+            budget = _scale(metric, [float(data["budget"])])[0]
+            ax.axvline(budget, ls="--", color="0.3", lw=1, label="budget")
+            _tolerance_band(ax, metric, budget, data.get("tolerance"))
         ax.set_xlabel(COSTS[metric])
         ax.set_ylabel("Fisher potential")
         ax.grid(alpha=0.3)
@@ -213,6 +218,19 @@ def search_figure(source, metrics: Sequence[str] | None = None):
     title = f"BlockSwap: {len(top)} candidates" + (f", {data['model']}" if data.get("model") else "")
     figure.suptitle(_plain(title))
     return figure
+
+
+def _tolerance_band(ax, metric: str, budget: float, tolerance: Any) -> None:
+    """Shade where the search accepted candidates: ``budget ± tolerance`` (params, MACs: a candidate may
+    cost more than the budget), ``[budget·(1 − tolerance), budget]`` for a latency ceiling."""
+    if not _number(tolerance):
+        return
+    tol = float(tolerance)
+    if metric == "latency":
+        ax.axvspan(budget * (1 - tol), budget, color="0.5", alpha=0.15, lw=0, label=f"accepted: budget -{tol:.1%}")
+    else:
+        ax.axvspan(budget * (1 - tol), budget * (1 + tol), color="0.5", alpha=0.15, lw=0,
+                   label=f"accepted: budget ±{tol:.1%}")
 
 
 def _error(acc: Any) -> float:

@@ -120,8 +120,8 @@ def _onnx(model: nn.Module, x: torch.Tensor, path: Path) -> list[torch.Tensor]:
     try:
         import onnxruntime
     except ImportError:
-        raise FxswapError("ONNX export needs the onnx extra: pip install 'fxswap[onnx]' "
-                          "(onnx, onnxscript, onnxruntime)") from None
+        raise FxswapError("ONNX export needs onnx, onnxscript and onnxruntime: pip install onnx onnxscript "
+                          "onnxruntime (or, in a checkout of fxswap, pip install -e '.[onnx]')") from None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")

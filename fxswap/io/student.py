@@ -211,6 +211,25 @@ def read_record(path: str | os.PathLike) -> dict:
     return _read(path)["record"]
 
 
+_NOT_A_STUDENT = (
+    "{path!r} is not a student saved by fxswap.save_student: besides tensors it holds pickled Python objects "
+    "({objects}), as a training checkpoint does (timm's train.py writes model_best.pth.tar and checkpoint-*.pth.tar: "
+    "a dict of state_dict, optimizer, args, ...), and fxswap loads files weights-only, never running pickled code. "
+    "fxswap export and fxswap.load_student take a file written by fxswap.save_student (or 'fxswap cheapen --save', "
+    "'fxswap distill --out'). To make one from a checkpoint you trust: student = fxswap.cheapen(timm.create_model("
+    "NAME, num_classes=N), PLAN); student.load_state_dict(torch.load(FILE, weights_only=False)['state_dict']); "
+    "fxswap.save_student(student, 'student.pt', model='timm:NAME', plan=PLAN, num_classes=N)")
+
+
+def _pickled_objects(path: Path) -> list[str]:
+    """The Python classes a checkpoint pickles beside its tensors (read without unpickling them)."""
+    find = getattr(torch.serialization, "get_unsafe_globals_in_checkpoint", None)  # torch >= 2.5
+    try:
+        return list(find(path)) if find is not None else []
+    except Exception:  # not a torch zip file at all: the caller reports the load error
+        return []
+
+
 def _read(path: str | os.PathLike, map_location="cpu") -> dict:
     path = Path(path)
     if not path.is_file():
@@ -218,7 +237,12 @@ def _read(path: str | os.PathLike, map_location="cpu") -> dict:
     try:
         data = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise FxswapError(f"cannot read {str(path)!r} as a saved student (weights-only loading): {exc}") from None
+        pickled = _pickled_objects(path) if "Weights only load failed" in str(exc) else []
+        if pickled:
+            raise FxswapError(_NOT_A_STUDENT.format(path=str(path), objects=", ".join(pickled[:4]))) from None
+        first = re.sub(r"\x1b\[[0-9;]*m", "", str(exc)).strip().splitlines()
+        raise FxswapError(f"cannot read {str(path)!r} as a saved student (weights-only loading): "
+                          f"{first[0] if first else type(exc).__name__}") from None
     if not isinstance(data, dict) or "fxswap_student" not in data:
         keys = list(data)[:4] if isinstance(data, dict) else type(data).__name__
         raise FxswapError(f"{str(path)!r} is not a student saved by fxswap.save_student (a bare state_dict?): "

@@ -34,6 +34,7 @@ its substitute, and the total to compare models.
 from __future__ import annotations
 
 import copy
+import logging
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping
@@ -397,8 +398,7 @@ def _time(fn, warmup: int, min_run_time: float, threads: int, repeats: int = 7) 
     """
     import time
 
-    from torch.utils import benchmark
-
+    benchmark = _timer_module()
     start = time.perf_counter()
     for _ in range(max(warmup, 1)):
         fn()
@@ -409,6 +409,35 @@ def _time(fn, warmup: int, min_run_time: float, threads: int, repeats: int = 7) 
     return Timing(median_ms=_quantile(per_call, 0.5) * 1e3,
                   iqr_ms=(_quantile(per_call, 0.75) - _quantile(per_call, 0.25)) * 1e3,
                   runs=repeats * number)
+
+
+class _NoCudaRuntimeNote(logging.Filter):
+    """Drops torch's "No CUDA runtime is found, using CUDA_HOME=..." and nothing else."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith("No CUDA runtime is found")
+
+
+def _timer_module():
+    """``torch.utils.benchmark``, imported without torch's ``No CUDA runtime is found`` log line.
+
+    Importing it imports ``torch.utils.cpp_extension``, which logs that line on
+    every CPU-only machine with a CUDA toolkit installed (``nvcc`` on the PATH
+    or ``CUDA_HOME`` set), although timing never compiles anything. Only that
+    one message is dropped, and only during the import: every other warning
+    and log record still reaches the user.
+
+    >>> _timer_module().Timer.__name__
+    'Timer'
+    """
+    log = logging.getLogger("torch.utils.cpp_extension")
+    quiet = _NoCudaRuntimeNote()
+    log.addFilter(quiet)
+    try:
+        from torch.utils import benchmark
+    finally:
+        log.removeFilter(quiet)
+    return benchmark
 
 
 def _quantile(sorted_values: list[float], q: float) -> float:
