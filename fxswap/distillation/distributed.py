@@ -46,7 +46,8 @@ from ..process_group import Dist, gather_objects
 from ..seeding import derived_seed, epoch_seed, reseed
 from .history import Meter
 
-__all__ = ["Strided", "shard_loader", "set_epoch", "reseed_epoch", "wrap", "sync_buffers", "digest", "check_same", "all_finite",
+__all__ = ["Strided", "shard_loader", "set_epoch", "reseed_epoch", "wrap", "sync_buffers", "digest", "check_same",
+           "all_finite",
            "reduce_train", "reduce_eval", "sync_batchnorm"]
 
 
