@@ -41,6 +41,7 @@ import torch
 from torch import nn
 
 from ..errors import FxswapError, SpecError
+from ..process_group import join
 from .common import (check_writable, echo, forwarded_warnings, load_model, load_plan, load_weights, non_negative_int,
                      noted_warnings, positive_float, positive_int)
 
@@ -102,6 +103,8 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--seed", type=non_negative_int, default=0)
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="tqdm progress bars (without: one line per epoch)")
+    p.add_argument("--sync-batchnorm", action="store_true",
+                   help="under torchrun on GPUs: the student's BatchNorm statistics over all processes")
     p.set_defaults(run=run_distill)
 
 
@@ -165,19 +168,19 @@ def _device(text: str | None) -> str:
     return text
 
 
-def _teacher_weights(args, teacher, train_loader, val_loader, out, common) -> None:
+def _teacher_weights(args, teacher, train_loader, val_loader, out, common, say) -> None:
     from ..distillation import format_history, train
 
     if args.teacher_checkpoint:
         load_weights(teacher, args.teacher_checkpoint, "--teacher-checkpoint")
-        echo(f"teacher weights: {args.teacher_checkpoint}")
+        say(f"teacher weights: {args.teacher_checkpoint}")
     elif args.train_teacher_epochs > 0:
-        echo(f"training the teacher for {args.train_teacher_epochs} epoch(s) (preset {args.teacher_preset})")
+        say(f"training the teacher for {args.train_teacher_epochs} epoch(s) (preset {args.teacher_preset})")
         t_hist = train(teacher, train_loader, val_loader, epochs=args.train_teacher_epochs,
                        preset=args.teacher_preset, out_dir=out / "teacher" if out else None, **common)
-        echo(format_history(t_hist))
+        say(format_history(t_hist))
     else:
-        print("fxswap: warning: no --teacher-checkpoint and --train-teacher-epochs 0: the teacher is untrained "
+        say("fxswap: warning: no --teacher-checkpoint and --train-teacher-epochs 0: the teacher is untrained "
               "(random weights), so distillation transfers noise", file=sys.stderr)
 
 
@@ -263,8 +266,12 @@ def run_distill(args: argparse.Namespace) -> int:
     cutout = args.cutout if args.cutout is not None else chosen.cutout
     out = Path(args.out) if args.out else None
     device = _device(args.device)
+    where = join(None, torch.device(device))  # torchrun: one process per GPU (cuda:LOCAL_RANK), gloo on CPU
+    if where.world > 1 and torch.device(device).type == "cuda":
+        device = f"cuda:{torch.cuda.current_device()}"
+    say = echo if where.writer else _silent  # one writer: rank 0 prints, the others train
 
-    callbacks = _callbacks(args)
+    callbacks = _callbacks(args) if where.writer else []  # rank 0's run is the one logged
     kind = data_kind(args.data)
     train_loader, val_loader = make_loaders(args.data, image_size=args.image_size, dataset=args.dataset,
                                             batch_size=batch_size, num_workers=args.workers,
@@ -275,28 +282,30 @@ def run_distill(args: argparse.Namespace) -> int:
     teacher = load_model(args.teacher, num_classes, "--teacher")
     with forwarded_warnings():
         student, how = build_student(teacher, args.student, num_classes)
-    echo(f"data: {args.data} ({_DATA_KINDS[kind]}, {image_size}x{image_size}): {len(train_loader.dataset)} train / "
+    say(f"data: {args.data} ({_DATA_KINDS[kind]}, {image_size}x{image_size}): {len(train_loader.dataset)} train / "
          f"{len(val_loader.dataset)} val images, {num_classes} classes; device {device}")
-    echo(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
-    echo(f"student: {how}, {_params(student):,} parameters ({_params(student) / _params(teacher):.1%} of the teacher)")
+    say(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
+    say(f"student: {how}, {_params(student):,} parameters ({_params(student) / _params(teacher):.1%} of the teacher)")
 
     if args.amp is None:
         from ..distillation.evaluation import resolve_device
         from ..precision import resolve_precision
 
-        echo(f"precision: {resolve_precision(args.precision, resolve_device(device)).describe()}")
+        say(f"precision: {resolve_precision(args.precision, resolve_device(device)).describe()}")
     else:
-        echo(f"precision: {'autocast' if args.amp else 'fp32'} (--{'' if args.amp else 'no-'}amp)")
+        say(f"precision: {'autocast' if args.amp else 'fp32'} (--{'' if args.amp else 'no-'}amp)")
     common = dict(device=device, precision=args.precision, amp=args.amp, seed=args.seed, progress=args.progress, resume=args.resume,
                   on_epoch=None if args.progress else _print_epoch)
+    common["sync_batchnorm"] = args.sync_batchnorm
     with noted_warnings():
-        _teacher_weights(args, teacher, train_loader, val_loader, out, common)
+        _teacher_weights(args, teacher, train_loader, val_loader, out, common, say)
     common["callbacks"] = callbacks  # the student's run only
-    t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
-    echo(f"teacher val: loss {t_eval['loss']:.4f}, acc {percent(t_eval['acc'])}")
+    if where.writer:
+        t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
+        say(f"teacher val: loss {t_eval['loss']:.4f}, acc {percent(t_eval['acc'])}")
 
     label = method if isinstance(method, str) else json.dumps(method)
-    echo(f"distilling with {label} for {epochs} epoch(s), preset {preset} (batch {batch_size}, "
+    say(f"distilling with {label} for {epochs} epoch(s), preset {preset} (batch {batch_size}, "
          f"Cutout {cutout or 'off'})")
     if method == "lit":
         common["train_stem_and_head"] = args.train_stem_and_head
@@ -306,18 +315,22 @@ def run_distill(args: argparse.Namespace) -> int:
                           out_dir=out / "student" if out else None, **common)
     for cb in callbacks:
         cb.close()
-    echo(format_history(history))
+    say(format_history(history))
     if args.csv:
-        echo(f"per-epoch log: {args.csv}")
-    if out:
+        say(f"per-epoch log: {args.csv}")
+    if out and where.writer:
         saved = _save_student(args, student, num_classes, image_size, out)
         if saved is not None:
-            echo(f"history and checkpoints in {out / 'student'}; the student, which fxswap.load_student rebuilds "
-                 f"and fxswap export reads, is in {saved}")
+            say(f"history and checkpoints in {out / 'student'}; the student, which fxswap.load_student rebuilds "
+                f"and fxswap export reads, is in {saved}")
         else:
-            echo(f"history and checkpoints in {out / 'student'}; the student's bare state_dict is in "
-                 f"{out / 'student' / STUDENT}")
+            say(f"history and checkpoints in {out / 'student'}; the student's bare state_dict is in "
+                f"{out / 'student' / STUDENT}")
     return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    """What a rank other than 0 prints: nothing."""
 
 
 def _print_epoch(row: dict) -> None:

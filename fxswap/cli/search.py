@@ -36,6 +36,7 @@ from pathlib import Path
 import torch
 
 from ..errors import FxswapError
+from ..process_group import join
 from .common import (check_writable, echo, forwarded_warnings, model_from_args, non_negative_int, parse_shape,
                      positive_float, positive_int, print_json)
 
@@ -140,10 +141,12 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
 def run_search(args: argparse.Namespace) -> int:
     """Run ``fxswap search`` from parsed arguments; returns the exit status."""
     from ..precision import resolve_precision
-    from ..search.plans import CostModel, blockswap, budget_metric, candidate_specs, parse_budget
+    from ..search.plans import CostModel, blockswap, budget_metric, candidate_specs, parse_budget, share_latency
 
     out = Path(args.out) if args.out else Path(f"blockswap-{_slug(args.model)}-{_slug(str(args.budget))}.json")
     check_writable(out, "--out")
+    where = join()  # torchrun: the samples are scored in shares, rank 0 prints and writes
+    say = echo if where.writer else _silent
     metric = budget_metric(args.budget, args.metric)
     parse_budget(args.budget, 1, metric)  # its form, before any work; the teacher's total comes with the cost table
     model = model_from_args(args)
@@ -151,18 +154,19 @@ def run_search(args: argparse.Namespace) -> int:
     num_classes = args.num_classes or getattr(model, "num_classes", None) or _out_features(model) or 10
     x, y, what = load_batch(args.data, args.batch_size, shape, num_classes, args.seed)
     if args.data is None:
-        print("fxswap: note: no --data given: scoring on random noise with random labels; pass --data "
+        say("fxswap: note: no --data given: scoring on random noise with random labels; pass --data "
               "cifar10_subset.npz for the paper's setting (one real training minibatch)", file=sys.stderr)
     candidates = candidate_specs(split_specs(args.candidates)) if args.candidates else None
     start = time.perf_counter()
-    print(f"building the cost table ({len(candidates) if candidates else 21} candidate specs) ...", file=sys.stderr)
+    say(f"building the cost table ({len(candidates) if candidates else 21} candidate specs) ...", file=sys.stderr)
     cm = CostModel(model, candidates, input_shape=shape, macs=not args.no_macs or metric == "macs",
                    seed=args.seed)
-    if metric == "latency" or args.latency:
+    if (metric == "latency" or args.latency) and where.writer:  # blockswap gives rank 0's timings to the others
         batch = args.latency_batch or args.batch_size
-        print(f"measuring the latency table (batch {batch}, {args.min_run_time:g} s per timing) ...", file=sys.stderr)
+        say(f"measuring the latency table (batch {batch}, {args.min_run_time:g} s per timing) ...", file=sys.stderr)
         cm.measure_latency(batch, min_run_time=args.min_run_time, num_threads=args.threads,
                            rounds=args.latency_rounds)
+    share_latency(cm, where)
     budget = parse_budget(args.budget, cm.total(metric), metric)
     cheapest, dearest = cm.reachable(metric)
     if metric == "latency":
@@ -171,11 +175,13 @@ def run_search(args: argparse.Namespace) -> int:
     else:
         costs = (f"{metric}: teacher {cm.total(metric):,}, reachable [{cheapest:,}, {dearest:,}], budget {budget:,} "
                  f"±{args.tolerance:.1%}")
-    echo(f"{len(cm.names)} blocks; {costs}; minibatch: {what}", file=sys.stderr)
-    echo(f"precision: {resolve_precision(args.precision, x.device, purpose='score').describe()}", file=sys.stderr)
+    say(f"{len(cm.names)} blocks; {costs}; minibatch: {what}", file=sys.stderr)
+    say(f"precision: {resolve_precision(args.precision, x.device, purpose='score').describe()}", file=sys.stderr)
     with forwarded_warnings():
         result = blockswap(model, args.budget, (x, y), args.samples, tolerance=args.tolerance, metric=metric,
                            seed=args.seed, progress=not args.no_progress, cost_model=cm, precision=args.precision)
+    if not where.writer:
+        return 0
     scoring = result.seconds
     result.seconds = time.perf_counter() - start
     result.model = args.model
@@ -192,11 +198,15 @@ def run_search(args: argparse.Namespace) -> int:
                f"table\nbuild it: fxswap cheapen {args.model} {out}")
     if args.json:
         print_json(result.to_dict())
-        echo(summary, file=sys.stderr)
+        say(summary, file=sys.stderr)
         return 0
-    echo(result.table(args.top))
-    echo(summary)
+    say(result.table(args.top))
+    say(summary)
     return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    """What a rank other than 0 prints: nothing."""
 
 
 def _out_features(model) -> int | None:

@@ -37,6 +37,7 @@ loops reseed every epoch, so runs are reproducible from their ``seed``.
 """
 from __future__ import annotations
 
+import copy
 import math
 import os
 from collections.abc import Iterator, Sequence
@@ -185,6 +186,8 @@ class DeviceLoader:
         #: the random stream of shuffling and augmentation; :func:`fxswap.fit` reseeds it every epoch
         self.generator = torch.Generator(device=self.device)
         self.generator.manual_seed(int(seed) if seed is not None else int(torch.initial_seed()) & 0xFFFFFFFF)
+        #: this loader's share of each pass (:meth:`shard`): every ``world``-th image from ``rank`` on
+        self.rank, self.world, self.even = 0, 1, True
 
     @staticmethod
     def _images(images) -> Tensor:
@@ -211,26 +214,67 @@ class DeviceLoader:
         loader.classes = dataset.classes
         return loader
 
+    def shard(self, rank: int, world: int, *, even: bool = True) -> DeviceLoader:
+        """A twin that yields ``rank``'s share of each pass out of ``world`` processes (the images, labels
+        and :attr:`generator` are shared, not copied).
+
+        Every rank draws the same permutation (:func:`fxswap.fit` seeds :attr:`generator` alike on every
+        rank) and takes every ``world``-th image of it from position ``rank``: the shares of one pass are
+        disjoint and together cover the set. ``even=True`` (training) first repeats the permutation's head
+        so that every rank gets ``ceil(N / world)`` images and as many batches (the processes step
+        together); ``even=False`` (validation) counts each image once. Augmentations are drawn for the
+        ``world`` batches together and each rank takes its own, so rank ``r``'s batch ``k`` holds the
+        images, crops, flips and Cutouts at positions ``r, r + world, ...`` of a one-process batch ``k`` of
+        ``world × batch_size``.
+
+        >>> import numpy as np
+        >>> loader = DeviceLoader(np.zeros((10, 4, 4, 3), np.uint8), np.arange(10), batch_size=2, train=False)
+        >>> [y.tolist() for _, y in loader.shard(1, 3, even=False)], len(loader.shard(0, 3))
+        ([[1, 4], [7]], 2)
+        """
+        if not (isinstance(world, int) and isinstance(rank, int) and 0 <= rank < world):
+            raise FxswapError(f"DeviceLoader.shard: need 0 <= rank < world, got rank={rank!r}, world={world!r}")
+        twin = copy.copy(self)
+        twin.rank, twin.world, twin.even = rank, world, bool(even)
+        return twin
+
     @property
     def num_samples(self) -> int:
-        """Images per pass."""
-        return int(self.images.shape[0])
+        """Images per pass (of this rank's share, see :meth:`shard`)."""
+        n = int(self.images.shape[0])
+        if self.world == 1:
+            return n
+        return math.ceil(n / self.world) if self.even else len(range(self.rank, n, self.world))
 
     def __len__(self) -> int:
         n = self.num_samples
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
-    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
-        n, h, w = self.num_samples, self.images.shape[2], self.images.shape[3]
+    def _order(self) -> Tensor:
+        n = int(self.images.shape[0])
         order = (torch.randperm(n, generator=self.generator, device=self.device) if self.train
                  else torch.arange(n, device=self.device))
+        if self.world == 1:
+            return order
+        if self.even and n % self.world:
+            pad = self.world - n % self.world  # more than n when world > 2n: the permutation, repeated
+            order = torch.cat([order] * (1 + math.ceil(pad / n)))[: n + pad]
+        return order[self.rank::self.world]
+
+    def __iter__(self) -> Iterator[tuple[Tensor, Tensor]]:
+        h, w = self.images.shape[2], self.images.shape[3]
+        order = self._order()
+        n = int(order.shape[0])
         for k in range(len(self)):
             idx = order[k * self.batch_size:(k + 1) * self.batch_size]
             b = min(self.batch_size, n - k * self.batch_size)
             draws = None
             if self.train:
-                draws = draw_augmentation(b, h, w, padding=self.padding, flip=self.flip, cutout=self.cutout,
-                                          generator=self.generator, device=self.device)
+                # drawn for the world's batches together: every rank's generator stays in step with the others
+                draws = draw_augmentation(b * self.world, h, w, padding=self.padding, flip=self.flip,
+                                          cutout=self.cutout, generator=self.generator, device=self.device)
+                if self.world > 1:
+                    draws = {key: v[self.rank::self.world] for key, v in draws.items()}
             x = augment_batch(self.images.index_select(0, idx), draws, self.mean, self.std, padding=self.padding,
                               cutout=self.cutout)
             if self.channels_last:

@@ -13,7 +13,7 @@ from torch import Tensor, nn
 
 from ..errors import DistillError
 
-__all__ = ["evaluate", "resolve_device", "to_device", "logits_of", "autocast_dtype"]
+__all__ = ["evaluate", "evaluation_sums", "resolve_device", "to_device", "logits_of", "autocast_dtype"]
 
 
 def resolve_device(device) -> torch.device:
@@ -78,23 +78,16 @@ def _first_bad(flags: list[Tensor]) -> int | None:
     return int(bad[0, 0]) if bad.numel() else None
 
 
-def evaluate(model: nn.Module, loader, device=None, *, amp: bool | None = None,
-             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
-    """``{"loss": mean cross-entropy, "acc": top-1 accuracy}`` of ``model`` on ``loader``.
-
-    Runs in eval mode under ``torch.no_grad`` (and ``torch.autocast`` when
-    ``amp``; default: on CUDA; inputs in ``channels_last`` when asked), then
-    restores the model's mode. A batch with
-    non-finite inputs or a non-finite loss is a :class:`~fxswap.errors.DistillError`
-    naming it (checked once, at the end: no host sync per batch).
+def evaluation_sums(model: nn.Module, loader, device=None, *, amp: bool | None = None,
+                    amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> tuple[float, int, int]:
+    """``(summed cross-entropy, correct, samples)`` of ``model`` on ``loader``: :func:`evaluate` before the
+    division, so that several processes can add up their shares of a validation set. An empty loader
+    gives ``(0.0, 0, 0)``.
 
     >>> from torch.utils.data import DataLoader, TensorDataset
     >>> m = torch.nn.Linear(2, 2)
-    >>> with torch.no_grad(): _ = m.weight.copy_(torch.eye(2)), m.bias.zero_()
-    >>> data = TensorDataset(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1]))
-    >>> r = evaluate(m, DataLoader(data, batch_size=2), "cpu")
-    >>> round(r["acc"], 4)
-    0.6667
+    >>> evaluation_sums(m, DataLoader(TensorDataset(torch.zeros(3, 2), torch.zeros(3).long())), "cpu")[1:]
+    (3, 3)
     """
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     use_amp = (device.type == "cuda") if amp is None else bool(amp)
@@ -122,12 +115,35 @@ def evaluate(model: nn.Module, loader, device=None, *, amp: bool | None = None,
                 n += y.shape[0]
     finally:
         model.train(was)
-    if n == 0:
-        raise DistillError("the validation loader yielded no samples")
     for flags, what in ((bad_inputs, "non-finite input values"), (bad_losses, "a non-finite loss")):
         index = _first_bad(flags)
         if index is not None:
             raise DistillError(f"validation batch {index + 1} of {len(flags)} has {what}"
                                + ("; check the data" if flags is bad_inputs else
                                   "; the model's weights or statistics are broken"))
-    return {"loss": float(loss_sum) / n, "acc": int(correct) / n}
+    return float(loss_sum), int(correct), n
+
+
+def evaluate(model: nn.Module, loader, device=None, *, amp: bool | None = None,
+             amp_dtype: torch.dtype | None = None, channels_last: bool = False) -> dict[str, float]:
+    """``{"loss": mean cross-entropy, "acc": top-1 accuracy}`` of ``model`` on ``loader``.
+
+    Runs in eval mode under ``torch.no_grad`` (and ``torch.autocast`` when
+    ``amp``; default: on CUDA; inputs in ``channels_last`` when asked), then
+    restores the model's mode. A batch with
+    non-finite inputs or a non-finite loss is a :class:`~fxswap.errors.DistillError`
+    naming it (checked once, at the end: no host sync per batch).
+
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> m = torch.nn.Linear(2, 2)
+    >>> with torch.no_grad(): _ = m.weight.copy_(torch.eye(2)), m.bias.zero_()
+    >>> data = TensorDataset(torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 0.0]]), torch.tensor([0, 1, 1]))
+    >>> r = evaluate(m, DataLoader(data, batch_size=2), "cpu")
+    >>> round(r["acc"], 4)
+    0.6667
+    """
+    loss_sum, correct, n = evaluation_sums(model, loader, device, amp=amp, amp_dtype=amp_dtype,
+                                           channels_last=channels_last)
+    if n == 0:
+        raise DistillError("the validation loader yielded no samples")
+    return {"loss": loss_sum / n, "acc": correct / n}

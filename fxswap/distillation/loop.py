@@ -62,11 +62,13 @@ from torch.utils.data import DataLoader
 
 from ..errors import DistillError, FxswapError
 from ..precision import Precision, amp_precision, resolve_precision
-from ..seeding import epoch_seed, reseed, rng_state, set_rng_state
+from ..process_group import SINGLE, Dist, barrier, join
+from ..seeding import rng_state, set_rng_state
+from . import distributed as ranks
 from .callbacks import CallbackList
 from .checkpoint import CHECKPOINT, FORMAT, HISTORY, STUDENT, atomic_write, load_checkpoint, non_finite, \
     save_checkpoint, write_history
-from .evaluation import evaluate, resolve_device, to_device
+from .evaluation import evaluation_sums, resolve_device, to_device
 from .history import Meter, epoch_summary, percent
 from .presets import Preset, get_preset
 
@@ -100,6 +102,9 @@ class _Run:
     stage: str | None
     on_epoch: Callable[[dict], None] | None
     callbacks: CallbackList = field(default_factory=lambda: CallbackList(None))
+    where: Dist = SINGLE
+    #: the module the steps call: the distiller, or its DistributedDataParallel over several processes
+    stepper: nn.Module | None = None
 
 
 def _student_of(distiller: nn.Module) -> nn.Module:
@@ -143,14 +148,20 @@ def fresh_workers(loader):
 
 
 def _setup(distiller, train_loader, val_loader, *, epochs, preset, lr, device, precision, amp, amp_dtype, out_dir,
-           seed, progress, log_every, stage, on_epoch) -> _Run:
-    steps = _steps(epochs, seed, train_loader)
+           seed, progress, log_every, stage, on_epoch, process_group) -> _Run:
+    _steps(epochs, seed, train_loader)
     student = _student_of(distiller)
     preset_obj = get_preset(preset)
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, (int, float)) or not math.isfinite(lr)
                            or lr <= 0):
         raise DistillError(f"lr must be a finite number > 0 (or None for the preset's), got {lr!r}")
     dev = resolve_device(device)
+    where = join(process_group, dev)
+    if where.world > 1 and dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())  # torchrun's LOCAL_RANK, set by join
+    train_loader = ranks.shard_loader(train_loader, where, seed=seed, train=True)
+    val_loader = ranks.shard_loader(val_loader, where, seed=seed, train=False)
+    steps = _steps(epochs, seed, train_loader)
     try:  # explicit amp= / amp_dtype= win over precision= (the older interface keeps its meaning)
         prec = (resolve_precision(precision, dev) if amp is None and amp_dtype is None
                 else amp_precision(amp, amp_dtype, dev))
@@ -163,19 +174,27 @@ def _setup(distiller, train_loader, val_loader, *, epochs, preset, lr, device, p
         raise DistillError(f"{type(distiller).__name__}.parameters() has nothing to train")
     optimizer = preset_obj.optimizer(params, lr)
     out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
+    if out is not None and where.writer:
         out.mkdir(parents=True, exist_ok=True)
+    # one writer: rank 0 alone shows progress and reports each epoch (the callbacks are set in fit)
     return _Run(distiller, student, fresh_workers(train_loader), fresh_workers(val_loader), epochs, steps, seed,
                 preset_obj, float(optimizer.param_groups[0]["lr"]), dev, prec.amp, prec.dtype, use_scaler, prec,
                 optimizer,
                 preset_obj.scheduler(optimizer, epochs, steps), torch.amp.GradScaler(dev.type, enabled=use_scaler),
-                out, progress, max(1, int(log_every)), stage, on_epoch)
+                out, progress and where.writer, max(1, int(log_every)), stage, on_epoch if where.writer else None,
+                where=where)
 
 
 # -- resume -------------------------------------------------------------------
 
 
 def _check_settings(run: _Run, ckpt: Mapping[str, Any], path: Path) -> None:
+    world = ckpt.get("world_size", 1)
+    if world != run.where.world:
+        how = "plain python" if world == 1 else f"torchrun --nproc_per_node {world} (or as many over machines)"
+        raise DistillError(f"{path} was written by a run over {world} process(es); this run has {run.where.world}. "
+                           "An epoch's shares of the data and its batches depend on the number of processes: "
+                           f"resume with {how}, or use a new out_dir")
     if ckpt["preset"] != run.preset.name:
         raise DistillError(f"{path} was written with preset {ckpt['preset']!r}, this run asks for "
                            f"{run.preset.name!r}; resume with preset={ckpt['preset']!r} or use a new out_dir")
@@ -242,6 +261,9 @@ def _step_error(run: _Run, x: Tensor, loss: Tensor, logs: Mapping[str, Any], epo
     where = f"epoch {epoch + 1}/{run.epochs}, step {step + 1}/{run.steps}"
     kept = (f"; the last checkpoint (end of epoch {epoch}) is in {run.out}" if run.out is not None and epoch > 0
             else "")
+    if bool(torch.isfinite(loss.detach()).all()) and (not x.is_floating_point() or bool(torch.isfinite(x).all())):
+        return DistillError(f"another process met a non-finite input or loss at {where} (rank {run.where.rank} did "
+                            f"not; the failing rank's error names the batch and the term){kept}")
     if x.is_floating_point() and not bool(torch.isfinite(x).all()):
         count = int((~torch.isfinite(x)).sum())
         return DistillError(f"non-finite input data at {where} (training batch {step + 1}: {count} NaN/inf "
@@ -276,7 +298,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
     """One epoch of optimiser steps; returns the mean of each logged term and the training accuracy."""
     from tqdm.auto import tqdm
 
-    reseed(epoch_seed(run.seed, epoch), run.train_loader)
+    ranks.reseed_epoch(run.seed, epoch, 0, run.train_loader, run.where)
+    ranks.set_epoch(run.train_loader, epoch)
     run.distiller.train()
     meter = Meter(run.device)
     correct = torch.zeros((), dtype=torch.int64, device=run.device)
@@ -289,7 +312,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
             x = run.precision.inputs(x)
             try:
                 with run.precision.autocast(run.device.type):
-                    loss, logs = run.distiller(x, y)
+                    loss, logs = run.stepper(x, y)
             except RuntimeError as e:
                 if run.precision.channels_last and "view size is not compatible" in str(e):
                     raise DistillError(f"the model cannot take channels_last inputs ({str(e).splitlines()[0]}); "
@@ -299,7 +322,7 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
             finite = torch.isfinite(loss.detach())
             if x.is_floating_point():
                 finite = finite & torch.isfinite(x).all()
-            if not bool(finite):  # the one host sync of a step
+            if not bool(ranks.all_finite(finite, run.where)):  # the one host sync of a step
                 raise _step_error(run, x, loss, logs, epoch, step)
             _optimise(run, loss)
             n = int(y.shape[0])
@@ -322,7 +345,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
                 if log_now and run.callbacks.log_steps:
                     run.callbacks.train_log({"epoch": epoch + 1, "step": step + 1,
                                              "global_step": epoch * run.steps + step + 1, "means": means})
-    return meter.means(), (int(correct) / counted if counted else None)
+    ranks.sync_buffers(run.distiller, run.where)
+    return ranks.reduce_train(meter, correct, counted, run.where)
 
 
 def _epoch_row(run: _Run, epoch: int, lr: float, means: Mapping[str, float], acc: float | None) -> dict[str, Any]:
@@ -337,9 +361,10 @@ def _epoch_row(run: _Run, epoch: int, lr: float, means: Mapping[str, float], acc
         row["train_acc"] = acc
     if run.val_loader is not None:
         # validation gets its own seed too: a random transform would otherwise depend on the epochs before
-        reseed(epoch_seed(run.seed, epoch, 1), run.val_loader)
-        v = evaluate(run.student, run.val_loader, run.device, amp=run.use_amp, amp_dtype=run.dtype,
-                     channels_last=run.precision.channels_last)
+        ranks.reseed_epoch(run.seed, epoch, 1, run.val_loader, run.where)
+        sums = evaluation_sums(run.student, run.val_loader, run.device, amp=run.use_amp, amp_dtype=run.dtype,
+                               channels_last=run.precision.channels_last)
+        v = ranks.reduce_eval(sums, run.device, run.where)
         row["val_loss"], row["val_acc"] = v["loss"], v["acc"]
     return row
 
@@ -356,7 +381,7 @@ def _check_student(run: _Run, epoch: int) -> None:
 def _save(run: _Run, epoch: int, history: list[dict[str, Any]]) -> None:
     state = {
         "format": FORMAT, "epoch": epoch + 1, "epochs": run.epochs, "steps_per_epoch": run.steps,
-        "seed": run.seed, "preset": run.preset.name, "lr": run.lr,
+        "seed": run.seed, "preset": run.preset.name, "lr": run.lr, "world_size": run.where.world,
         "student": run.student.state_dict(),
         "distiller": {k: v for k, v in run.distiller.state_dict().items() if not k.startswith("student.")},
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
@@ -364,19 +389,6 @@ def _save(run: _Run, epoch: int, history: list[dict[str, Any]]) -> None:
     }
     save_checkpoint(run.out / CHECKPOINT, state)
     write_history(run.out / HISTORY, history)
-
-
-def _start(run: _Run, hooks: CallbackList, history: list[dict[str, Any]]) -> None:
-    hooks.fit_start({"epochs": run.epochs, "steps_per_epoch": run.steps, "preset": run.preset.name, "lr": run.lr,
-                     "seed": run.seed, "device": str(run.device), "stage": run.stage,
-                     "precision": run.precision.describe(),
-                     "out_dir": None if run.out is None else str(run.out), "history": list(history)})
-    if run.out is not None:
-        write_history(run.out / HISTORY, history)
-    if run.progress:
-        from tqdm.auto import tqdm
-
-        tqdm.write(f"precision: {run.precision.describe()}")
 
 
 def fit(
@@ -399,6 +411,8 @@ def fit(
     stage: str | None = None,
     on_epoch: Callable[[dict], None] | None = None,
     callbacks: Sequence[Any] | None = None,
+    process_group=None,
+    sync_batchnorm: bool = False,
 ) -> list[dict[str, Any]]:
     """Train ``distiller`` for ``epochs`` epochs; returns the history (one dict per epoch).
 
@@ -433,6 +447,23 @@ def fit(
     the start, every ``log_every`` steps (those that ask), after each epoch and
     at the end.
 
+    Over several processes (``torchrun``; see :mod:`fxswap.process_group`:
+    the group is ``process_group``, the initialised default one, or one
+    initialised from torchrun's environment, gloo on CPU and NCCL on CUDA with
+    each rank on ``cuda:LOCAL_RANK``), ``fit`` is data-parallel
+    (:mod:`.distributed`): each rank trains on a disjoint share of every epoch
+    (``batch_size`` is per process), the distiller runs in
+    ``DistributedDataParallel``, the teacher must be identical on every rank
+    (checked by a checksum at the start; else a ``DistillError``), the
+    history's means and accuracies are over all ranks' samples (validation
+    over the whole validation set) and only rank 0 writes files, shows
+    progress and calls ``on_epoch`` and the callbacks; every rank returns the
+    same history (``seconds`` apart: each rank's own clock). Resuming needs
+    the same number of processes (recorded in the checkpoint) and ``out_dir``
+    on a filesystem every rank reads.
+    ``sync_batchnorm=True`` computes the student's BatchNorm statistics over
+    all ranks (``torch.nn.SyncBatchNorm``, GPUs only) during the run.
+
     Each history row has ``epoch`` (1-based), ``lr`` (at the epoch's start),
     ``precision`` (``"fp32"``, ``"bf16+channels_last"``, ...), ``train_loss``,
     ``train_<term>`` for every logged term, ``train_acc`` (if logits are available), ``val_loss`` and ``val_acc`` (with a
@@ -450,13 +481,54 @@ def fit(
     ([1, 2], ['checkpoint.pt', 'history.jsonl', 'student_state_dict.pt'])
     """
     hooks = CallbackList(callbacks)  # checked before any work
+    if not isinstance(sync_batchnorm, bool):
+        raise DistillError(f"sync_batchnorm must be True or False, got {sync_batchnorm!r}")
     run = _setup(distiller, train_loader, val_loader, epochs=epochs, preset=preset, lr=lr, device=device,
-                 precision=precision, amp=amp, amp_dtype=amp_dtype, out_dir=out_dir, seed=seed, progress=progress,
-                 log_every=log_every, stage=stage, on_epoch=on_epoch)
-    run.callbacks = hooks
-    start, history = _resume(run) if resume else (0, [])
-    _start(run, hooks, history)
+                 precision=precision, amp=amp, amp_dtype=amp_dtype, out_dir=out_dir, seed=seed, progress=progress, log_every=log_every,
+                 stage=stage, on_epoch=on_epoch, process_group=process_group)
+    run.callbacks = hooks if run.where.writer else CallbackList(None)
+    start, history = _start(run, resume)
     was_training = distiller.training
+    with ranks.sync_batchnorm(run.student, sync_batchnorm, run.where, run.device):
+        run.stepper = ranks.wrap(distiller, run.where, run.device)
+        _epochs(run, start, history)
+    if run.out is not None and run.where.writer:
+        atomic_write(run.out / STUDENT, lambda f: torch.save(run.student.state_dict(), f))
+    barrier(run.where)  # on return every rank finds rank 0's files written
+    distiller.train(was_training)
+    run.callbacks.fit_end(history)
+    return history
+
+
+def _start(run: _Run, resume: bool) -> tuple[int, list[dict[str, Any]]]:
+    """The epoch to start from and the history so far; over several processes, checked the same on every rank
+    (and the teacher with them)."""
+    with warnings.catch_warnings():
+        if not run.where.writer:
+            warnings.simplefilter("ignore")  # rank 0 says it
+        start, history = _resume(run) if resume else (0, [])
+    if run.where.world > 1:
+        teacher = getattr(run.distiller, "teacher", None)
+        ranks.check_same({"teacher": ranks.digest(teacher if isinstance(teacher, nn.Module) else None),
+                          "epochs": run.epochs, "steps per epoch": run.steps, "seed": run.seed, "lr": run.lr,
+                          "preset": run.preset.name, "resumed epoch": start}, run.where)
+    return start, history
+
+
+def _epochs(run: _Run, start: int, history: list[dict[str, Any]]) -> None:
+    """Epochs ``start + 1 .. run.epochs``, each appended to ``history`` (and, on rank 0, written and reported)."""
+    hooks = run.callbacks
+    hooks.fit_start({"epochs": run.epochs, "steps_per_epoch": run.steps, "preset": run.preset.name, "lr": run.lr,
+                     "seed": run.seed, "device": str(run.device), "stage": run.stage,
+                     "precision": run.precision.describe(),
+                     "out_dir": None if run.out is None else str(run.out), "history": list(history)})
+    writes = run.out is not None and run.where.writer
+    if writes:
+        write_history(run.out / HISTORY, history)
+    if run.progress:  # rank 0's only (progress is off elsewhere)
+        from tqdm.auto import tqdm
+
+        tqdm.write(f"precision: {run.precision.describe()}")
     for epoch in range(start, run.epochs):
         t0 = time.perf_counter()
         lr_now = run.optimizer.param_groups[0]["lr"]
@@ -465,7 +537,7 @@ def fit(
         row["seconds"] = time.perf_counter() - t0
         _check_student(run, epoch)
         history.append(row)
-        if run.out is not None:
+        if writes:
             _save(run, epoch, history)
         if run.progress:
             from tqdm.auto import tqdm
@@ -474,8 +546,3 @@ def fit(
         if run.on_epoch is not None:
             run.on_epoch(row)
         hooks.epoch_end(dict(row))  # a copy: a callback cannot change the history
-    if run.out is not None:
-        atomic_write(run.out / STUDENT, lambda f: torch.save(run.student.state_dict(), f))
-    distiller.train(was_training)
-    hooks.fit_end(history)
-    return history

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DistillError
+from ..process_group import barrier, join
 from .checkpoint import STUDENT, atomic_write
 from .distiller import Distiller
 from .fitnets import HintStage
@@ -143,9 +144,19 @@ def distill_lit(teacher: nn.Module, student: nn.Module, train_loader, val_loader
         stage2 = {k: v for k, v in fit_kwargs.items() if k not in ("preset", "lr")}
         history += fit(lit.finetune(), train_loader, val_loader, epochs=finetune_epochs, stage="finetune",
                        preset="lit-finetune", out_dir=None if out is None else Path(out) / "finetune", **stage2)
-    if out is not None:
-        atomic_write(Path(out) / STUDENT, lambda f: torch.save(student.state_dict(), f))
+    _write_student(out, student, fit_kwargs.get("process_group"))
     return history
+
+
+def _write_student(out, student: nn.Module, process_group) -> None:
+    """The final ``out/student.pt`` of a two-stage recipe, by rank 0 alone (after :func:`fit`, the process
+    group, if any, is initialised)."""
+    if out is None:
+        return
+    where = join(process_group)
+    if where.writer:
+        atomic_write(Path(out) / STUDENT, lambda f: torch.save(student.state_dict(), f))
+    barrier(where)
 
 
 def fitnets_two_stage(teacher: nn.Module, student: nn.Module, train_loader, val_loader=None, *, hint_epochs: int,
@@ -183,6 +194,5 @@ def fitnets_two_stage(teacher: nn.Module, student: nn.Module, train_loader, val_
     kd_losses = {"kd": 0.9 if kd is None else kd}
     history += fit(Distiller(teacher, student, kd_losses), train_loader, val_loader, epochs=epochs, stage="kd",
                    out_dir=None if out is None else Path(out) / "kd", **fit_kwargs)
-    if out is not None:
-        atomic_write(Path(out) / STUDENT, lambda f: torch.save(student.state_dict(), f))
+    _write_student(out, student, fit_kwargs.get("process_group"))
     return history

@@ -69,15 +69,16 @@ from ..blocks.block import Block, find_blocks
 from ..errors import BudgetError, FxswapError, SpecError
 from .costs import METRICS, CostTable
 from .fisher import FisherScorer, fisher_potential, random_init
-from ..precision import Precision, resolve_precision
 from ..surgery.rewrite import cheapen
+from ..precision import Precision, resolve_precision
+from ..process_group import Dist, gather_objects, join
 from ..seeding import derived_seed, seeded
 from ..surgery.spec import BlockSpec, parse_spec
 from ..metrics.latency import is_duration, parse_duration
 
 __all__ = [
     "PAPER_CANDIDATES", "CostModel", "Candidate", "BlockSwapResult", "blockswap", "parse_budget", "sample_plans",
-    "REFERENCE_CANDIDATES", "CANDIDATE_SETS", "candidate_specs", "budget_metric",
+    "REFERENCE_CANDIDATES", "CANDIDATE_SETS", "candidate_specs", "budget_metric", "share_latency",
 ]
 
 #: The candidate blocks of seed 003 §4 (the standard block ``S`` included).
@@ -782,6 +783,53 @@ class BlockSwapResult:
                    data.get("teacher_latency_ms"), data.get("latency_measured_on"), data.get("precision"))
 
 
+def share_latency(cost_model: CostModel, where: Dist) -> None:
+    """Rank 0's latency column (if it measured one) for every rank of ``where``: the ranks sample from one table.
+
+    >>> from fxswap.models import wrn
+    >>> from fxswap.process_group import SINGLE
+    >>> cm = CostModel(wrn(10, 1), ["S"], macs=False); share_latency(cm, SINGLE); cm.has_latency
+    False
+    """
+    if where.world == 1:
+        return
+    t = cost_model.table
+    mine = (t.latency, t.teacher.get("latency"), t.fixed.get("latency"), t.measured_on) if t.latency else None
+    first = gather_objects(mine, where)[0]
+    if first is not None:
+        t.latency, t.teacher["latency"], t.fixed["latency"], t.measured_on = first
+
+
+def _score_share(cost_model: CostModel, plans, batch, draw, loss_fn, seed: int, fresh_init: bool, where: Dist,
+                 progress: bool, device, prec: Precision) -> list[Candidate]:
+    """This rank's share of the candidates (samples rank, rank + world, ...), scored."""
+    iterator = plans
+    if progress and where.writer:
+        from tqdm import tqdm
+
+        iterator = tqdm(plans, desc="BlockSwap: scoring", unit="net")
+    scored = []
+    for i, plan in enumerate(iterator):
+        # every rank draws every candidate's batch, so that the stream is the one process's
+        b = batch if draw is None else tuple(t.to(device) if device is not None else t for t in draw())
+        if i % where.world != where.rank:
+            continue
+        total, blocks = cost_model.score(plan, b, loss_fn, precision=prec,
+                                         init_seed=derived_seed(seed, f"fresh-init/{i}") if fresh_init else None)
+        scored.append(Candidate(plan, cost_model.cost(plan, "params"),
+                                cost_model.cost(plan, "macs") if cost_model.has_macs else None, total, blocks,
+                                cost_model.cost(plan, "latency") if cost_model.has_latency else None))
+    return scored
+
+
+def _gathered(scored: list[Candidate], where: Dist) -> list[Candidate]:
+    """Every rank's candidates in sample order (rank r scored samples r, r + world, ...)."""
+    if where.world == 1:
+        return scored
+    shares = gather_objects(scored, where)
+    return [shares[i % where.world][i // where.world] for i in range(sum(len(s) for s in shares))]
+
+
 def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
               candidates: Sequence[str | BlockSpec] | None = None, tolerance: float = 0.025,
               metric: str | None = None, loss_fn: Callable = F.cross_entropy, seed: int = 0, reinit: bool = True,
@@ -789,7 +837,7 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
               leaf_modules=(), cost_model: CostModel | None = None, fresh_batch=None,
               fresh_init: bool = False, latency: bool = False,
               latency_batch: int | None = None, latency_options: dict | None = None,
-              precision: str | Precision = "auto") -> BlockSwapResult:
+              process_group=None, precision: str | Precision = "auto") -> BlockSwapResult:
     """BlockSwap: the best of ``samples`` random configurations within ``budget``, by Fisher potential.
 
     ``budget``: an int (parameters, or MACs with ``metric="macs"``), a float
@@ -826,6 +874,13 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     ``precision``: the scoring's, as :func:`~fxswap.search.fisher.fisher_potential`'s (over
     ``cost_model``'s); recorded in the result and its JSON.
 
+    Over several processes (``torchrun``; the group is ``process_group``,
+    the initialised default one, or one :func:`fxswap.process_group.join`
+    initialises from torchrun's environment) the samples are split over the
+    ranks (rank r scores samples r, r + world, ...), gathered, and every rank
+    returns what one process returns with the same seed; rank 0 alone times
+    the latency column and shows progress, and its timings are everyone's.
+
     Returns a :class:`BlockSwapResult`; ``fxswap.cheapen(teacher, result.best)``
     builds the student (see the module docstring for a fuller example).
 
@@ -857,27 +912,18 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
         shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
         cost_model = CostModel(teacher, candidates, input_shape=shape, macs=macs or metric == "macs", seed=seed,
                                reinit=reinit, leaf_modules=leaf_modules)
-    if (latency or metric == "latency") and not cost_model.has_latency:
+    ref = next(cost_model.base.parameters(), None)
+    where = join(process_group, ref.device if ref is not None else None)
+    if (latency or metric == "latency") and not cost_model.has_latency and where.writer:
         cost_model.measure_latency(latency_batch or len(x), **options)
+    share_latency(cost_model, where)
     absolute = parse_budget(budget, cost_model.total(metric) if metric in METRICS else 0, metric)
     plans = sample_plans(cost_model, absolute, samples, tolerance=tolerance, metric=metric, seed=seed)
-    ref = next(cost_model.base.parameters(), None)
     if ref is not None:
         x, y = x.to(ref.device), y.to(ref.device)
     prec = resolve_precision(precision, x.device, purpose="score")
-    iterator = plans
-    if progress:
-        from tqdm import tqdm
-
-        iterator = tqdm(plans, desc="BlockSwap: scoring", unit="net")
-    scored = []
-    for i, plan in enumerate(iterator):
-        b = (x, y) if draw is None else tuple(t.to(ref.device) if ref is not None else t for t in draw())
-        total, blocks = cost_model.score(plan, b, loss_fn, precision=prec,
-                                         init_seed=derived_seed(seed, f"fresh-init/{i}") if fresh_init else None)
-        scored.append(Candidate(plan, cost_model.cost(plan, "params"),
-                                cost_model.cost(plan, "macs") if cost_model.has_macs else None, total, blocks,
-                                cost_model.cost(plan, "latency") if cost_model.has_latency else None))
+    scored = _gathered(_score_share(cost_model, plans, (x, y), draw, loss_fn, seed, fresh_init, where,
+                                    progress, ref.device if ref is not None else None, prec), where)
     scored.sort(key=lambda c: -c.fisher if np.isfinite(c.fisher) else float("inf"))
     return BlockSwapResult(scored, absolute, metric, tolerance, cost_model.teacher_params, cost_model.teacher_macs,
                            seed, len(scored), time.perf_counter() - start, None, cost_model.teacher_latency,
