@@ -44,6 +44,23 @@ is refused.
 >>> hist = fit(Distiller(None, student), loader, loader, epochs=3, preset="cosine", progress=False)
 >>> [round(h["val_acc"], 2) for h in hist][-1] > 0.6, sorted(hist[0])
 (True, ['epoch', 'lr', 'precision', 'seconds', 'train_acc', 'train_ce', 'train_loss', 'val_acc', 'val_loss'])
+
+Over several processes (``torchrun``; see :mod:`fxswap.process_group`:
+the group is ``process_group``, the initialised default one, or one
+initialised from torchrun's environment, gloo on CPU and NCCL on CUDA with
+each rank on ``cuda:LOCAL_RANK``), ``fit`` is data-parallel
+(:mod:`.distributed`): each rank trains on a disjoint share of every epoch
+(``batch_size`` is per process), the distiller runs in
+``DistributedDataParallel``, the teacher must be identical on every rank
+(checked by a checksum at the start; else a ``DistillError``), the
+history's means and accuracies are over all ranks' samples (validation
+over the whole validation set) and only rank 0 writes files, shows
+progress and calls ``on_epoch`` and the callbacks; every rank returns the
+same history (``seconds`` apart: each rank's own clock). Resuming needs
+the same number of processes (recorded in the checkpoint) and ``out_dir``
+on a filesystem every rank reads.
+``fit(sync_batchnorm=True)`` computes the student's BatchNorm statistics over
+all ranks (``torch.nn.SyncBatchNorm``, GPUs only) during the run.
 """
 from __future__ import annotations
 
@@ -447,22 +464,9 @@ def fit(
     the start, every ``log_every`` steps (those that ask), after each epoch and
     at the end.
 
-    Over several processes (``torchrun``; see :mod:`fxswap.process_group`:
-    the group is ``process_group``, the initialised default one, or one
-    initialised from torchrun's environment, gloo on CPU and NCCL on CUDA with
-    each rank on ``cuda:LOCAL_RANK``), ``fit`` is data-parallel
-    (:mod:`.distributed`): each rank trains on a disjoint share of every epoch
-    (``batch_size`` is per process), the distiller runs in
-    ``DistributedDataParallel``, the teacher must be identical on every rank
-    (checked by a checksum at the start; else a ``DistillError``), the
-    history's means and accuracies are over all ranks' samples (validation
-    over the whole validation set) and only rank 0 writes files, shows
-    progress and calls ``on_epoch`` and the callbacks; every rank returns the
-    same history (``seconds`` apart: each rank's own clock). Resuming needs
-    the same number of processes (recorded in the checkpoint) and ``out_dir``
-    on a filesystem every rank reads.
-    ``sync_batchnorm=True`` computes the student's BatchNorm statistics over
-    all ranks (``torch.nn.SyncBatchNorm``, GPUs only) during the run.
+    Over several processes (``torchrun``) ``fit`` is data-parallel: see the
+    module docstring. ``sync_batchnorm=True``: the student's BatchNorm
+    statistics over all ranks (GPUs only) during the run.
 
     Each history row has ``epoch`` (1-based), ``lr`` (at the epoch's start),
     ``precision`` (``"fp32"``, ``"bf16+channels_last"``, ...), ``train_loss``,
