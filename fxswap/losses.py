@@ -407,24 +407,42 @@ class HintConnector(nn.Module):
 
     When the widths are equal it is the identity (no parameters). Train it
     together with the student (put its parameters in the optimizer).
+    ``channels_last=True`` is the same map for transformer features, whose
+    channels are the *last* axis (ViT tokens ``(B, N, C)``, Swin's
+    ``(B, H, W, C)``): a ``Linear(C_s, C_t)`` over that axis, which is what a
+    1×1 conv is on a ``(B, C, H, W)`` map.
 
     >>> HintConnector(8, 16)(torch.zeros(2, 8, 4, 4)).shape
     torch.Size([2, 16, 4, 4])
+    >>> HintConnector(8, 16, channels_last=True)(torch.zeros(2, 197, 8)).shape
+    torch.Size([2, 197, 16])
     >>> sum(p.numel() for p in HintConnector(16, 16).parameters())
     0
     """
 
-    def __init__(self, student_channels: int, teacher_channels: int):
+    def __init__(self, student_channels: int, teacher_channels: int, channels_last: bool = False):
         super().__init__()
         self.student_channels, self.teacher_channels = _channel_counts("HintConnector", student_channels, teacher_channels)
+        self.channels_last = bool(channels_last)
         if student_channels == teacher_channels:
             self.proj: nn.Module = nn.Identity()
+        elif self.channels_last:
+            self.proj = nn.Linear(student_channels, teacher_channels)
         else:
             self.proj = nn.Conv2d(student_channels, teacher_channels, kernel_size=1)
 
     def forward(self, x: Tensor) -> Tensor:
-        _check_feature_map(x, "HintConnector", self.student_channels, self.teacher_channels)
+        if self.channels_last:
+            if x.ndim < 3 or x.shape[-1] != self.student_channels:
+                raise FxswapError(f"HintConnector({self.student_channels}→{self.teacher_channels}, channels_last) "
+                                  f"got a tensor of shape {tuple(x.shape)}; expected (batch, ..., "
+                                  f"{self.student_channels}), e.g. tokens (batch, N, {self.student_channels})")
+        else:
+            _check_feature_map(x, "HintConnector", self.student_channels, self.teacher_channels)
         return self.proj(x)
+
+    def extra_repr(self) -> str:
+        return "channels_last=True" if self.channels_last else ""
 
 
 def hint_loss(student_feat: Tensor, teacher_feat: Tensor, connector: nn.Module | None = None) -> Tensor:

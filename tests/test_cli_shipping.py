@@ -53,10 +53,28 @@ def test_cheapen_save_writes_a_student_that_loads_and_exports(tmp_path, capsys):
     assert main(["export", str(path), str(tmp_path / "student.pt2"), "--batch", "2", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["format"] == "pt2" and result["max_abs_diff"] <= 1e-4
+    assert result["dynamic_batch"] and result["batch_sizes"] == [2, 4] and result["files"] == [result["path"]]
     program = torch.export.load(str(tmp_path / "student.pt2"))
-    x = torch.randn(2, 3, 32, 32)
+    for batch in (2, 5):  # issue 18: a file exported at one batch size runs at another
+        x = torch.randn(batch, 3, 32, 32)
+        with torch.no_grad():
+            assert torch.allclose(program.module()(x), student.eval()(x), atol=1e-5)
+
+
+def test_export_to_onnx_at_batch_1_runs_at_batch_5_in_one_file(tmp_path, capsys):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    path = tmp_path / "student.pt"
+    assert main(["cheapen", "wrn-10-1", "G(N/4)", "--save", str(path)]) == 0
+    assert main(["export", str(path), str(tmp_path / "student.onnx")]) == 0
+    out = capsys.readouterr().out
+    assert "any batch size" in out and "at batch 1, 3" in out and "note:" not in out
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["student.onnx", "student.pt"]  # no .onnx.data
+    session = onnxruntime.InferenceSession(str(tmp_path / "student.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(5, 3, 32, 32)
+    (got,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
-        assert torch.allclose(program.module()(x), student.eval()(x), atol=1e-5)
+        assert torch.allclose(torch.from_numpy(got), fxswap.load_student(path).eval()(x), atol=1e-4)
 
 
 def test_cheapen_latency_adds_the_column(capsys):

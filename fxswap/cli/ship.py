@@ -5,8 +5,12 @@
 
 The student file is one written by ``fxswap cheapen --save`` or
 ``fxswap.save_student``: its record says how to rebuild it and which input it
-takes. The exported file is loaded back and compared with the PyTorch outputs;
-a difference above ``--atol`` exits 1.
+takes. The batch dimension is dynamic (``--static-batch`` fixes it at
+``--batch``); the exported file is loaded back and compared with the PyTorch
+outputs at ``--batch`` and ``--batch`` + 2; a difference above ``--atol`` exits 1.
+A student whose code fixes its batch size is exported static, with a note
+saying why; an ONNX file over 2 GB keeps its weights in ``OUT.data`` beside it
+(the output names every file written).
 
 >>> from fxswap.cli.main import build_parser
 >>> build_parser().parse_args(["export", "s.pt", "s.onnx", "--batch", "4"]).batch
@@ -29,6 +33,8 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
     p.add_argument("out", help="the file to write: .pt2 or .onnx")
     p.add_argument("--format", choices=["pt2", "onnx"], default=None, help="default: from the suffix of OUT")
     p.add_argument("--batch", type=positive_int, default=1, help="batch size of the example input (default 1)")
+    p.add_argument("--static-batch", action="store_true",
+                   help="fix the batch size at --batch (default: any batch size, checked at two)")
     p.add_argument("--input", default=None, help="input shape C,H,W (default: the one in the student's record)")
     p.add_argument("--atol", type=positive_float, default=1e-4, help="largest accepted |exported - PyTorch|")
     p.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -54,7 +60,7 @@ def run_export(args: argparse.Namespace) -> int:
         shape = parse_shape(None, student)
     x = torch.randn(args.batch, *shape)
     try:
-        result = export(student, x, args.out, args.format, atol=args.atol)
+        result = export(student, x, args.out, args.format, atol=args.atol, dynamic_batch=not args.static_batch)
     except FxswapError as exc:
         if "differs from PyTorch" in str(exc):  # the export ran but is wrong: a failure, not bad input
             echo(f"fxswap: failed: {exc}")

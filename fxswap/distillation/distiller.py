@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from ..errors import DistillError
 from .hidden import Hidden, HidingModule
-from .terms import Term, TermInputs, TermSetup, check_call, get_term, term_options
+from .terms import Term, TermInputs, TermSetup, channels_last, check_call, get_term, term_options
 
 __all__ = ["Distiller"]
 
@@ -41,14 +41,46 @@ class _Resolver:
 
     def __init__(self, model: nn.Module, leaf_modules):
         self.model, self.leaf_modules, self.graph = model, leaf_modules, None
+        self.channels_last: dict[str, bool] = {}  # block name → its output has channels last (tokens)
 
     def __call__(self, selector) -> list[str]:
+        from ..blocks.block import find_blocks
+        from ..errors import NoBlocksError
         from ..probes import resolve_points
         from ..tracing.tracer import trace
 
         if self.graph is None:
             self.graph = trace(self.model, self.leaf_modules)
+            try:
+                self.channels_last = {b.name: b.channels_last for b in find_blocks(self.graph)}
+            except NoBlocksError:
+                pass
         return list(resolve_points(self.graph, selector))
+
+
+def _layouts(names: list[str], tensors: list[Tensor], blocks: dict[str, bool]) -> list[bool]:
+    return [channels_last(t, blocks.get(n)) for n, t in zip(names, tensors)]
+
+
+def _candidate_inputs(models: list[nn.Module], ref: Tensor) -> list[Tensor]:
+    """Inputs to size connectors with, the models' own first: a patch embedding's ``img_size`` (a ViT built
+    at 32×32 still has a 224 config), the timm config's ``input_size``, then a CIFAR-sized 32×32 map."""
+    sizes: list[tuple[int, ...]] = []
+    channels = 3
+    for model in models:
+        first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = first.in_channels if first is not None else channels
+        for m in model.modules():
+            size = getattr(m, "img_size", None)
+            size = (size, size) if isinstance(size, int) else size
+            if isinstance(size, (tuple, list)) and len(size) == 2 and all(isinstance(v, int) for v in size):
+                sizes.append((channels, *size))
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+        if isinstance(cfg, dict) and cfg.get("input_size"):
+            sizes.append(tuple(int(v) for v in cfg["input_size"]))
+    sizes.append((channels, 32, 32))
+    unique = list(dict.fromkeys(sizes))
+    return [torch.zeros(2, *size, device=ref.device, dtype=ref.dtype) for size in unique]
 
 
 def _paired(term: str, s_names: list[str], t_names: list[str]) -> tuple[list[str], list[str]]:
@@ -79,7 +111,11 @@ class Distiller(HidingModule):
 
     ``points`` overrides where a term reads features, e.g. ``{"at":
     ["layer2.*"]}``; ``example_input`` is used once to size connectors
-    (default: a 2×3×32×32 zero batch).
+    (default: a zero batch of 2 at the models' own input size, a patch
+    embedding's ``img_size`` or the timm config's ``input_size``, else
+    3×32×32). Transformer features (tokens ``(B, N, C)``, Swin's
+    ``(B, H, W, C)``) get ``Linear`` hint connectors over C and AT over the
+    tokens; ``srrl`` refuses them (see :mod:`.terms`).
 
     >>> import torch, fxswap
     >>> t = fxswap.models.wrn(10, 2)
@@ -137,6 +173,7 @@ class Distiller(HidingModule):
             selector = points.get(name, term.points)
             if selector is not None:
                 self.points[name] = _paired(name, on_student(selector), on_teacher(selector))
+        self._block_layouts = (on_student.channels_last, on_teacher.channels_last)
 
     def _build_probes(self) -> None:
         from ..probes import probe
@@ -156,19 +193,36 @@ class Distiller(HidingModule):
         ref = next(self.student.parameters())
         s_pts = t_pts = {}
         if any(t.example for t in wanted.values()):
-            x = example_input if example_input is not None else torch.zeros(2, 3, 32, 32, device=ref.device,
-                                                                           dtype=ref.dtype)
-            was = self.student.training
-            self.student.eval()
-            try:
-                _, s_pts, _, t_pts = self._features(x)
-            finally:
-                self.student.train(was)
+            s_pts, t_pts = self._example_features(example_input, ref, sorted(wanted))
+        s_blocks, t_blocks = self._block_layouts
         for name, term in wanted.items():
             s_names, t_names = self.points.get(name, ([], []))
-            setup = TermSetup(self.student, self.teacher, s_names, t_names, [s_pts[k] for k in s_names if k in s_pts],
-                              [t_pts[k] for k in t_names if k in t_pts], self.terms[name][1], self._leaf_modules)
+            s_feats, t_feats = [s_pts[k] for k in s_names if k in s_pts], [t_pts[k] for k in t_names if k in t_pts]
+            setup = TermSetup(self.student, self.teacher, s_names, t_names, s_feats, t_feats, self.terms[name][1],
+                              self._leaf_modules, _layouts(s_names, s_feats, s_blocks),
+                              _layouts(t_names, t_feats, t_blocks))
             self.connectors[name] = term.connector(setup).to(ref.device)
+
+    def _example_features(self, example_input: Tensor | None, ref: Tensor, names: list[str]):
+        """Student and teacher features on ``example_input``, or on the first candidate both models run on."""
+        models = [self.student] + ([self.teacher] if self.teacher is not None else [])
+        candidates = [example_input] if example_input is not None else _candidate_inputs(models, ref)
+        was = self.student.training
+        self.student.eval()
+        failures = []
+        try:
+            for x in candidates:
+                try:
+                    _, s_pts, _, t_pts = self._features(x)
+                    return s_pts, t_pts
+                except Exception as exc:  # any model code may refuse a size: try the next, report them all
+                    failures.append(f"{tuple(x.shape)}: {type(exc).__name__}: {str(exc)[:200]}")
+        finally:
+            self.student.train(was)
+        raise DistillError(f"losses {names} size their connectors on one batch, and the models did not run on "
+                           f"{'example_input' if example_input is not None else 'any input tried'} ("
+                           f"{'; '.join(failures)}); pass example_input= a batch both models accept, "
+                           "e.g. torch.randn(2, 3, 224, 224)")
 
     # -- the step ----------------------------------------------------------
     @property
@@ -195,7 +249,9 @@ class Distiller(HidingModule):
         values: dict[str, Tensor] = {}
         for name, (term, options) in self.terms.items():
             s_names, t_names = self.points.get(name, ([], []))
-            inputs = TermInputs(s_out, t_out, y, [s_pts[k] for k in s_names], [t_pts[k] for k in t_names])
+            s_feats, t_feats = [s_pts[k] for k in s_names], [t_pts[k] for k in t_names]
+            inputs = TermInputs(s_out, t_out, y, s_feats, t_feats, _layouts(s_names, s_feats, self._block_layouts[0]),
+                                _layouts(t_names, t_feats, self._block_layouts[1]))
             values[name] = term.call(inputs, options, self.connectors[name] if name in self.connectors else None)
         loss = sum(values.values())
         self.last_logits = s_out.detach()

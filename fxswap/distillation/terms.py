@@ -20,6 +20,11 @@ term       loss (see :mod:`fxswap.losses`)                            reads
 ``lit``    LIT eq. 1, :func:`~fxswap.losses.lit_loss` (sections)      ``"stages"``
 =========  =========================================================  =============
 
+Transformers: features with their channels on the last axis (ViT tokens
+``(B, N, C)``, Swin's ``(B, H, W, C)``; see :func:`channels_last`) get a
+``Linear`` hint connector over C and AT over tokens; ``srrl`` refuses them
+(:data:`TOKEN_LOSSES` lists the terms that apply).
+
 A loss added with :func:`fxswap.losses.register_loss` is a logits term under
 its name: ``weight · fn(student_logits, teacher_logits, targets, **options)``,
 as is any callable given directly in ``losses``.
@@ -40,23 +45,31 @@ from .. import losses as L
 from ..errors import DistillError
 from .hidden import Hidden, HidingModule
 
-__all__ = ["Term", "TermInputs", "TermSetup", "TERMS", "register_term", "get_term", "term_options"]
+__all__ = ["Term", "TermInputs", "TermSetup", "TERMS", "TOKEN_LOSSES", "register_term", "get_term", "term_options",
+           "channels_last"]
 
 
 @dataclass(frozen=True)
 class TermInputs:
-    """What a term's ``call`` sees for one batch; the point lists are paired (student i ↔ teacher i)."""
+    """What a term's ``call`` sees for one batch; the point lists are paired (student i ↔ teacher i).
+
+    ``*_channels_last[i]``: point i has its channels on the last axis (transformer tokens ``(B, N, C)``,
+    Swin's ``(B, H, W, C)``), not on axis 1 (``(B, C, H, W)`` maps). See :func:`channels_last`.
+    """
 
     student_logits: Tensor
     teacher_logits: Tensor | None
     targets: Tensor
     student_points: list[Tensor] = field(default_factory=list)
     teacher_points: list[Tensor] = field(default_factory=list)
+    student_channels_last: list[bool] = field(default_factory=list)
+    teacher_channels_last: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class TermSetup:
-    """What a connector factory sees, once: the models, the paired point names and example features."""
+    """What a connector factory sees, once: the models, the paired point names, example features and their
+    layouts (as in :class:`TermInputs`)."""
 
     student: nn.Module
     teacher: nn.Module | None
@@ -66,6 +79,8 @@ class TermSetup:
     teacher_points: list[Tensor]
     options: dict[str, Any]
     leaf_modules: tuple = ()
+    student_channels_last: list[bool] = field(default_factory=list)
+    teacher_channels_last: list[bool] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -98,6 +113,10 @@ class Term:
     teacher: bool = True
     fn: Callable | None = None
 
+
+#: The built-in terms that work on transformer features (tokens ``(B, N, C)``, Swin's ``(B, H, W, C)``) as well
+#: as on CNN maps; ``srrl`` needs a CNN's (B, C, H, W) feature map and refuses tokens.
+TOKEN_LOSSES = ("ce", "kd", "lit_kd", "mimic", "at", "hint")
 
 #: Name → :class:`Term`. Add your own with :func:`register_term`.
 TERMS: dict[str, Term] = {}
@@ -204,13 +223,45 @@ def _mimic(inputs: TermInputs, options: dict, connector) -> Tensor:
     return options["weight"] * L.mimic_loss(inputs.student_logits, inputs.teacher_logits)
 
 
+def channels_last(tensor: Tensor, block_channels_last: bool | None) -> bool:
+    """Whether a point's channels are its last axis: a transformer block's output (``Block.channels_last``:
+    its branch is Linear layers on ``(B, N, C)`` tokens or Swin's ``(B, H, W, C)``), or, for a point that is
+    not a block, a 3-d tensor (tokens).
+
+    >>> import torch
+    >>> channels_last(torch.zeros(2, 197, 192), None), channels_last(torch.zeros(2, 7, 7, 96), True)
+    (True, True)
+    >>> channels_last(torch.zeros(2, 64, 8, 8), False)
+    False
+    """
+    return bool(block_channels_last) if block_channels_last is not None else tensor.ndim == 3
+
+
+def _channels_first(points: Sequence[Tensor], last: Sequence[bool]) -> list[Tensor]:
+    return [p.movedim(-1, 1) if cl else p for p, cl in zip(points, last)]
+
+
 def _at(inputs: TermInputs, options: dict, connector) -> Tensor:
-    return L.attention_transfer(inputs.student_points, inputs.teacher_points, **options)
+    """AT on transformer tokens is the same map with tokens as the positions (Zagoruyko & Komodakis 2017's
+    f(A) = mean over channels of A², flattened and L2-normalised): channels-last points are moved to axis 1
+    first, so a ViT's map is over its N tokens (class token included) and Swin's over its H×W windows."""
+    return L.attention_transfer(_channels_first(inputs.student_points, inputs.student_channels_last),
+                                _channels_first(inputs.teacher_points, inputs.teacher_channels_last), **options)
 
 
 def _hint_connectors(setup: TermSetup) -> nn.Module:
-    return nn.ModuleList(L.HintConnector(s.shape[1], t.shape[1])
-                         for s, t in zip(setup.student_points, setup.teacher_points))
+    """One connector per point pair, on the channel axis of each: a 1×1 conv on maps, a Linear on tokens."""
+    out = nn.ModuleList()
+    pairs = zip(setup.student_points, setup.teacher_points, setup.student_channels_last or [False] * len(
+        setup.student_points), setup.teacher_channels_last or [False] * len(setup.teacher_points), setup.student_names)
+    for s, t, s_last, t_last, name in pairs:
+        if s_last != t_last:
+            raise DistillError(f"loss 'hint': point {name!r} has its channels on the last axis in one network and "
+                               f"on axis 1 in the other ({tuple(s.shape)} vs {tuple(t.shape)}); pass points="
+                               "{'hint': [...]} naming points of the same layout")
+        axis = -1 if s_last else 1
+        out.append(L.HintConnector(s.shape[axis], t.shape[axis], channels_last=s_last))
+    return out
 
 
 def _hint(inputs: TermInputs, options: dict, connector) -> Tensor:
@@ -236,8 +287,12 @@ class SRRLHead(HidingModule):
 def _srrl_head(setup: TermSetup) -> nn.Module:
     from ..sections import split_sections
 
-    head = split_sections(setup.teacher, ["penultimate"], setup.leaf_modules)[-1].eval()
     s, t = setup.student_points[0], setup.teacher_points[0]
+    if s.ndim != 4 or t.ndim != 4 or any(setup.student_channels_last) or any(setup.teacher_channels_last):
+        raise DistillError(f"loss 'srrl' reads a (batch, C, H, W) feature map before global pooling; this "
+                           f"network's 'features' point is {tuple(s.shape)} (student) / {tuple(t.shape)} (teacher), "
+                           f"transformer tokens. Losses that apply to transformers: {', '.join(TOKEN_LOSSES)}")
+    head = split_sections(setup.teacher, ["penultimate"], setup.leaf_modules)[-1].eval()
     return SRRLHead(L.SRRLConnector(s.shape[1], t.shape[1]), head)
 
 

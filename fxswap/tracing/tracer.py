@@ -31,7 +31,7 @@ from torch import nn
 from ..errors import TraceError
 
 __all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "default_arguments", "callers",
-           "weight_passing_modules"]
+           "weight_passing_modules", "clear_foreign_proxies"]
 
 
 def _timm_notrace() -> tuple[tuple[type, ...], tuple[Callable, ...]]:
@@ -194,6 +194,8 @@ def trace(
     if concrete_args is None:
         concrete_args = default_arguments(model)
     tracer = FxswapTracer(tuple(leaf_modules), tuple(autowrap_functions), _trace_paths)
+    clear_foreign_proxies(model)
+    stale = _proxy_attributes(model)  # not dicts: left alone (often written before read), named if the trace fails
     caches = _dict_attributes(model)
     try:
         graph = tracer.trace(model, concrete_args=concrete_args)
@@ -205,6 +207,8 @@ def trace(
     except TraceError:
         raise
     except Exception as exc:  # fx raises many kinds; we add where and how to fix
+        if stale:
+            raise TraceError(_stale_message(stale, f"{type(exc).__name__}: {exc}")) from exc
         where = tracer.failed_at or ("", type(model))
         path, cls = where
         sub = model.get_submodule(path) if path else model
@@ -216,6 +220,7 @@ def trace(
         ) from exc
     finally:
         _restore(caches)
+    _refuse_foreign_nodes(graph, stale)
     if concrete_args:
         _keep_argument_names(graph, concrete_args)
     name = type(model).__name__
@@ -319,6 +324,81 @@ def _dict_attributes(model: nn.Module) -> list[tuple[dict, dict]]:
             if type(value) is dict and not key.startswith("_"):
                 out.append((value, dict(value)))
     return out
+
+
+def _holds_proxy(value) -> bool:
+    return isinstance(value, fx.Proxy) or (type(value) in (tuple, list) and any(isinstance(v, fx.Proxy) for v in value))
+
+
+def clear_foreign_proxies(model: nn.Module) -> list[str]:
+    """Remove the fx proxies that an earlier trace left in ``model``'s dict caches; return where they were.
+
+    A module that memoises tensors in a plain dict during eval forwards (timm LeViT's
+    ``attention_bias_cache``) stores a ``torch.fx.Proxy`` there when the user traces it with plain
+    ``torch.fx.symbolic_trace``: the model then fails in its own eval forward, and the next trace reads a node
+    of another graph (``KeyError: getitem_7``). :func:`trace` restores dicts after its own traces; entries that
+    hold a proxy are removed here, with a warning naming them, because a proxy is never a valid value outside
+    its trace: a cache recomputes the entry, and any other dict fails on the missing key as it failed on the
+    proxy. Nothing else is touched.
+
+    >>> import warnings
+    >>> class Cached(nn.Module):
+    ...     def __init__(self):
+    ...         super().__init__()
+    ...         self.cache = {}
+    ...     def forward(self, x):
+    ...         if "k" not in self.cache:
+    ...             self.cache["k"] = x.sum()
+    ...         return x * self.cache["k"]
+    >>> m = Cached().eval()
+    >>> _ = fx.symbolic_trace(m)                        # the user's own trace leaves a proxy behind
+    >>> type(m.cache["k"]).__name__
+    'Proxy'
+    >>> with warnings.catch_warnings(record=True):
+    ...     warnings.simplefilter("always")
+    ...     clear_foreign_proxies(m), m.cache
+    (['cache'], {})
+    """
+    import warnings
+
+    cleared = []
+    for path, module in model.named_modules():
+        for key, value in vars(module).items():
+            if type(value) is not dict:
+                continue
+            stale = [k for k, v in value.items() if _holds_proxy(v)]
+            for k in stale:
+                del value[k]
+            if stale:
+                cleared.append(f"{path}.{key}" if path else key)
+    if cleared:
+        shown = ", ".join(cleared[:4]) + (f" and {len(cleared) - 4} more" if len(cleared) > 4 else "")
+        warnings.warn(f"fxswap: removed torch.fx proxies that an earlier trace of this model (torch.fx.symbolic_trace?) "
+                      f"left in {len(cleared)} dict attribute(s): {shown}. They memoise tensors and refill on the "
+                      f"next forward; without this, the model's own eval forward fails on them.", stacklevel=3)
+    return cleared
+
+
+def _proxy_attributes(model: nn.Module) -> list[str]:
+    return [f"{path}.{key}" if path else key for path, module in model.named_modules()
+            for key, value in vars(module).items() if _holds_proxy(value)]
+
+
+def _stale_message(stale: list[str], what: str) -> str:
+    shown = ", ".join(stale[:4]) + (f" and {len(stale) - 4} more" if len(stale) > 4 else "")
+    return (f"the model holds torch.fx proxies from an earlier trace (the user's torch.fx.symbolic_trace?) in "
+            f"{shown}, and tracing read one ({what}). Fix: rebuild the model, or reset those attributes to what "
+            f"the model's __init__ sets, before calling fxswap.")
+
+
+def _refuse_foreign_nodes(graph: fx.Graph, stale: list[str]) -> None:
+    """A proxy left by another trace in an attribute that is not a dict makes nodes of that graph arguments of
+    this one; fx would fail later with ``KeyError: <node name>``: say what happened instead."""
+    for node in graph.nodes:
+        for arg in node.all_input_nodes:
+            if arg.graph is not graph:
+                where = f"node {arg.name!r} of another graph, read in module '{node_scope(node) or '<root>'}'"
+                raise TraceError(_stale_message(stale or ["an attribute"], where))
 
 
 def _restore(caches: list[tuple[dict, dict]]) -> None:
