@@ -12,6 +12,17 @@ forward of the student. Each (model, spec) ends in one outcome:
 * ``larger``: a student with more parameters than the teacher (a bug);
 * ``crash``: any other exception, a wrong output shape, or a time-out (a bug).
 
+Each ``ok`` student is then checked for what a parameter count cannot see (issue 18), and the row records:
+
+* ``wrong_mode``: how many of the student's modules have a training flag other than the teacher's (the
+  teacher is in eval mode; a module new in the student is compared with its nearest teacher ancestor),
+  ``wrong_mode_names`` the first few;
+* ``dead_params``: how many of the student's parameters no forward reaches (no gradient after one
+  backward of the output's sum, both models in eval mode), not counting those the teacher already leaves
+  unreached; ``dead_names`` the first few;
+* ``roundtrip``: ``"ok"`` if ``fxswap.save_student(student, ..., model=NAME, plan=SPEC)`` then
+  ``fxswap.load_student`` gives identical outputs (both in eval mode), else the error or the difference.
+
 ``--all`` tries one model per timm family (``timm.list_modules()``; the
 smallest-sounding name in it) and every torchvision classification model;
 each model runs in its own process with a time-out, and results are appended
@@ -133,8 +144,82 @@ def _short(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text[:160]}"
 
 
-def probe(source: str, name: str, specs=SPECS) -> dict:
-    """Every spec on one model; a dict of outcomes (JSON-serialisable)."""
+_SHOWN = 5  # names kept per check in a row (the count is always complete)
+
+
+def _wrong_modes(teacher, student) -> list[str]:
+    """Student modules whose ``training`` flag differs from the teacher's module of the same name (or, for a
+    module the rewrite added, from its nearest ancestor that the teacher has)."""
+    flags = {name: m.training for name, m in teacher.named_modules()}
+    wrong = []
+    for name, m in student.named_modules():
+        at = name
+        while at not in flags:
+            at = at.rpartition(".")[0]
+        if m.training != flags[at]:
+            wrong.append(name or "(root)")
+    return wrong
+
+
+def _unreached(model, x) -> set[str]:
+    """Parameters that get no gradient from one eval-mode forward and backward of the output's sum.
+
+    Only for a model this script owns (it leaves ``.grad`` at ``None`` again)."""
+    import torch
+
+    model.zero_grad(set_to_none=True)
+    with torch.enable_grad():
+        out = model(x)
+        out = out[0] if isinstance(out, (tuple, list)) else out
+        out.float().sum().backward()
+    dead = {n for n, p in model.named_parameters() if p.requires_grad and p.grad is None}
+    model.zero_grad(set_to_none=True)
+    return dead
+
+
+def _roundtrip(student, source: str, name: str, spec: str, x) -> str:
+    """``"ok"`` when the saved and reloaded student gives the same outputs as ``student``, else why not."""
+    import tempfile
+
+    import torch
+
+    import fxswap
+
+    registry = "tv" if source == "torchvision" else source
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "student.pt")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                fxswap.save_student(student, path, model=f"{registry}:{name}", plan=spec)
+                again = fxswap.load_student(path)
+        except Exception as exc:  # noqa: BLE001 - the row records what a user would see
+            return _short(exc)
+    with torch.no_grad():
+        want, got = student.eval()(x), again.eval()(x)
+    if want.shape != got.shape:
+        return f"reloaded output shape {tuple(got.shape)} instead of {tuple(want.shape)}"
+    if not torch.equal(want, got):
+        return f"reloaded outputs differ: max |diff| {float((want - got).abs().max()):.3g}"
+    return "ok"
+
+
+def integrity(wrong: list[str], student, source: str, name: str, spec: str, x, teacher_dead: set[str]) -> dict:
+    """The checks of an ``ok`` student in eval mode; ``wrong``: :func:`_wrong_modes` of it as ``cheapen``
+    returned it."""
+    out: dict = {"wrong_mode": len(wrong), "wrong_mode_names": wrong[:_SHOWN]}
+    try:
+        dead = sorted(_unreached(student, x) - teacher_dead)
+        out["dead_params"], out["dead_names"] = len(dead), dead[:_SHOWN]
+    except Exception as exc:  # noqa: BLE001
+        out["dead_params"], out["dead_names"] = None, [f"check failed: {_short(exc)}"]
+    out["roundtrip"] = _roundtrip(student, source, name, spec, x)
+    return out
+
+
+def probe(source: str, name: str, specs=SPECS, checks: bool = True) -> dict:
+    """Every spec on one model; a dict of outcomes (JSON-serialisable); ``checks``: run :func:`integrity` on
+    each ``ok`` student."""
     import torch
 
     import fxswap
@@ -174,12 +259,15 @@ def probe(source: str, name: str, specs=SPECS) -> dict:
     row["blocks"] = len(blocks)
     row["kinds"] = dict(Counter(b.kind for b in blocks))
     kind_of = {b.name: b.kind for b in blocks}
+    teacher_dead = None
     for spec in specs:
         out: dict = {}
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                student = fxswap.cheapen(model, spec, example_input=x).eval()
+                student = fxswap.cheapen(model, spec, example_input=x)
+            wrong = _wrong_modes(model, student)  # the modes as cheapen returned them
+            student.eval()
             with torch.no_grad():
                 got = tuple(student(x).shape)
             n = sum(p.numel() for p in student.parameters())
@@ -198,6 +286,13 @@ def probe(source: str, name: str, specs=SPECS) -> dict:
                 out["outcome"] = "unchanged"
             else:
                 out["outcome"] = "ok"
+                if checks:
+                    if teacher_dead is None:
+                        try:
+                            teacher_dead = _unreached(model, x)
+                        except Exception:  # noqa: BLE001 - the student's own check then says why
+                            teacher_dead = set()
+                    out.update(integrity(wrong, student, source, name, spec, x, teacher_dead))
         except fxswap.FxswapError as exc:
             out["outcome"], out["why"] = "error", _short(exc)
         except Exception as exc:  # noqa: BLE001
@@ -248,6 +343,48 @@ def merged(paths: list[str]) -> list[dict]:
     return list(rows.values())
 
 
+CHECKS = ["wrong mode", "dead params", "round trip fails"]
+
+
+def _tally_checks(out: dict, counts: Counter) -> str:
+    """Count an ``ok`` outcome's checks into ``counts``; the findings in one line ("" if none or unchecked)."""
+    if "roundtrip" not in out:
+        counts["unchecked"] += 1  # a row measured before the checks existed
+        return ""
+    counts["checked"] += 1
+    found = []
+    if out.get("wrong_mode"):
+        counts["wrong mode"] += 1
+        found.append(f"{out['wrong_mode']} modules in the wrong mode ({', '.join(out['wrong_mode_names'])}"
+                     f"{', ...' if out['wrong_mode'] > len(out['wrong_mode_names']) else ''})")
+    if out.get("dead_params") is None or out["dead_params"]:
+        counts["dead params"] += 1
+        n = "?" if out.get("dead_params") is None else out["dead_params"]
+        found.append(f"{n} parameters no forward reaches ({', '.join(out.get('dead_names', []))}"
+                     f"{', ...' if n != '?' and n > len(out.get('dead_names', [])) else ''})")
+    if out["roundtrip"] != "ok":
+        counts["round trip fails"] += 1
+        found.append(f"save/load: {out['roundtrip']}")
+    return "; ".join(found)
+
+
+def _checks_table(per_spec: dict, checked: dict, findings: list[str]) -> list[str]:
+    """The Markdown of the ``ok`` students' checks: per spec, how many were checked and how many fail each."""
+    lines = ["", "Checks of the `ok` students: how many were checked, and how many show each problem:", "",
+             "| spec | ok | checked | " + " | ".join(CHECKS) + " |", "|---|---|---|" + "---|" * len(CHECKS)]
+    total = Counter()
+    for spec in SPECS:
+        c = checked[spec]
+        total.update(c)
+        lines.append(f"| {spec} | {per_spec[spec]['ok']} | {c['checked']} | "
+                     + " | ".join(str(c[k]) for k in CHECKS) + " |")
+    ok = sum(per_spec[s]["ok"] for s in SPECS)
+    lines.append(f"| **all** | **{ok}** | **{total['checked']}** | "
+                 + " | ".join(f"**{total[k]}**" for k in CHECKS) + " |")
+    lines += ["", f"Check findings ({len(findings)}):", ""] + [f"* {f}" for f in findings]
+    return lines
+
+
 def report(results: str | list[str]) -> str:
     """Markdown: totals per outcome, per spec and per host kind, and the list of problems."""
     rows = merged([results] if isinstance(results, str) else results)
@@ -256,6 +393,8 @@ def report(results: str | list[str]) -> str:
     kinds_blocks, kinds_models, kinds_kept = Counter(), Counter(), defaultdict(Counter)
     models = Counter()
     problems, unsupported, reasons = [], [], {}
+    checked: dict[str, Counter] = defaultdict(Counter)
+    findings = []
     commits = Counter(r.get("commit", "?") for r in rows)
     for r in rows:
         src = r["model"].split(":")[0]
@@ -291,6 +430,10 @@ def report(results: str | list[str]) -> str:
                 for kind, n in n_kinds.items():
                     kept = out.get("kept", {}).get(kind, 0)
                     kinds_kept[kind][spec] += n - kept
+            if out["outcome"] == "ok":
+                finding = _tally_checks(out, checked[spec])
+                if finding:
+                    findings.append(f"{r['model']} {spec}: {finding}")
             if out["outcome"] in ("crash", "larger"):
                 problems.append(f"{r['model']} {spec}: {out['outcome']}: {out.get('why', out.get('ratio'))}")
         if not any_ok:
@@ -306,6 +449,7 @@ def report(results: str | list[str]) -> str:
     lines += ["", "| source | " + " | ".join(outcomes) + " |", "|---|" + "---|" * len(outcomes)]
     for src, c in sorted(per_source.items()):
         lines.append(f"| {src} | " + " | ".join(str(c[o]) for o in outcomes) + " |")
+    lines += _checks_table(per_spec, checked, findings)
     lines += ["", "Host kinds: blocks found, models with that kind, and blocks rewritten by each spec (in runs "
               "that returned a student):", "",
               "| kind | blocks | models | " + " | ".join(SPECS) + " |", "|---|---|---|" + "---|" * len(SPECS)]

@@ -68,6 +68,20 @@ def test_samples_within_budget(wrn_cm, metric, budget):
         assert abs(wrn_cm.cost(plan, metric) - absolute) <= 0.025 * absolute
 
 
+def test_sampler_draws_every_candidate_of_every_block_including_the_last(wrn_cm):
+    # a window holding every configuration: each block's spec is then uniform over its options, so 400
+    # distinct plans miss a given option of a block with probability (7/8)^400; an upper bound of
+    # rng.integers one short would never draw the last candidate (BG(2,16), or S-2x2 where it is left out)
+    cheapest, dearest = wrn_cm.reachable()
+    budget = (cheapest + dearest) // 2
+    tolerance = min(0.999, 1.001 * max(dearest - budget, budget - cheapest) / budget)
+    plans = sample_plans(wrn_cm, budget, 400, tolerance=tolerance, seed=0)
+    assert len(plans) == 400
+    for name in wrn_cm.names:
+        assert {p[name] for p in plans} == set(wrn_cm.options(name)), name
+    assert {p[name] for p in plans for name in wrn_cm.names} == set(SPECS)
+
+
 def test_narrow_budget_uses_exact_fallback(wrn_cm):
     cheapest, _ = wrn_cm.reachable()
     budget = int(cheapest * 1.02)  # the window barely holds a few cheap configurations

@@ -386,6 +386,35 @@ def test_a_poisoned_step_never_reaches_a_checkpoint(tmp_path):
     all_checkpoints_finite(tmp_path)
 
 
+@pytest.mark.parametrize("where", ["student", "optimizer"])
+@pytest.mark.parametrize("value", [float("nan"), float("inf"), -float("inf")])
+def test_one_non_finite_value_among_finite_ones_is_refused(tmp_path, where, value):
+    from fxswap.distillation.checkpoint import save_checkpoint
+
+    model = nn.Linear(4, 3)
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 4)).sum().backward()
+    opt.step()
+    path = tmp_path / CHECKPOINT
+    save_checkpoint(path, {"student": model.state_dict(), "optimizer": opt.state_dict()})
+    good = path.read_bytes()
+    state = {"student": model.state_dict(), "optimizer": opt.state_dict()}
+    # one entry in the middle of a tensor whose other 11 entries are finite
+    tensor, name = ((state["student"]["weight"], "/student/weight") if where == "student" else
+                    (state["optimizer"]["state"][0]["exp_avg"], "/optimizer/state/0/exp_avg"))
+    tensor = tensor.clone()
+    tensor[1, 2] = value
+    if where == "student":
+        state["student"]["weight"] = tensor
+    else:
+        state["optimizer"]["state"][0]["exp_avg"] = tensor
+    assert int(torch.isfinite(tensor).sum()) == tensor.numel() - 1
+    assert non_finite(state) == [name]
+    with pytest.raises(DistillError, match=f"non-finite values in {name}"):
+        save_checkpoint(path, state)
+    assert path.read_bytes() == good  # the previous checkpoint is kept
+
+
 class Poisoned(Dataset):
     def __init__(self, value, index=5, n=32):
         self.x, self.y = torch.randn(n, 3, 8, 8), torch.arange(n) % 4
