@@ -18,7 +18,7 @@ from .probes import probe
 from .search import (PAPER_CANDIDATES, REFERENCE_CANDIDATES, BlockSwapResult, blockswap, candidate_specs,
                      fisher_potential, sensitivity)
 from .sections import split_sections
-from .surgery import BlockSpec, cheapen, cheapen_part, parse_spec, register_substitute, resolve_plan
+from .surgery import BlockSpec, applied_plan, cheapen, cheapen_part, parse_spec, register_substitute, resolve_plan
 from .tracing import trace
 from .version import __version__
 
@@ -26,7 +26,7 @@ deprecated.install()
 
 __all__ = [
     "trace", "find_blocks", "Block",
-    "cheapen", "cheapen_part", "resolve_plan", "parse_spec", "BlockSpec", "register_substitute",
+    "cheapen", "cheapen_part", "applied_plan", "resolve_plan", "parse_spec", "BlockSpec", "register_substitute",
     "probe", "split_sections",
     "count", "compare", "latency", "LatencyReport", "Timing", "BlockLatency",
     "blockswap", "BlockSwapResult", "PAPER_CANDIDATES", "REFERENCE_CANDIDATES", "candidate_specs",

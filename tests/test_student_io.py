@@ -70,7 +70,7 @@ def test_a_plan_made_for_another_model_is_an_error(tmp_path):
 
 def test_a_record_that_does_not_describe_the_student_is_refused_before_writing(tmp_path):
     student = fxswap.cheapen(wrn(16, 2), "G(N/4)")
-    with pytest.raises(FxswapError, match="not those of cheapen"):
+    with pytest.raises(FxswapError, match="not the plan this student was cheapened with"):
         fxswap.save_student(student, tmp_path / "a.pt", model="wrn-16-2", plan="B(2)")   # wrong plan
     with pytest.raises(FxswapError, match="not those of cheapen"):
         fxswap.save_student(student, tmp_path / "b.pt", model="wrn-16-2", plan="G(N/4)", num_classes=100)

@@ -33,6 +33,9 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
     p = subparsers.add_parser("cheapen", parents=[model], help="rewrite blocks by a spec or plan and compare costs")
     p.add_argument("spec", help='a spec ("G(N/4)"), a JSON dict {"glob": "spec"}, or a plan .json file')
     p.add_argument("--save", help="save the student with the record that rebuilds it (fxswap.load_student reads it)")
+    p.add_argument("--allow-larger", action="store_true",
+                   help="accept blocks the spec makes larger than the teacher's (cheapen's allow_larger=True); "
+                        "without it a plan naming such a block is refused and a whole-model spec keeps it")
     _add_json(p)
     _add_latency(p)
     p.set_defaults(run=run_cheapen)
@@ -113,9 +116,9 @@ def run_cheapen(args: argparse.Namespace) -> int:
     shape = parse_shape(args.input, model)
     plan = load_plan(args.spec)
     with forwarded_warnings():
-        student = cheapen(model, plan)
-    if args.save:
-        save_student(student, args.save, model=args.model, plan=plan, input_shape=shape, num_classes=args.num_classes)
+        student = cheapen(model, plan, allow_larger=args.allow_larger)
+    if args.save:  # the record cheapen left on the student says what to rebuild (blocks kept included)
+        save_student(student, args.save, model=args.model, input_shape=shape, num_classes=args.num_classes)
     student.eval()
     with torch.no_grad():
         x = torch.randn(2, *shape)

@@ -135,6 +135,9 @@ def add_parsers(subparsers, model: argparse.ArgumentParser) -> None:
                    help="time the latency table this many times round-robin, keeping medians (a busy machine)")
     p.add_argument("--json", action="store_true",
                    help="print the result as JSON (every scored candidate) instead of the table")
+    p.add_argument("--allow-larger", action="store_true",
+                   help="also sample specs that make a block larger than the teacher's (never sampled by default, "
+                        "as fxswap cheapen refuses them); build the result with fxswap cheapen --allow-larger")
     p.set_defaults(run=run_search)
 
 
@@ -160,7 +163,7 @@ def run_search(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     say(f"building the cost table ({len(candidates) if candidates else 21} candidate specs) ...", file=sys.stderr)
     cm = CostModel(model, candidates, input_shape=shape, macs=not args.no_macs or metric == "macs",
-                   seed=args.seed)
+                   seed=args.seed, allow_larger=args.allow_larger)
     if (metric == "latency" or args.latency) and where.writer:  # blockswap gives rank 0's timings to the others
         batch = args.latency_batch or args.batch_size
         say(f"measuring the latency table (batch {batch}, {args.min_run_time:g} s per timing) ...", file=sys.stderr)
@@ -195,7 +198,7 @@ def run_search(args: argparse.Namespace) -> int:
                + (f", estimated {best.latency_ms:.4g} ms" if best.latency_ms is not None else "")
                + f", Fisher {best.fisher:.5g}) saved to {out}\n{result.samples} samples scored in {scoring:.1f} s "
                f"({per:.2f} s each, {per * 1000 / 60:.1f} min per 1000); {result.seconds:.1f} s in all with the cost "
-               f"table\nbuild it: fxswap cheapen {args.model} {out}")
+               f"table\nbuild it: fxswap cheapen {args.model} {out}{' --allow-larger' if args.allow_larger else ''}")
     if args.json:
         print_json(result.to_dict())
         say(summary, file=sys.stderr)

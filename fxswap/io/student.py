@@ -7,7 +7,9 @@ small record next to the weights, in one file::
     {"fxswap_student": 1,
      "record": {"model": "wrn-16-2",            # a fxswap.models name, "timm:NAME", "tv:NAME", or "pkg.mod:factory"
                 "model_kwargs": {}, "num_classes": 10, "root": None,
-                "plan": {"layer1.0": "G(N/4)", ...},   # one spec per block, resolved
+                "plan": {"layer1.0": "G(N/4)", ...},   # one spec per block, as cheapen applied it
+                "asked": {...}, "kept": {block: why},  # what the plan asked for; blocks cheapen kept as they are
+                "allow_larger": False,                 # the cheapen option the rebuild needs
                 "blocks": ["layer1.0", ...],          # the block names the plan was made for
                 "input_shape": [3, 32, 32], "versions": {"fxswap": ..., "torch": ...}},
      "state_dict": {...}}
@@ -41,6 +43,7 @@ import torch
 from torch import nn
 
 from ..errors import FxswapError, NoBlocksError, SpecError
+from ..surgery.applied import AppliedPlan, attach, record_of
 
 __all__ = ["save_student", "load_student", "read_record", "build_model", "check_plan"]
 
@@ -125,17 +128,22 @@ def _names(names: list[str]) -> str:
     return f"{shown} ({len(names)} blocks)"
 
 
-def save_student(student: nn.Module, path: str | os.PathLike, *, model: str, plan,
+def save_student(student: nn.Module, path: str | os.PathLike, *, model: str, plan=None,
                  input_shape: tuple[int, ...] | None = None, num_classes: int | None = None,
                  root: str | None = None, model_kwargs: dict | None = None) -> dict:
     """Write ``student``'s weights and the record that rebuilds it to ``path``; return the record.
 
-    ``model`` names the teacher architecture (see :func:`build_model`), ``plan``
-    is what was given to :func:`fxswap.cheapen` (a spec, dict, list or a saved
-    search result), ``root`` the ``cheapen(..., root=)`` if any. The record is
-    checked before anything is written: the named model is built, the plan
-    resolved against its blocks and the rebuilt student's state-dict keys and
-    shapes compared with ``student``'s, so a file that is written loads.
+    ``model`` names the teacher architecture (see :func:`build_model`), ``root``
+    the ``cheapen(..., root=)`` if any. The plan stored is the one
+    :func:`fxswap.cheapen` *applied*, read off the student
+    (:func:`fxswap.applied_plan`): a whole-model spec that kept some blocks as
+    they are is stored with ``"S"`` there, so the file rebuilds exactly.
+    ``plan``, what was given to ``cheapen`` (a spec, dict, list or a saved
+    search result), is then optional and checked against the student's record;
+    for a module without one (not returned by ``cheapen``) it is required. The
+    record is checked before anything is written: the named model is built, the
+    plan re-applied and the rebuilt student's state-dict keys and shapes
+    compared with ``student``'s, so a file that is written loads.
 
     >>> import os, tempfile, fxswap
     >>> s = fxswap.cheapen(fxswap.models.wrn(10, 1), {"layer3.*": "B(2)"})
@@ -146,22 +154,28 @@ def save_student(student: nn.Module, path: str | os.PathLike, *, model: str, pla
     from ..version import __version__
     from ..blocks.block import find_blocks
     from ..surgery.partial import submodule_at
-    from ..surgery.rewrite import resolve_plan
 
     if not isinstance(student, nn.Module):
         raise FxswapError(f"save_student saves an nn.Module; got {type(student).__name__}")
+    applied = record_of(student)
+    if applied is not None and root is not None and applied.root != root:
+        raise FxswapError(f"root={root!r}, but the student was cheapened with root={applied.root!r}")
+    root = applied.root if applied is not None else root
     base = build_model(model, num_classes, model_kwargs, trust_import=True)  # the caller wrote this name
     try:
         blocks = find_blocks(submodule_at(base, root) if root else base)
     except NoBlocksError as exc:
         raise FxswapError(f"{model!r} has no residual blocks, so no plan applies to it: {exc}") from None
-    specs = resolve_plan(blocks, plan)
+    applied = _applied(blocks, plan, applied, model)
     record = {
         "model": model,
         "model_kwargs": dict(model_kwargs or {}),
         "num_classes": num_classes,
         "root": root,
-        "plan": {name: str(spec) for name, spec in specs.items()},
+        "plan": dict(applied.plan),
+        "asked": dict(applied.asked),
+        "kept": dict(applied.kept),
+        "allow_larger": applied.allow_larger,
         "blocks": [b.name for b in blocks],
         "input_shape": list(input_shape) if input_shape is not None else None,
         "versions": {"fxswap": __version__, "torch": str(torch.__version__)},
@@ -175,6 +189,31 @@ def save_student(student: nn.Module, path: str | os.PathLike, *, model: str, pla
     return record
 
 
+def _applied(blocks, plan, applied: AppliedPlan | None, model: str) -> AppliedPlan:
+    """The applied plan to store: the student's record, checked against ``plan`` and the named model's blocks;
+    without a record, ``plan`` resolved (the student must then be exactly ``cheapen(model, plan)``)."""
+    from ..surgery.rewrite import resolve_plan
+
+    names = [b.name for b in blocks]
+    if applied is None:
+        if plan is None:
+            raise FxswapError("this student carries no record of fxswap.cheapen (fxswap.applied_plan): pass plan=, "
+                              "the plan it was cheapened with")
+        specs = {n: str(s) for n, s in resolve_plan(blocks, plan).items()}
+        return AppliedPlan(specs, dict(specs))
+    if list(applied.plan) != names:
+        raise FxswapError(f"the student was cheapened from a model whose blocks are {_names(list(applied.plan))}; "
+                          f"model={model!r} has blocks {_names(names)}: name the model it was cheapened from")
+    if plan is not None:
+        given = {n: str(s) for n, s in resolve_plan(blocks, plan).items()}
+        differ = [f"{n} (plan gives {given[n]}, cheapen was asked {applied.asked.get(n)} and applied "
+                  f"{applied.plan[n]})" for n in names if given[n] not in (applied.asked.get(n), applied.plan[n])]
+        if differ:
+            raise FxswapError(f"plan= is not the plan this student was cheapened with: {', '.join(differ[:5])}"
+                              f"{' ...' if len(differ) > 5 else ''}; leave plan= out to save what cheapen applied")
+    return applied
+
+
 def _rebuild(base: nn.Module, record: dict) -> nn.Module:
     import warnings
 
@@ -182,7 +221,11 @@ def _rebuild(base: nn.Module, record: dict) -> nn.Module:
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "the plan changes nothing in block ..." was said at save time
-        return cheapen(base, record["plan"], root=record.get("root"))
+        student = cheapen(base, record["plan"], root=record.get("root"),
+                          allow_larger=bool(record.get("allow_larger", False)))
+    plan = record["plan"]  # the student is the applied plan; what it was asked for and why blocks were kept
+    return attach(student, AppliedPlan(dict(plan), dict(record.get("asked") or plan), dict(record.get("kept") or {}),
+                                       record.get("root"), bool(record.get("allow_larger", False))))
 
 
 def _check_same_layout(expected: dict, got: dict, record: dict) -> None:

@@ -28,6 +28,7 @@ from torch import nn
 
 from ..blocks.block import Block, common_path, find_blocks
 from ..errors import FxswapError, NoBlocksError
+from ..surgery.applied import AppliedPlan, record_of
 from ..tracing.modes import kept_modes
 
 from .table import render_table
@@ -94,8 +95,12 @@ class Comparison:
 
     ``teacher_latency`` / ``student_latency`` are
     :class:`fxswap.metrics.latency.LatencyReport` objects when ``compare(...,
-    latency=True)`` measured them, else ``None``. In the table a ratio above 1
-    (the student's block costs *more* than the teacher's) is marked ``*``.
+    latency=True)`` measured them, else ``None``. ``applied`` is what
+    :func:`fxswap.cheapen` did per block (:func:`fxswap.applied_plan`), when the
+    student carries that record: the table then has a ``spec`` column, and a
+    note per group of blocks kept as they are, with the reason. In the table
+    a ratio above 1 (the student's block costs *more* than the teacher's) is
+    marked ``*``.
 
     >>> c = Comparison(CostReport(1000, 1032, 50_000, (3, 32, 32)), CostReport(250, 282, 20_000, (3, 32, 32)))
     >>> print(c.table().splitlines()[2])
@@ -108,6 +113,7 @@ class Comparison:
     student: CostReport
     teacher_latency: object = None
     student_latency: object = None
+    applied: AppliedPlan | None = None
 
     @property
     def has_latency(self) -> bool:
@@ -118,23 +124,26 @@ class Comparison:
         """Per block: params and MACs (and latency, if measured) before and after, with the ratio."""
         s_blocks = {b.name: b for b in self.student.blocks}
         lat = self.has_latency
+        specs = _spec_cells(self.applied, [b.name for b in self.teacher.blocks])
         rows, marked = [], False
         for b in self.teacher.blocks:
             s = s_blocks.get(b.name, BlockCost(b.name, 0, 0, 0))
-            row = [b.name, b.params, s.params, _ratio(s.params, b.params), b.macs, s.macs, _ratio(s.macs, b.macs)]
+            row = [b.name, *specs.get(b.name, ()), b.params, s.params, _ratio(s.params, b.params), b.macs, s.macs,
+                   _ratio(s.macs, b.macs)]
             if lat:
                 row += _latency_cells(self.teacher_latency.block(b.name), self.student_latency.block(b.name))
             marked |= any(c.endswith("*") for c in row if isinstance(c, str))
             rows.append(tuple(row))
         t, s = self.teacher, self.student
-        total = ["total", t.params, s.params, _ratio(s.params, t.params), t.macs, s.macs, _ratio(s.macs, t.macs)]
+        pad = [""] if specs else []
+        total = ["total", *pad, t.params, s.params, _ratio(s.params, t.params), t.macs, s.macs, _ratio(s.macs, t.macs)]
         if lat:
             total += _latency_cells(self.teacher_latency.total, self.student_latency.total)
         marked |= any(c.endswith("*") for c in total if isinstance(c, str))
         rows.append(tuple(total))
-        rows.append(("total+BN stats", t.params_bn, s.params_bn, _ratio(s.params_bn, t.params_bn), "", "", "")
+        rows.append(("total+BN stats", *pad, t.params_bn, s.params_bn, _ratio(s.params_bn, t.params_bn), "", "", "")
                     + (("", "", "") if lat else ()))
-        header = ["block", "params", "-> params", "ratio", "MACs", "-> MACs", "ratio"]
+        header = ["block", *(["spec"] if specs else []), "params", "-> params", "ratio", "MACs", "-> MACs", "ratio"]
         if lat:
             header += ["ms", "-> ms", "ratio"]
         text = render_table(header, rows)
@@ -142,7 +151,7 @@ class Comparison:
             text += "\nlatency: median per forward pass " + self.student_latency.conditions()
         if marked:
             text += "\n* the student costs more than the teacher here"
-        return text
+        return text + _kept_notes(self.applied)
 
     def to_dict(self) -> dict:
         """Plain data (JSON-serialisable): both reports, the total ratios and, if measured, latencies.
@@ -155,7 +164,8 @@ class Comparison:
         t, s = self.teacher, self.student
         ratios = {"params": _ratio_value(s.params, t.params), "params_bn": _ratio_value(s.params_bn, t.params_bn),
                   "macs": _ratio_value(s.macs, t.macs)}
-        out = {"teacher": t.to_dict(), "student": s.to_dict(), "ratios": ratios}
+        out = {"teacher": t.to_dict(), "student": s.to_dict(), "ratios": ratios,
+               "applied": self.applied.to_dict() if self.applied is not None else None}
         if self.has_latency:
             out["teacher_latency"] = self.teacher_latency.to_dict()
             out["student_latency"] = self.student_latency.to_dict()
@@ -164,6 +174,36 @@ class Comparison:
 
     def __str__(self) -> str:
         return self.table()
+
+
+def _applied_name(applied: AppliedPlan, name: str) -> str:
+    """A teacher block's name in the record (relative to ``cheapen``'s ``root=``)."""
+    root = applied.root
+    return name[len(root) + 1:] if root and name.startswith(root + ".") else name
+
+
+def _spec_cells(applied: AppliedPlan | None, names: list[str]) -> dict[str, tuple[str]]:
+    """Per block, the spec cell: what was applied, ``S (kept)`` where the asked spec was not."""
+    if applied is None:
+        return {}
+    out = {}
+    for name in names:
+        key = _applied_name(applied, name)
+        spec = applied.plan.get(key, "-")
+        out[name] = (f"{spec} (kept)" if key in applied.kept else spec,)
+    return out
+
+
+def _kept_notes(applied: AppliedPlan | None) -> str:
+    """One line per reason: the blocks cheapen kept as they are for it."""
+    if applied is None or not applied.kept:
+        return ""
+    groups: dict[str, list[str]] = {}
+    for name, why in applied.kept.items():
+        groups.setdefault(f"asked {applied.asked.get(name, '?')}: {why}", []).append(name)
+    lines = [f"  {', '.join(names) if len(names) <= 8 else ', '.join(names[:8]) + f', ... ({len(names)} in all)'}"
+             f" ({why})" for why, names in groups.items()]
+    return f"\nkept as they are ({len(applied.kept)} block(s)):\n" + "\n".join(lines)
 
 
 def _latency_cells(t, s) -> list[str]:
@@ -315,7 +355,8 @@ def compare(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...]
     _check_module(teacher, "compare (teacher)")
     _check_module(student, "compare (student)")
     t_blocks = find_blocks(teacher)
-    result = Comparison(count(teacher, input_shape, t_blocks), count(student, input_shape, t_blocks))
+    result = Comparison(count(teacher, input_shape, t_blocks), count(student, input_shape, t_blocks),
+                        applied=record_of(student))
     if not latency:
         return result
     from .latency import latency as measure
@@ -324,4 +365,5 @@ def compare(teacher: nn.Module, student: nn.Module, input_shape: tuple[int, ...]
         result.teacher, result.student,
         measure(teacher, input_shape, device, batch, blocks=t_blocks, **latency_options),
         measure(student, input_shape, device, batch, blocks=t_blocks, **latency_options),
+        result.applied,
     )

@@ -69,7 +69,8 @@ from ..blocks.block import Block, find_blocks
 from ..errors import BudgetError, FxswapError, SpecError
 from .costs import METRICS, CostTable
 from .fisher import FisherScorer, fisher_potential, random_init
-from ..surgery.rewrite import cheapen
+from ..surgery.applied import applied_plan
+from ..surgery.rewrite import cheapen, is_larger
 from ..precision import Precision, resolve_precision
 from ..process_group import Dist, gather_objects, join
 from ..seeding import derived_seed, seeded
@@ -312,6 +313,13 @@ class CostModel:
     initialised from a seed derived from ``(seed, spec)``. ``precision``: the
     scorer's (:func:`~fxswap.search.fisher.fisher_potential`).
 
+    A spec that makes a block larger than the teacher's block is not among that
+    block's options (:func:`fxswap.surgery.rewrite.is_larger`, the rule
+    :func:`fxswap.cheapen` refuses by), so every plan sampled builds with
+    ``cheapen(teacher, plan)``; ``allow_larger=True`` offers it, and the plan
+    then needs ``cheapen(..., allow_larger=True)``. Why a spec is not offered
+    for a block is in :attr:`skipped`.
+
     >>> from fxswap.models import wrn
     >>> cm = CostModel(wrn(10, 1), ["S", "G(N/4)"], macs=False)
     >>> cm.cost({"layer1.0": "G(N/4)", "layer2.0": "S", "layer3.0": "S"})
@@ -323,11 +331,12 @@ class CostModel:
 
     def __init__(self, teacher: nn.Module, candidates: Sequence[str | BlockSpec] | None = None, *,
                  input_shape: tuple[int, ...] | None = None, macs: bool = True, seed: int = 0,
-                 reinit: bool = True, leaf_modules=(), precision: str | Precision = "auto"):
+                 reinit: bool = True, leaf_modules=(), allow_larger: bool = False,
+                 precision: str | Precision = "auto"):
         self.specs = candidate_specs(candidates)
         if not self.specs:
             raise SpecError("blockswap needs at least one candidate spec")
-        self.seed, self.leaf_modules = seed, tuple(leaf_modules)
+        self.seed, self.leaf_modules, self.allow_larger = seed, tuple(leaf_modules), bool(allow_larger)
         self.base = copy.deepcopy(teacher)
         if reinit:
             random_init(self.base, seed)
@@ -388,6 +397,11 @@ class CostModel:
             return built
 
     def _read_blocks(self, spec: str, student: nn.Module, names: list[str]) -> None:
+        if student is not self.base:  # "S" is the teacher itself
+            applied = applied_plan(student)
+            for n in [n for n in names if n in applied.kept]:  # a whole-model spec kept it: not an option
+                self.table.skipped.setdefault(n, {})[spec] = applied.kept[n]
+            names = [n for n in names if applied.plan[n] == spec]
         params, macs = self._costs(student)
         points = {b.name: b.last_conv for b in find_blocks(student, self.leaf_modules)}
         expected = self.table.teacher["params"] + sum(params[n] - self._teacher_blocks[n] for n in names)
@@ -396,6 +410,10 @@ class CostModel:
                 f"{spec} changes the network outside its blocks' modules ({params['']} params, block sums give "
                 f"{expected}): blockswap needs each block's rewrite to stay inside the block's module")
         for n in names:
+            if not self.allow_larger and is_larger(self._teacher_blocks[n], params[n]):
+                self.table.skipped.setdefault(n, {})[spec] = (f"would be larger: {self._teacher_blocks[n]:,} -> "
+                                                             f"{params[n]:,} parameters")
+                continue
             self.table.params[n][spec] = params[n]
             if self.table.macs is not None:
                 self.table.macs[n][spec] = macs.get(n, 0)
@@ -418,7 +436,8 @@ class CostModel:
         key = spec if isinstance(plan, str) else f"{spec}@{next(iter(plan))}"
         with warnings.catch_warnings(), seeded(derived_seed(self.seed, key)):
             warnings.simplefilter("ignore")
-            return cheapen(self.base, plan, leaf_modules=self.leaf_modules, strict=True)
+            return cheapen(self.base, plan, leaf_modules=self.leaf_modules, strict=True,
+                           allow_larger=self.allow_larger)
 
     # -- the table's answers, for a plan in any form cheapen accepts ---------------------------
     @property
@@ -714,6 +733,8 @@ class BlockSwapResult:
     teacher_latency_ms: float | None = None
     latency_measured_on: str | None = None
     precision: str | None = None
+    #: whether specs larger than the teacher's block were sampled (build with ``cheapen(..., allow_larger=True)``)
+    allow_larger: bool = False
 
     @property
     def best(self) -> dict[str, str]:
@@ -758,6 +779,7 @@ class BlockSwapResult:
             "samples": self.samples, "seconds": round(self.seconds, 3), "model": self.model,
             "latency_ms": best.latency_ms, "teacher_latency_ms": self.teacher_latency_ms,
             "latency_measured_on": self.latency_measured_on, "precision": self.precision,
+            "allow_larger": self.allow_larger,
             "top": [c.to_dict() for c in self.candidates[:top]],
         }
 
@@ -780,7 +802,8 @@ class BlockSwapResult:
         return cls(cands, data.get("budget"), data.get("metric", "params"), data.get("tolerance", 0.025),
                    data.get("teacher_params"), data.get("teacher_macs"), data.get("seed", 0),
                    data.get("samples", len(cands)), data.get("seconds", 0.0), data.get("model"),
-                   data.get("teacher_latency_ms"), data.get("latency_measured_on"), data.get("precision"))
+                   data.get("teacher_latency_ms"), data.get("latency_measured_on"), data.get("precision"),
+                   bool(data.get("allow_larger")))
 
 
 def share_latency(cost_model: CostModel, where: Dist) -> None:
@@ -837,7 +860,8 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
               leaf_modules=(), cost_model: CostModel | None = None, fresh_batch=None,
               fresh_init: bool = False, latency: bool = False,
               latency_batch: int | None = None, latency_options: dict | None = None,
-              process_group=None, precision: str | Precision = "auto") -> BlockSwapResult:
+              process_group=None, precision: str | Precision = "auto",
+              allow_larger: bool = False) -> BlockSwapResult:
     """BlockSwap: the best of ``samples`` random configurations within ``budget``, by Fisher potential.
 
     ``budget``: an int (parameters, or MACs with ``metric="macs"``), a float
@@ -849,7 +873,10 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     counts MACs (with fvcore, for ``input_shape``, default ``x``'s) for the
     table; a MAC budget needs it. A prebuilt ``cost_model`` may be reused
     across budgets. ``candidates="reference"`` searches the reference code's
-    23 specs (:data:`REFERENCE_CANDIDATES`).
+    23 specs (:data:`REFERENCE_CANDIDATES`). A spec that would make a block
+    larger than the teacher's is never sampled for it (the rule ``cheapen``
+    refuses by, :func:`fxswap.surgery.rewrite.is_larger`) unless
+    ``allow_larger=True``; then build with ``cheapen(..., allow_larger=True)``.
 
     As the reference scores (BayesWatch/pytorch-blockswap ``model_generator.py``
     ``rank_arch``: a new ``WideResNet`` and ``next(iter(trainloader))`` per
@@ -911,7 +938,7 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     if cost_model is None:
         shape = tuple(input_shape) if input_shape is not None else tuple(x.shape[1:])
         cost_model = CostModel(teacher, candidates, input_shape=shape, macs=macs or metric == "macs", seed=seed,
-                               reinit=reinit, leaf_modules=leaf_modules)
+                               reinit=reinit, leaf_modules=leaf_modules, allow_larger=allow_larger)
     ref = next(cost_model.base.parameters(), None)
     where = join(process_group, ref.device if ref is not None else None)
     if (latency or metric == "latency") and not cost_model.has_latency and where.writer:
@@ -927,4 +954,4 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     scored.sort(key=lambda c: -c.fisher if np.isfinite(c.fisher) else float("inf"))
     return BlockSwapResult(scored, absolute, metric, tolerance, cost_model.teacher_params, cost_model.teacher_macs,
                            seed, len(scored), time.perf_counter() - start, None, cost_model.teacher_latency,
-                           cost_model.table.measured_on, prec.label)
+                           cost_model.table.measured_on, prec.label, cost_model.allow_larger)

@@ -31,6 +31,7 @@ import io
 import fnmatch
 import operator
 import warnings
+from dataclasses import replace
 from typing import Mapping, Sequence, Union
 
 import torch
@@ -41,12 +42,14 @@ from torch import nn
 from ..blocks.block import KINDS as KIND_TEXT, Block, find_blocks, propagate_shapes
 from ..errors import MatchError, SpecError
 from ..blocks.match import BlockMatch, LocatedAdd, LocatedBranch, locate
+from .applied import AppliedPlan, attach, detach
 from .partial import submodule_at, with_part
 from .spec import BlockSpec, parse_spec
 from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets, for_host
 from ..tracing.tracer import callers, retrace_both_modes, trace, unpassed_defaults
 
-__all__ = ["cheapen", "cheapen_part", "resolve_plan", "Plan", "example_input_for", "replace_branch", "remove_branch"]
+__all__ = ["cheapen", "cheapen_part", "resolve_plan", "Plan", "example_input_for", "replace_branch", "remove_branch",
+           "is_larger"]
 
 Plan = Union[str, BlockSpec, Mapping[str, Union[str, BlockSpec]], Sequence[Union[str, BlockSpec]]]
 
@@ -195,7 +198,7 @@ def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: st
                     costs: dict, cheaper_only: bool = False) -> None:
     found = _located(gm, block, spec, owner, "branch")
     old = _params(gm.get_submodule(t) for t in {n.target for n in found.nodes if n.op == "call_module"})
-    if cheaper_only and _params([sub]) > old:
+    if cheaper_only and is_larger(old, _params([sub])):
         raise _Kept(f"would be larger: {old:,} -> {_params([sub]):,} parameters")
     costs.setdefault(block.name, old)
     replace_branch(gm, found, sub_name, sub)
@@ -325,45 +328,27 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
         _check_kinds(find_blocks(gm), resolve_plan(find_blocks(gm), plan), whole_model=whole_model)
     x = _shapes_of(gm, model, example_input)
     blocks = find_blocks(gm)
-    specs = resolve_plan(blocks, plan)
-    specs = _check_kinds(blocks, specs, whole_model=whole_model)
+    asked = resolve_plan(blocks, plan)
+    specs, skipped = _check_kinds(blocks, asked, whole_model=whole_model)
     expected = _expected_shapes(gm, blocks, specs) if x is not None else {}
     called_by = callers(gm)
     del gm
     # one spec for the whole model keeps a block it cannot rewrite, or would make larger, as it is (one
     # warning); a per-block plan names its blocks, so there each of these is an error
     kept: dict[str, str] | None = {} if whole_model else None
-    asked = dict(specs)
-    adjusted: list = []
-    for attempt in range(_SELF_CHECK_ROUNDS):
-        adjusted.clear()
-        token = (STRICT_GROUPS.set(strict), GROUPS_ADJUSTED.set(adjusted))
-        try:
-            student, costs, places = _rewrite(model, blocks, specs, leaf_modules, kept,
-                                              cheaper_only=whole_model and not allow_larger, called_by=called_by)
-        finally:
-            STRICT_GROUPS.reset(token[0])
-            GROUPS_ADJUSTED.reset(token[1])
-        if kept:
-            specs.update({name: BlockSpec("S") for name in kept})
-        if not allow_larger:
-            _check_costs(blocks, specs, costs)
-        failures = _check_shapes(student, x, places, expected, blocks, specs) if x is not None else []
-        if not failures:
-            break
-        if kept is None or attempt == _SELF_CHECK_ROUNDS - 1:
-            raise SpecError(failures[0][1])
-        for name, message in failures:  # rewrite again with these blocks kept
-            kept[name] = _reason(message)
-            specs[name] = BlockSpec("S")
+    student, adjusted = _rewrite_checked(model, blocks, specs, leaf_modules, kept, called_by, x, expected,
+                                         allow_larger=allow_larger, strict=strict)
     if kept:
         _warn_kept(blocks, asked, specs, kept)
     if adjusted:
-        listed = sorted({f"{name} ({spec}: {asked} -> {used} groups on {ch} channels)"
-                         for name, spec, ch, asked, used in adjusted if name not in (kept or {})})
+        listed = sorted({f"{name} ({spec}: {wanted} -> {used} groups on {ch} channels)"
+                         for name, spec, ch, wanted, used in adjusted if name not in (kept or {})})
         warnings.warn(f"group counts that do not divide the channels were set to the nearest that does (ties to "
                       f"more groups) in {len(listed)} place(s): {_summarise(listed, 10)}; strict=True makes "
                       f"this an error", stacklevel=2)
+    attach(student, AppliedPlan({b.name: str(specs[b.name]) for b in blocks},
+                                {b.name: str(asked[b.name]) for b in blocks}, {**skipped, **(kept or {})},
+                                None, allow_larger))
     if reinit:
         for m in student.modules():
             if hasattr(m, "reset_parameters") and m is not student:
@@ -371,6 +356,45 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
         for p in student.parameters():
             p.requires_grad_(True)
     return student
+
+
+def _rewrite_checked(model, blocks, specs: dict, leaf_modules, kept: dict | None, called_by, x, expected, *,
+                     allow_larger: bool, strict: bool):
+    """Rewrite, check costs and shapes; with ``kept`` (a whole-model spec), rewrite again without the blocks
+    that failed. Returns the student and the group counts adjusted; ``specs`` ends as the plan applied.
+
+    The student returned is exactly ``cheapen(model, specs)`` for the final ``specs``: when a branch-level
+    block was kept during a rewrite, its owner's other substitutes were named and traced with it present,
+    so the rewrite runs again without it (a saved student is rebuilt from the applied plan).
+    """
+    adjusted: list = []
+    failed_rounds = 0
+    while True:
+        adjusted.clear()
+        before, was = set(kept or ()), dict(specs)
+        token = (STRICT_GROUPS.set(strict), GROUPS_ADJUSTED.set(adjusted))
+        try:
+            student, costs, places = _rewrite(model, blocks, specs, leaf_modules, kept,
+                                              cheaper_only=kept is not None and not allow_larger,
+                                              called_by=called_by)
+        finally:
+            STRICT_GROUPS.reset(token[0])
+            GROUPS_ADJUSTED.reset(token[1])
+        if kept:
+            specs.update({name: BlockSpec("S") for name in kept})
+        if not allow_larger:
+            _check_costs(blocks, specs, costs)
+        if any(SUBSTITUTES[was[name].kind].level != "conv" for name in set(kept or ()) - before):
+            continue  # each round keeps at least one more block, so this ends
+        failures = _check_shapes(student, x, places, expected, blocks, specs) if x is not None else []
+        if not failures:
+            return student, adjusted
+        failed_rounds += 1
+        if kept is None or failed_rounds == _SELF_CHECK_ROUNDS:
+            raise SpecError(failures[0][1])
+        for name, message in failures:  # rewrite again with these blocks kept
+            kept[name] = _reason(message)
+            specs[name] = BlockSpec("S")
 
 
 #: rewrites tried when the self-check finds blocks whose substitute does not fit (a whole-model spec then
@@ -390,7 +414,10 @@ def cheapen_part(model: nn.Module, plan, root: str, **cheapen_options) -> nn.Mod
     >>> type(student.layer3[0].conv1).__name__, type(student.layer1[0].conv1).__name__
     ('Sequential', 'Conv2d')
     """
-    return with_part(model, root, cheapen(submodule_at(model, root), plan, **cheapen_options))
+    part = cheapen(submodule_at(model, root), plan, **cheapen_options)
+    record = detach(part)  # it describes the whole student (rebuilt from the model with root=), not the part
+    student = with_part(model, root, part)
+    return attach(student, replace(record, root=root)) if record is not None else student
 
 
 def _reason(message: str) -> str:
@@ -407,18 +434,21 @@ def _warn_kept(blocks, asked: dict, specs: dict, kept: dict) -> None:
     listed = [f"{name} ({why})" for name, why in kept.items()]
     if not rewritten:
         larger = all(why.startswith("would be larger") for why in kept.values())
+        first = next(b for b in blocks if b.name in kept)
         raise SpecError(f"{spec} would make no block cheaper: {_summarise(listed, 6)}"
                         + ("; use a spec that is cheaper on these blocks (docs/specs.md), or allow_larger=True to "
-                           "accept" if larger else f"; {_applicable(next(b for b in blocks if b.name in kept))}"))
+                           "accept (fxswap cheapen --allow-larger)" if larger else f"; {_applicable(first)}"))
     warnings.warn(f"{spec} cannot rewrite {len(kept)} block(s), kept as they are: {_summarise(listed, 10)}",
                   stacklevel=3)
 
 
-def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
+def _check_kinds(blocks, specs, whole_model: bool) -> tuple[dict[str, BlockSpec], dict[str, str]]:
     """Every block's spec must serve its kind. One spec for the whole model skips the blocks it does not
-    serve (attention blocks under ``B(2)``) with one warning, unless it serves none of them."""
+    serve (attention blocks under ``B(2)``) with one warning, unless it serves none of them. Returns the
+    specs to apply and, per skipped block, why."""
     out = dict(specs)
     skipped = []
+    why: dict[str, str] = {}
     for block in blocks:
         spec = specs[block.name]
         sub = SUBSTITUTES.get(spec.kind)
@@ -429,6 +459,8 @@ def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
         if whole_model:
             skipped.append(block)
             out[block.name] = BlockSpec("S")
+            why[block.name] = (f"{spec} does not apply to {block.kind} blocks" if not sub.serves(block.kind)
+                               else f"{spec} cannot replace its branch: {block.region_problem}")
             continue
         raise SpecError(f"{spec} does not apply to block {block.name!r}, a {block.kind} block "
                         f"({KIND_TEXT.get(block.kind, block.kind)}); {_applicable(block)}")
@@ -444,7 +476,7 @@ def _check_kinds(blocks, specs, whole_model: bool) -> dict[str, BlockSpec]:
         kinds = ", ".join(sorted({b.kind for b in skipped}))
         warnings.warn(f"{specs[skipped[0].name]} does not apply to some {kinds} blocks (docs/specs.md); kept as "
                       f"they are: {_summarise([b.name for b in skipped], 10)}", stacklevel=3)
-    return out
+    return out, why
 
 
 def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheaper_only: bool = False,
@@ -475,7 +507,7 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
                 kept[block.name] = _reason(str(exc))
                 continue
             old, new = sum(_params([o]) for _, o, _ in swaps), sum(_params([n]) for _, _, n in swaps)
-            if cheaper_only and new > old:
+            if cheaper_only and is_larger(old, new):
                 kept[block.name] = f"would be larger: {old:,} -> {new:,} parameters"
                 continue
             for path, conv, substitute in swaps:
@@ -491,7 +523,7 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
             by_owner.setdefault(_owner(block, sub.level), []).append((block, spec))
     if unchanged:
         warnings.warn(f"the plan changes nothing in block(s) {_summarise(unchanged)}: they have no convolution "
-                      f"that the spec applies to (G needs a full k×k conv, S-2x2 a k×k conv)", stacklevel=3)
+                      f"that the spec applies to (G needs a full k×k conv, S-2x2 a k×k conv)", stacklevel=4)
     # deepest owners first, so an enclosing owner traces the already rewritten child; a module that does not
     # trace on its own (HRNet's HighResolutionModule indexes the list its parent passes) hands its edits up
     pending = {owner: list(edits) for owner, edits in by_owner.items()}
@@ -600,7 +632,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
         return student  # nothing changed in this module: keep the original (not a retraced copy)
     if not owner:
         warnings.warn(f"block(s) {[b.name for b, _ in edits]} live in the model's own forward: the student is a "
-                      f"GraphModule, not a {type(student).__name__}", stacklevel=4)
+                      f"GraphModule, not a {type(student).__name__}", stacklevel=5)
         return new
     _set_module(student, owner, new)
     return student
@@ -608,12 +640,28 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
 
 def _check_costs(blocks, specs, costs) -> None:
     larger = [(b.name, specs[b.name], *costs[b.name]) for b in blocks
-              if b.name in costs and costs[b.name][0] is not None and costs[b.name][1] > costs[b.name][0]]
+              if b.name in costs and is_larger(*costs[b.name])]
     if larger:
         listed = [f"{name} ({spec}: {old:,} -> {new:,} parameters)" for name, spec, old, new in larger]
         raise SpecError(f"the student would be larger than the teacher in {len(larger)} block(s): "
                         f"{_summarise(listed, 10)}; use a spec that is cheaper on these blocks (docs/specs.md), or "
-                        f"allow_larger=True to accept")
+                        f"allow_larger=True (fxswap cheapen --allow-larger) to accept")
+
+
+def is_larger(teacher_params: int | None, student_params: int) -> bool:
+    """The one cost rule of :func:`cheapen` and of the search: is a rewritten block larger than the teacher's?
+
+    Parameters of the block before (``None``: nothing to compare, as for ``I``,
+    which removes the branch) and after. ``cheapen`` refuses a larger block
+    unless ``allow_larger=True`` (a whole-model spec keeps it as it is), and
+    :class:`fxswap.search.plans.CostModel` never offers that spec for that
+    block unless it was built with ``allow_larger=True``, so every plan the
+    search samples builds.
+
+    >>> is_larger(4_608, 5_184), is_larger(4_608, 4_608), is_larger(None, 0)
+    (True, False, False)
+    """
+    return teacher_params is not None and student_params > teacher_params
 
 
 def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, specs) -> list[tuple[str, str]]:
