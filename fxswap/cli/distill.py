@@ -18,6 +18,10 @@ With ``--out DIR`` the teacher's run goes to ``DIR/teacher`` and the student's t
 ``student.pt``); ``--resume`` continues both where they stopped. At the end
 ``DIR/student.pt`` holds the student with the record that rebuilds it
 (``fxswap.load_student("DIR/student.pt")``; ``fxswap export`` reads it).
+``--warm-start N`` starts the student from the trained teacher instead:
+``fxswap.cheapen(teacher, spec)`` keeps the teacher's weights outside the
+rewritten blocks, then N steps of :func:`fxswap.warm_start` fit each rewritten
+block to its teacher block (LIT's block objective) before the distillation.
 ``--csv FILE`` logs one row per epoch (``fxswap.distillation.callbacks.CSVLogger``:
 epoch, stage, lr, the loss terms, validation loss/accuracy, seconds);
 ``--tensorboard LOGDIR`` writes TensorBoard scalars (``pip install tensorboard``).
@@ -81,6 +85,10 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--train-stem-and-head", action="store_true",
                    help="--method lit: train the student's own stem and classifier (default, as lit-code: the "
                         "teacher's are copied in and frozen)")
+    p.add_argument("--warm-start", type=non_negative_int, default=0, metavar="STEPS",
+                   help="start from the teacher's weights (cheapen without re-initialisation) and first fit each "
+                        "rewritten block to its teacher block for STEPS batches (fxswap.warm_start); 0 = off, the "
+                        "student from scratch")
     p.add_argument("--teacher-checkpoint", default=None,
                    help="teacher weights: a state_dict, or a dict with 'student'/'model'/'state_dict'")
     p.add_argument("--train-teacher-epochs", type=non_negative_int, default=0,
@@ -101,8 +109,8 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.set_defaults(run=run_distill)
 
 
-def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.Module, str]:
-    """The student ``--student`` names: ``cheapen(teacher, plan, reinit=True)`` or a model by name.
+def build_student(teacher: nn.Module, text: str, num_classes: int, *, reinit: bool = True) -> tuple[nn.Module, str]:
+    """The student ``--student`` names: ``cheapen(teacher, plan, reinit=reinit)`` or a model by name.
 
     >>> from fxswap import models
     >>> _, how = build_student(models.wrn(10, 1), "G(N/4)", 10)
@@ -122,7 +130,7 @@ def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.M
             except FxswapError as model_error:
                 raise FxswapError(f"--student {text!r} is neither a block spec ({spec_error}) nor a model name "
                                   f"({model_error})") from None
-    return cheapen(teacher, plan, reinit=True), f"cheapen(teacher, {text})"
+    return cheapen(teacher, plan, reinit=reinit), f"cheapen(teacher, {text})"
 
 
 def _method(text: str):
@@ -175,6 +183,24 @@ def _teacher_weights(args, teacher, train_loader, val_loader, out, common) -> No
     else:
         print("fxswap: warning: no --teacher-checkpoint and --train-teacher-epochs 0: the teacher is untrained "
               "(random weights), so distillation transfers noise", file=sys.stderr)
+
+
+def _warm_started(args, teacher, student, num_classes, train_loader, device, out) -> nn.Module:
+    """``--warm-start``: the student rebuilt from the now-trained teacher without re-initialisation, its
+    rewritten blocks fitted to the teacher's (skipped when ``--resume`` finds a student checkpoint)."""
+    from ..distillation.checkpoint import CHECKPOINT
+    from ..distillation.warm_start import warm_start
+
+    if args.resume and out is not None and (out / "student" / CHECKPOINT).is_file():
+        echo("--warm-start skipped: --resume continues the student's checkpoint")
+        return student
+    with forwarded_warnings():
+        student, _ = build_student(teacher, args.student, num_classes, reinit=False)
+    amp = args.amp if args.amp is not None else torch.device(device).type == "cuda"
+    echo(f"warm start: {args.warm_start} steps, each rewritten block fitted to its teacher block")
+    report = warm_start(teacher, student, train_loader, steps=args.warm_start, device=device, amp=amp)
+    echo(str(report))
+    return student
 
 
 def _callbacks(args) -> list:
@@ -251,6 +277,9 @@ def run_distill(args: argparse.Namespace) -> int:
     teacher = load_model(args.teacher, num_classes, "--teacher")
     with forwarded_warnings():
         student, how = build_student(teacher, args.student, num_classes)
+    if args.warm_start and not how.startswith("cheapen"):
+        raise FxswapError(f"--warm-start fits the blocks cheapen rewrote, so --student must be a spec or plan; "
+                          f"got the model {args.student!r}")
     echo(f"data: {args.data} ({_DATA_KINDS[kind]}, {image_size}x{image_size}): {len(train_loader.dataset)} train / "
          f"{len(val_loader.dataset)} val images, {num_classes} classes; device {device}")
     echo(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
@@ -262,6 +291,10 @@ def run_distill(args: argparse.Namespace) -> int:
     common["callbacks"] = callbacks  # the student's run only
     t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
     echo(f"teacher val: loss {t_eval['loss']:.4f}, acc {100 * t_eval['acc']:.2f}%")
+    if args.warm_start:
+        student = _warm_started(args, teacher, student, num_classes, train_loader, device, out)
+        s_eval = evaluate(student, val_loader, device, amp=args.amp)
+        echo(f"student val after the warm start: loss {s_eval['loss']:.4f}, acc {100 * s_eval['acc']:.2f}%")
 
     label = method if isinstance(method, str) else json.dumps(method)
     echo(f"distilling with {label} for {epochs} epoch(s), preset {preset} (batch {batch_size}, "
