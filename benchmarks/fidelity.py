@@ -22,6 +22,10 @@ Sub-commands (``all`` runs every one, sharing one teacher; several may be named,
   KD into a shallower WRN.
 * ``urban`` (seed 002, Table 2): mimic learning (L2 on logits) into students
   of about equal parameters with 0, 1, 2, 3 conv layers.
+* ``warmstart`` (issue 19, item 4): the ``G(N/4)`` student of a *trained*
+  teacher, test error right after ``cheapen``, after :func:`fxswap.warm_start`
+  and after each epoch of KD / AT, against the same student from scratch
+  (and, at ci, with the teacher's weights kept but no warm start).
 
 Every training is a *job*; jobs run in-process (``--jobs 1``) or as parallel
 processes (small CIFAR models leave most of a big GPU idle). The teacher and
@@ -35,6 +39,45 @@ WRN-16-2 teacher, sized for a couple of hours on 2 cores (pass
 a reduced ``.npz`` (``prepare-data``), sized for one command of about 8
 minutes on one H200 with ``--jobs 12``; ``paper`` — the seeds' schedules
 (200 epochs, all data).
+
+``decide`` — the smallest grid that decides each finding (issue 19, item 3),
+2 seeds per cell (``--seeds`` to change), cells given as mean ± standard error
+across seeds, the teacher from ``--teacher-checkpoint`` (``train_teacher.py
+--keep``'s :func:`fxswap.save_student` file, or a state dict), bf16 autocast
+and channels_last where the CPU computes bf16 natively. Sizing, from the
+measured ~55–60 s per WRN-16-2 epoch on the 40,000 training images at 2
+threads bf16 (Xeon Sapphire Rapids, shared), students a little less, about
++⅓ for the teacher's forward in KD/AT, ~5 s per test pass: 10 epochs per
+student (cosine) →
+
+  ========================================================  ====  =========
+  cells (in the order they run)                              jobs  ≈ hours
+  ========================================================  ====  =========
+  Moonshine: G(N/4), wrn-16-1 × scratch/KD/AT × 2 seeds       12  2.0
+  BlockSwap: ρ over 12 plans × 1 seed at 4 epochs             12  0.7
+  BlockSwap: the pick with AT × 2 seeds (G(N/4) AT is         2  0.35
+  Moonshine's row: one training, shared by signature)
+  LIT: KD vs LIT × 2 seeds (batch 128: 32 would be ~2× the   4   0.7
+  time on 2 cores)
+  total of the ordered cells                                  30  ≈ 3.8
+  warm start: warm/scratch × KD/AT × 2 seeds × 10 epochs      8   1.3
+  SRRL, Urban: as time allows (``srrl urban``)
+  ========================================================  ====  =========
+
+The ETA printed before the first job replaces this table with rates timed on
+the machine at hand (``eta_steps`` training steps per architecture, with and
+without a teacher forward). Every finished job is appended to
+``<out>/progress.jsonl`` (flushed and fsync'ed) with its *signature* (runner,
+arguments, seed, scale, data file, teacher file, precision); a re-run with
+the same ``--out`` skips every job whose signature finished, so the grid
+spans sessions job by job (``--fresh`` ignores the record). What each
+conclusion holds at: 10 epochs on 40k images is far from the papers' 200
+epochs on 50k — a finding decided here is decided *at this scale* (results.md
+states it).
+
+    python benchmarks/fidelity.py moonshine blockswap lit warmstart --scale decide \\
+        --data ../shared/data/cifar10_subset.npz --teacher-checkpoint /work/fxswap-runs/teacher_wrn-16-2.pt \\
+        --threads 2 --out /work/fxswap-runs/decide
 
 Results: ``<out>/results.json`` and ``<out>/results.md`` (tables with the
 paper's numbers beside), and ``<out>/*.png`` when matplotlib is installed.
@@ -68,8 +111,14 @@ from torch import nn
 import fxswap
 from fxswap.blocks import find_blocks
 from fxswap.data.device import device_cifar_loaders
+from fxswap.distillation.evaluation import evaluate
+from fxswap.metrics.table import render_table
 
-EXPERIMENTS = ("moonshine", "blockswap", "lit", "srrl", "urban")
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's bf16 test, not a copy of it
+from train_teacher import native_bf16  # noqa: E402
+
+# in the order of importance: a grid cut short by its time budget has the first ones done
+EXPERIMENTS = ("moonshine", "blockswap", "lit", "warmstart", "srrl", "urban")
 
 
 @dataclass(frozen=True)
@@ -96,19 +145,35 @@ class Scale:
     preset: str | None = "cosine"   # None: each method's paper preset
     cutout: int = 0
     synthetic: bool = False
+    seeds: tuple[int, ...] | None = None     # None: one run per cell at --seed; else each cell once per seed
+    blockswap_epochs: int | None = None      # the ρ plans' epochs (None: ``epochs``)
+    precision: str = "fp32"                  # "auto": bf16 autocast + channels_last where bf16 is native
+    eta_steps: int = 0                       # training steps timed per architecture for the ETA (0: no ETA)
+    warmstart_student: str = "G(N/4)"
+    warmstart_epochs: int = 1
+    warmstart_steps: int = 2                 # fxswap.warm_start steps (batches)
+    warmstart_starts: tuple[str, ...] = ("warm", "kept", "scratch")
+    warmstart_methods: tuple[str, ...] = ("kd", "at")
 
 
 SCALES = {
     "ci": Scale("wrn-16-1", "wrn-10-1", "wrn-10-1", 32, 16, 1, 1, batch=16, image=8, blockswap_samples=4,
                 blockswap_candidates=("S", "G(N/4)", "B(2)"), blockswap_trained=2, urban_params=5_000,
                 moonshine_students=("G(N/4)", "wrn-10-1"), urban_methods=("mimic",), synthetic=True,
-                blockswap_fresh=True, lit_batch=8),  # ci exercises the reference's scoring and LIT's own batch
+                blockswap_fresh=True, lit_batch=8,  # ci exercises the reference's scoring and LIT's own batch
+                eta_steps=2),
     "cpu": Scale("wrn-16-2", "wrn-16-1", "wrn-10-2", 5000, 2000, 5, 8, blockswap_samples=200,
                  blockswap_trained=6, urban_params=100_000, lit_batch=32),
     # gpu keeps batch 128 for LIT and the shared scoring batch: batch 32 and per-candidate rebuilds would not
     # fit its 8-minute budget
     "gpu": Scale("wrn-40-2", "wrn-16-1", "wrn-16-2", None, None, 10, 30, blockswap_samples=1000,
                  blockswap_trained=8, urban_params=400_000),
+    # the smallest grid that decides each finding, 2 seeds per cell, on the 40k CIFAR-10 subset: see the
+    # module docstring for the sizing
+    "decide": Scale("wrn-16-2", "wrn-16-1", "wrn-10-2", None, None, 10, 30, blockswap_samples=200,
+                    blockswap_trained=12, blockswap_epochs=4, moonshine_students=("G(N/4)", "wrn-16-1"),
+                    urban_params=100_000, seeds=(0, 1), precision="auto", eta_steps=10, warmstart_epochs=10,
+                    warmstart_steps=100, warmstart_starts=("warm", "scratch")),
     "paper": Scale("wrn-40-2", "wrn-16-1", "wrn-16-2", None, None, 200, 200, blockswap_samples=1000,
                    blockswap_trained=30, urban_params=1_000_000, preset=None, blockswap_candidates="reference",
                    blockswap_fresh=True, lit_batch=32),
@@ -142,21 +207,54 @@ class Job:
     name: str
     kind: str
     args: dict = field(default_factory=dict)
+    seed: int | None = None   # None: the run's --seed, and no seed in the key
 
     @property
     def key(self) -> str:
-        """``experiment/name`` (phase-1 jobs: ``name``), the job's key in the results."""
-        return self.name if self.kind != "student" else f"{self.experiment}/{self.name}"
+        """``experiment/name`` (phase-1 jobs: ``name``), ``[seed N]`` appended for a per-seed job."""
+        key = self.name if self.kind in PHASE1 else f"{self.experiment}/{self.name}"
+        return key if self.seed is None else f"{key} [seed {self.seed}]"
+
+
+PHASE1 = ("teacher", "teacher_eval", "blockswap_scoring")
+SEEDED = re.compile(r"^(.*) \[seed (-?\d+)\]$")
+
+
+def seeded_jobs(ctx: dict, jobs: list[Job]) -> list[Job]:
+    """Each job once per seed of the run (``--seeds`` or the scale's), seed-major within each experiment so
+    that a grid cut short has every cell at its first seed; unchanged when the run has one seed."""
+    seeds = ctx.get("seeds")
+    if not seeds:
+        return jobs
+    return [replace(j, seed=sd) for sd in seeds for j in jobs]
 
 
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _bf16(ctx: dict) -> bool:
+    """bf16 autocast + channels_last: the scale asks for ``auto`` and the device computes bf16 natively."""
+    if ctx["scale"].precision != "auto":
+        return False
+    if "bf16" not in ctx:  # decided once per run (the answer travels to the worker processes in ctx)
+        ctx["bf16"] = native_bf16()[0]
+    return ctx["bf16"]
+
+
+def _amp_kwargs(ctx: dict) -> dict:
+    """fit's precision arguments (``fit(precision="auto")`` is not relied on: it may not exist yet)."""
+    return {"amp": True, "amp_dtype": torch.bfloat16} if _bf16(ctx) else {}
+
+
+def _layout(ctx: dict, model: nn.Module) -> nn.Module:
+    return model.to(memory_format=torch.channels_last) if _bf16(ctx) or _device().type == "cuda" else model
+
+
 def _loaders(ctx: dict, seed: int, batch: int | None = None, cutout: int | None = None):
     s: Scale = ctx["scale"]
     return device_cifar_loaders(ctx["data"], batch or s.batch, cutout=s.cutout if cutout is None else cutout,
-                                device=_device(), channels_last=_device().type == "cuda", seed=seed,
+                                device=_device(), channels_last=_device().type == "cuda" or _bf16(ctx), seed=seed,
                                 drop_last=_device().type == "cuda")
 
 
@@ -165,13 +263,24 @@ def _params(model: nn.Module) -> int:
 
 
 def _teacher(ctx: dict) -> nn.Module:
-    t = fxswap.models.create_model(ctx["scale"].teacher)
-    t.load_state_dict(torch.load(ctx["teacher_path"], map_location="cpu", weights_only=True))
-    return t
+    """The trained teacher: a :func:`fxswap.save_student` file (``train_teacher.py --keep``) or a state dict."""
+    path = ctx["teacher_path"]
+    try:
+        fxswap.read_record(path)
+    except fxswap.FxswapError:
+        t = fxswap.models.create_model(ctx["scale"].teacher)
+        t.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    else:
+        t = fxswap.load_student(path)
+        n, want = _params(t), _params(fxswap.models.create_model(ctx["scale"].teacher))
+        if n != want:
+            raise SystemExit(f"--teacher-checkpoint {path} holds a {n:,}-parameter model; this scale's teacher "
+                             f"{ctx['scale'].teacher} has {want:,}")
+    return _layout(ctx, t)
 
 
 def _fit_kwargs(ctx: dict, preset: str | None) -> dict:
-    kw = {"progress": False, "seed": ctx["seed"], "device": _device()}
+    kw = {"progress": False, "seed": ctx["seed"], "device": _device(), **_amp_kwargs(ctx)}
     chosen = _preset(ctx, preset)
     if chosen is not None:
         kw["preset"] = chosen
@@ -217,20 +326,22 @@ def _build_student(ctx: dict, student: str, teacher: nn.Module) -> nn.Module:
 
 def run_teacher(ctx: dict, **_) -> dict:
     torch.manual_seed(ctx["seed"])
-    teacher = fxswap.models.create_model(ctx["scale"].teacher)
+    teacher = _layout(ctx, fxswap.models.create_model(ctx["scale"].teacher))
     train, val = _loaders(ctx, ctx["seed"])
     hist = fxswap.train(teacher, train, val, epochs=ctx["scale"].teacher_epochs, **_fit_kwargs(ctx, "moonshine"))
-    torch.save(teacher.state_dict(), ctx["teacher_path"])
+    torch.save(teacher.to(memory_format=torch.contiguous_format).state_dict(), ctx["teacher_path"])
     return {**_final(hist), "params": _params(teacher), "epoch_seconds": hist[-1]["seconds"]}
 
 
-def run_student(ctx: dict, student: str, method: str, preset: str | None = None, batch: int | None = None) -> dict:
+def run_student(ctx: dict, student: str, method: str, preset: str | None = None, batch: int | None = None,
+                epochs: int | None = None) -> dict:
     """Train ``student`` by ``method`` (``scratch``, a fxswap.distill method, or a losses dict as JSON);
-    ``preset`` overrides the paper preset (used where the scale defers to the papers'), ``batch`` the batch."""
+    ``preset`` overrides the paper preset (used where the scale defers to the papers'), ``batch`` the batch,
+    ``epochs`` the scale's epochs."""
     teacher = _teacher(ctx)
-    model = _build_student(ctx, student, teacher)
+    model = _layout(ctx, _build_student(ctx, student, teacher))
     train, val = _loaders(ctx, ctx["seed"], batch, _cutout(ctx, preset))
-    epochs = ctx["scale"].epochs
+    epochs = epochs or ctx["scale"].epochs
     if preset is not None:
         hist = (fxswap.train(model, train, val, epochs=epochs, **_fit_kwargs(ctx, preset)) if method == "scratch"
                 else fxswap.distill(teacher, model, train, val, method=method, epochs=epochs,
@@ -241,7 +352,7 @@ def run_student(ctx: dict, student: str, method: str, preset: str | None = None,
         lit_epochs = max(1, round(epochs * 175 / 250))  # LIT: 175 LIT + 75 KD fine-tune epochs (appendix A)
         hist = fxswap.distill(teacher, model, train, val, method="lit", epochs=lit_epochs,
                               finetune_epochs=epochs - lit_epochs, progress=False, seed=ctx["seed"],
-                              device=_device())
+                              device=_device(), **_amp_kwargs(ctx))
     else:
         m = json.loads(method) if method.startswith("{") else method
         preset = "lit-kd" if student == "lit" else "moonshine"
@@ -270,11 +381,50 @@ def run_blockswap_scoring(ctx: dict, budget: int, samples: int) -> dict:
             "seconds": r.seconds}
 
 
-RUNNERS = {"teacher": run_teacher, "student": run_student, "blockswap_scoring": run_blockswap_scoring}
+def run_teacher_eval(ctx: dict, **_) -> dict:
+    """The checkpoint teacher's test error, so the tables state it (one pass over the test split)."""
+    teacher = _teacher(ctx)
+    _, val = _loaders(ctx, ctx["seed"])
+    r = evaluate(teacher, val, _device(), amp=_bf16(ctx), amp_dtype=torch.bfloat16 if _bf16(ctx) else None)
+    return {"error": 100 * (1 - r["acc"]), "params": _params(teacher)}
+
+
+def _val_error(ctx: dict, model: nn.Module, val) -> float:
+    r = evaluate(model, val, _device(), amp=_bf16(ctx), amp_dtype=torch.bfloat16 if _bf16(ctx) else None)
+    return 100 * (1 - r["acc"])
+
+
+def run_warmstart(ctx: dict, student: str, method: str, start: str, epochs: int, steps: int) -> dict:
+    """The curve a user with a trained teacher sees: test error right after ``cheapen``, after
+    :func:`fxswap.warm_start` (``start="warm"``), then after each epoch of ``method``. ``start="kept"``:
+    the teacher's weights kept, no warm start; ``"scratch"``: ``cheapen(reinit=True)``, as the papers."""
+    if start not in ("warm", "kept", "scratch"):
+        raise ValueError(f"start must be warm, kept or scratch, got {start!r}")
+    teacher = _teacher(ctx)
+    torch.manual_seed(ctx["seed"])
+    model = _layout(ctx, fxswap.cheapen(teacher, student, reinit=start == "scratch"))
+    train, val = _loaders(ctx, ctx["seed"])
+    curve = [{"epoch": 0, "stage": "cheapen", "error": _val_error(ctx, model, val)}]
+    out: dict = {}
+    if start == "warm":
+        rep = fxswap.warm_start(teacher, model, train, steps=steps, device=_device(), amp=_bf16(ctx))
+        curve.append({"epoch": 0, "stage": "warm start", "error": _val_error(ctx, model, val),
+                      "seconds": rep.seconds})
+        out["warm_start"] = {n: list(v) for n, v in rep.blocks.items()}
+    hist = fxswap.distill(teacher, model, train, val, method=method, epochs=epochs,
+                          **_fit_kwargs(ctx, "moonshine"))
+    curve += [{"epoch": h["epoch"], "stage": method, "error": 100 * (1 - h["val_acc"])} for h in hist]
+    return {**_final(hist), "params": _params(model), "curve": curve, **out}
+
+
+RUNNERS = {"teacher": run_teacher, "teacher_eval": run_teacher_eval, "student": run_student,
+           "blockswap_scoring": run_blockswap_scoring, "warmstart": run_warmstart}
 
 
 def _run_job(ctx: dict, job: Job) -> dict:
     torch.set_num_threads(ctx.get("threads") or torch.get_num_threads())
+    if job.seed is not None:
+        ctx = {**ctx, "seed": job.seed}
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -283,41 +433,86 @@ def _run_job(ctx: dict, job: Job) -> dict:
     return out
 
 
+def signature(ctx: dict, job: Job) -> str:
+    """What decides a job's result: its runner, arguments and seed, the scale, the data and the teacher. Two jobs
+    with one signature are one training (the BlockSwap G(N/4)-with-AT row is Moonshine's); a finished job whose
+    signature is in ``progress.jsonl`` is not run again."""
+    seed = ctx["seed"] if job.seed is None else job.seed
+    args = {k: v for k, v in job.args.items() if v is not None}  # an argument left at its default is the default
+    what = [job.kind, args, seed, asdict(ctx["scale"]), ctx.get("data_id"), ctx.get("teacher_id"),
+            ctx.get("bf16")]
+    return json.dumps(what, sort_keys=True, default=str)
+
+
+def finished(out: Path) -> dict[str, dict]:
+    """``{signature: result}`` of every job ``out/progress.jsonl`` records as finished (failed ones run again)."""
+    done: dict[str, dict] = {}
+    path = out / "progress.jsonl"
+    if not path.is_file():
+        return done
+    for line in path.read_text().splitlines():
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut by a kill mid-write
+            continue
+        if "sig" in row and "error_msg" not in row:
+            done[row["sig"]] = {k: v for k, v in row.items() if k not in ("key", "sig")}
+    return done
+
+
 def run_jobs(ctx: dict, jobs: list[Job], n_proc: int) -> dict[str, dict]:
-    """``{job.name: result}``; in parallel processes when ``n_proc > 1``. A failed job's result holds ``error_msg``."""
+    """``{job.key: result}``; in parallel processes when ``n_proc > 1``. A failed job's result holds ``error_msg``.
+
+    Jobs recorded as finished in ``ctx["done"]`` are not run again, and jobs with one signature run once."""
     results: dict[str, dict] = {}
-    if n_proc <= 1 or len(jobs) <= 1:
-        for job in jobs:
+    done = ctx.get("done", {})
+    todo: dict[str, list[Job]] = {}
+    for job in jobs:
+        sig = signature(ctx, job)
+        if sig in done:
+            results[job.key] = {**done[sig], "resumed": True}
+        else:
+            todo.setdefault(sig, []).append(job)
+
+    def record(sig: str, res: dict) -> None:
+        for job in todo[sig]:
+            results[job.key] = res
+            _log(ctx, job, res, sig)
+
+    if n_proc <= 1 or len(todo) <= 1:
+        for sig, same in todo.items():
             try:
-                results[job.key] = _run_job(ctx, job)
+                res = _run_job(ctx, same[0])
             except Exception as e:  # one broken run must not lose the others
-                results[job.key] = {"error_msg": f"{type(e).__name__}: {e}"}
-            _log(ctx, job, results[job.key])
+                res = {"error_msg": f"{type(e).__name__}: {e}"}
+            record(sig, res)
         return results
     with cf.ProcessPoolExecutor(max_workers=n_proc, mp_context=mp.get_context("spawn")) as pool:
-        futures = {pool.submit(_run_job, ctx, job): job for job in jobs}
+        futures = {pool.submit(_run_job, ctx, same[0]): sig for sig, same in todo.items()}
         for f in cf.as_completed(futures):
-            job = futures[f]
             try:
-                results[job.key] = f.result()
+                res = f.result()
             except Exception as e:
-                results[job.key] = {"error_msg": f"{type(e).__name__}: {e}"}
-            _log(ctx, job, results[job.key])
+                res = {"error_msg": f"{type(e).__name__}: {e}"}
+            record(futures[f], res)
     return results
 
 
-def _log(ctx: dict, job: Job, res: dict) -> None:
+def _log(ctx: dict, job: Job, res: dict, sig: str) -> None:
     if "error_msg" in res:
         msg = f"FAILED {res['error_msg']}"
     elif "error" in res:
         msg = f"error {res['error']:.2f}%  params {res.get('params', 0):,}  {res['wall']:.0f}s"
     else:
         msg = f"{res['wall']:.0f}s"
-    print(f"[{time.perf_counter() - ctx['t0']:6.0f}s] {job.experiment:9} {job.name:40} {msg}", flush=True)
+    seed = "" if job.seed is None else f" [seed {job.seed}]"
+    print(f"[{time.perf_counter() - ctx['t0']:6.0f}s] {job.experiment:9} {job.name + seed:48} {msg}", flush=True)
     if ctx.get("out"):  # one line per finished job, so a run stopped by a time limit still leaves its results
-        row = {"key": job.key, **{k: v for k, v in res.items() if k != "candidates"}}
+        row = {"key": job.key, "sig": sig, **res}  # the scoring keeps its plans: a resumed run trains from them
         with open(Path(ctx["out"]) / "progress.jsonl", "a") as f:
             f.write(json.dumps(row, default=str) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
 
 
 # ---------------------------------------------------------------------------
@@ -388,13 +583,14 @@ def moonshine_jobs(ctx, students, methods) -> list[Job]:
     s: Scale = ctx["scale"]
     students = students or list(s.moonshine_students or ("G(N/4)", "B(2)", "BG(2,M/8)", s.reduced))
     methods = methods or ["scratch", "kd", "at"]
-    return [Job("moonshine", f"{st} {m}", "student", {"student": st, "method": m}) for st in students for m in methods]
+    return seeded_jobs(ctx, [Job("moonshine", f"{st} {m}", "student", {"student": st, "method": m})
+                             for st in students for m in methods])
 
 
 def lit_jobs(ctx, students, methods) -> list[Job]:
     batch = ctx["scale"].lit_batch  # LIT's reference batch (32) for both rows, where the scale affords it
-    return [Job("lit", f"lit-student {m}", "student", {"student": "lit", "method": m, "batch": batch})
-            for m in methods or ["kd", "lit"]]
+    return seeded_jobs(ctx, [Job("lit", f"lit-student {m}", "student", {"student": "lit", "method": m, "batch": batch})
+                             for m in methods or ["kd", "lit"]])
 
 
 def srrl_jobs(ctx, students, methods) -> list[Job]:
@@ -405,12 +601,13 @@ def srrl_jobs(ctx, students, methods) -> list[Job]:
     if not methods or "scratch" in methods:
         jobs.append(Job("srrl", f"{s.srrl_student} scratch", "student",
                         {"student": s.srrl_student, "method": "scratch"}))
-    return jobs
+    return seeded_jobs(ctx, jobs)
 
 
 def urban_jobs(ctx, students, methods) -> list[Job]:
-    return [Job("urban", f"{k}-conv {m}", "student", {"student": f"urban:{k}", "method": m, "preset": "urban"})
-            for k in range(4) for m in (methods or ctx["scale"].urban_methods)]
+    return seeded_jobs(ctx, [Job("urban", f"{k}-conv {m}", "student",
+                                 {"student": f"urban:{k}", "method": m, "preset": "urban"})
+                             for k in range(4) for m in (methods or ctx["scale"].urban_methods)])
 
 
 def blockswap_budget(ctx) -> int:
@@ -426,13 +623,25 @@ def blockswap_phase2(ctx, scoring: dict) -> list[Job]:
     idx = sorted({round(i * (len(cands) - 1) / max(1, k - 1)) for i in range(k)})
     # BlockSwap's students train with its preset (cosine, Cutout 16) where the scale uses the papers' presets
     preset = "blockswap" if s.preset is None else None
+    # ρ is a rank correlation over plans, so one seed per plan; its plans may train for fewer epochs
+    first = ctx["seeds"][0] if ctx.get("seeds") else None
     jobs = [Job("blockswap", f"rank{i} scratch", "student",
-                {"student": "plan:" + json.dumps(cands[i]["plan"]), "method": "scratch", "preset": preset})
+                {"student": "plan:" + json.dumps(cands[i]["plan"]), "method": "scratch", "preset": preset,
+                 "epochs": s.blockswap_epochs}, seed=first)
             for i in idx]
-    jobs.append(Job("blockswap", "pick at", "student", {"student": "plan:" + json.dumps(cands[0]["plan"]),
-                                                         "method": "at", "preset": preset}))
-    jobs.append(Job("blockswap", "G(N/4) at", "student", {"student": "G(N/4)", "method": "at", "preset": preset}))
-    return jobs
+    pair = [Job("blockswap", "pick at", "student", {"student": "plan:" + json.dumps(cands[0]["plan"]),
+                                                    "method": "at", "preset": preset}),
+            Job("blockswap", "G(N/4) at", "student", {"student": "G(N/4)", "method": "at", "preset": preset})]
+    return jobs + seeded_jobs(ctx, pair)
+
+
+def warmstart_jobs(ctx, students, methods) -> list[Job]:
+    """The warm-start curve: each start (warm, kept, scratch) × method of the scale, per seed."""
+    s: Scale = ctx["scale"]
+    return seeded_jobs(ctx, [Job("warmstart", f"{s.warmstart_student} {start} {m}", "warmstart",
+                                 {"student": s.warmstart_student, "method": m, "start": start,
+                                  "epochs": s.warmstart_epochs, "steps": s.warmstart_steps})
+                             for start in s.warmstart_starts for m in (methods or s.warmstart_methods)])
 
 
 def spearman(a, b) -> float:
@@ -449,20 +658,95 @@ def spearman(a, b) -> float:
     return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
 
 
+def mean_se(values) -> tuple[float, float]:
+    """Mean and standard error of the mean (sample s.d. / √n; nan for one value).
+
+    >>> mean_se([10.0, 12.0])
+    (11.0, 1.0)
+    """
+    v = np.asarray(values, float)
+    se = float(v.std(ddof=1) / np.sqrt(len(v))) if len(v) > 1 else float("nan")
+    return float(v.mean()), se
+
+
+def aggregate(results: dict[str, dict]) -> dict[str, dict]:
+    """Per-seed results (``key [seed N]``) folded into one cell per key: ``error`` the mean across the seeds
+    that finished, ``se`` its standard error, ``n`` and ``errors`` the seeds' values, ``failed`` how many
+    seeds failed; curves are kept per seed (``curves``). Keys without a seed pass through.
+
+    >>> cell = aggregate({"m/a [seed 0]": {"error": 10.0}, "m/a [seed 1]": {"error": 12.0}})["m/a"]
+    >>> cell["error"], cell["se"], cell["n"]
+    (11.0, 1.0, 2)
+    """
+    groups: dict[str, list[dict]] = {}
+    for key, res in results.items():
+        m = SEEDED.match(key)
+        groups.setdefault(m.group(1) if m else key, []).append(res)
+    out = {}
+    for key, runs in groups.items():
+        ok = [r for r in runs if "error" in r and "error_msg" not in r]
+        if not ok or (len(runs) == 1 and not SEEDED.match(key)):
+            out[key] = runs[0]
+            continue
+        errors = [r["error"] for r in ok]
+        mean, se = mean_se(errors)
+        out[key] = {**ok[0], "error": mean, "se": se, "n": len(ok), "errors": errors, "failed": len(runs) - len(ok),
+                    "curves": [r["curve"] for r in ok if "curve" in r]}
+    return out
+
+
 def _cell(res: dict | None, key: str = "error") -> str:
     if res is None:
         return "not run"
     if "error_msg" in res:
         return "failed"
-    return f"{res[key]:.2f}"
+    text = f"{res[key]:.2f}"
+    if key == "error" and res.get("n", 1) > 1:
+        text += f" ± {res['se']:.2f}"
+    if res.get("failed"):
+        text += f" ({res['failed']} seed(s) failed)"
+    return text
+
+
+def warmstart_table(ctx, r: dict) -> list[str]:
+    """Test error after cheapen, after the warm start and after epochs 1, 3 and the last, per start and method."""
+    s: Scale = ctx["scale"]
+    marks = sorted({e for e in (1, 3, s.warmstart_epochs) if e <= s.warmstart_epochs})
+
+    def at(curves, stage, epoch):
+        vals = [p["error"] for c in curves for p in c if p["stage"] == stage and p["epoch"] == epoch]
+        if not vals:
+            return "—"
+        mean, se = mean_se(vals)
+        return f"{mean:.2f}" + (f" ± {se:.2f}" if len(vals) > 1 else "")
+
+    md = [f"### Warm start (issue 19, item 4): the {s.warmstart_student} student of the trained teacher, test "
+          f"error %, mean ± s.e. over seeds\n",
+          "`warm`: cheapen keeps the teacher's weights, then fxswap.warm_start "
+          f"({s.warmstart_steps} steps); `kept`: the teacher's weights, no warm start; `scratch`: "
+          "cheapen(reinit=True), as the papers.\n",
+          "| start | method | after cheapen | after warm start | " + " | ".join(f"epoch {e}" for e in marks) + " |",
+          "|---|---|---:|---:|" + "---:|" * len(marks)]
+    for name, res in r.items():
+        if "error_msg" in res:
+            md.append(f"| {name} | failed: {res['error_msg'][:60]} |")
+            continue
+        *_, start, method = name.split()
+        curves = res.get("curves") or [res.get("curve", [])]
+        cells = [at(curves, "cheapen", 0), at(curves, "warm start", 0)] + [at(curves, method, e) for e in marks]
+        md.append(f"| {start} | {method.upper()} | " + " | ".join(cells) + " |")
+    md.append("")
+    return md
 
 
 def tables(ctx, results: dict) -> tuple[str, dict]:
     """Markdown tables and a JSON summary of every experiment that ran."""
     md, summary = [], {}
     teacher = results.get("teacher")
-    if teacher is None:  # a --teacher-checkpoint run: its error is measured where it was trained
-        md.append(f"Teacher {ctx['scale'].teacher}: from {ctx['teacher_path']}; paper (WRN-40-2): 4.79 %\n")
+    if teacher is None:  # a --teacher-checkpoint run: its test error is measured once (teacher_eval)
+        ev = results.get("teacher_eval")
+        measured = f", test error {_cell(ev)} %" if ev else ""
+        md.append(f"Teacher {ctx['scale'].teacher}: from {ctx['teacher_path']}{measured}; paper (WRN-40-2): 4.79 %\n")
     else:
         md.append(f"Teacher {ctx['scale'].teacher}: error {_cell(teacher)} % "
                   f"({teacher.get('params', 0):,} params); paper (WRN-40-2): 4.79 %\n")
@@ -518,6 +802,9 @@ def tables(ctx, results: dict) -> tuple[str, dict]:
             md.append(f"| {m.upper()} | {(res or {}).get('params', 0):,} | {_cell(res)} | {PAPER['lit'][m]:.2f} |")
         summary["lit"] = r
         md.append("")
+    if "warmstart" in by:
+        md += warmstart_table(ctx, by["warmstart"])
+        summary["warmstart"] = by["warmstart"]
     if "srrl" in by:
         r = by["srrl"]
         st = ctx["scale"].srrl_student
@@ -628,10 +915,119 @@ def _limited(ctx: dict, path: Path, scale: Scale, tmp: Path) -> Path:
 # ---------------------------------------------------------------------------
 
 
-JOBS = {"moonshine": moonshine_jobs, "lit": lit_jobs, "srrl": srrl_jobs, "urban": urban_jobs}
+JOBS = {"moonshine": moonshine_jobs, "lit": lit_jobs, "warmstart": warmstart_jobs, "srrl": srrl_jobs,
+        "urban": urban_jobs}
 
 
-def run(experiments, args) -> dict:
+def _step_seconds(ctx: dict, teacher: nn.Module, student: str, distilled: bool, batch: int | None) -> tuple:
+    """(seconds per training step, per evaluation batch, training batches, evaluation batches), timed on the
+    run's data, precision and threads: one warm-up step, then the scale's ``eta_steps``."""
+    model = _layout(ctx, copy.deepcopy(teacher) if student == "teacher" else _build_student(ctx, student, teacher))
+    train, val = _loaders(ctx, 0, batch)
+    d = fxswap.Distiller(teacher if distilled else None, model, {"kd": 0.9} if distilled else {"ce": 1.0})
+    opt = torch.optim.SGD(d.parameters(), lr=1e-3)
+    autocast = torch.autocast(_device().type, dtype=torch.bfloat16, enabled=_bf16(ctx))
+    batches = iter(train)
+    x, y = next(batches)
+    times = []
+    for i in range(ctx["scale"].eta_steps + 1):
+        t0 = time.perf_counter()
+        with autocast:
+            loss, _ = d(x, y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        times.append(time.perf_counter() - t0)
+    model.eval()
+    xv, _ = next(iter(val))
+    evals = []
+    for _ in range(4):  # the first call builds kernels for the new batch shape: not counted
+        t0 = time.perf_counter()
+        with torch.no_grad(), autocast:
+            model(xv)
+        evals.append(time.perf_counter() - t0)
+    return float(np.median(times[1:])), float(np.median(evals[1:])), len(train), len(val)
+
+
+def _job_shape(ctx: dict, job: Job) -> tuple[tuple, float, int]:
+    """What a job's time depends on: ``((student, distilled, batch), epochs, extra steps)``."""
+    s: Scale = ctx["scale"]
+    a = job.args
+    if job.kind == "teacher":
+        return ("teacher", False, None), s.teacher_epochs, 0
+    if job.kind == "teacher_eval":
+        return ("teacher", False, None), 0, 0
+    if job.kind == "warmstart":
+        return (a["student"], True, None), a["epochs"], a["steps"]
+    return (a["student"], a["method"] != "scratch", a.get("batch")), a.get("epochs") or s.epochs, 0
+
+
+def estimate(ctx: dict, jobs: list[Job]) -> dict:
+    """Seconds each pending job will take at rates measured now (per student architecture, with or without a
+    teacher forward); printed as a table with the total and the finishing time before anything runs."""
+    done = ctx.get("done", {})
+    pending = [j for j in jobs if signature(ctx, j) not in done and j.kind in ("teacher", "teacher_eval",
+                                                                                "student", "warmstart")]
+    try:
+        teacher = _teacher(ctx)
+    except (FileNotFoundError, OSError, fxswap.FxswapError):  # the teacher job has not run yet: time a random one
+        teacher = _layout(ctx, fxswap.models.create_model(ctx["scale"].teacher))
+    rates: dict[tuple, tuple] = {}
+    per_exp: dict[str, float] = {}
+    seen: set[str] = set()
+    for job in pending:
+        sig = signature(ctx, job)
+        if sig in seen:  # run once (one signature), counted once
+            continue
+        seen.add(sig)
+        shape, epochs, extra = _job_shape(ctx, job)
+        student = shape[0]
+        rate_key = ("G(N/4)" if student.startswith("plan:") else student, *shape[1:])  # plans: the budget's rate
+        if rate_key not in rates:
+            rates[rate_key] = _step_seconds(ctx, teacher, *rate_key)
+        step, ev, n_train, n_val = rates[rate_key]
+        evals = 2 if job.kind == "warmstart" else 0  # the points after cheapen and after the warm start
+        per_exp[job.experiment] = per_exp.get(job.experiment, 0.0) + (
+            epochs * (n_train * step + n_val * ev) + extra * step + (evals + (job.kind == "teacher_eval")) * n_val * ev)
+    total = sum(per_exp.values())
+    rows = [(e, sum(1 for j in pending if j.experiment == e), f"{t / 60:.0f}") for e, t in per_exp.items()]
+    print(render_table(["experiment", "jobs to run", "est. minutes"], rows), flush=True)
+    finish = time.strftime("%H:%M", time.localtime(time.time() + total))
+    print(f"ETA: {total / 3600:.2f} h for {len(pending)} job(s) ({len(jobs) - len(pending)} finished earlier, "
+          f"skipped) at rates measured over {ctx['scale'].eta_steps} steps per architecture "
+          f"({len(rates)} timed; BlockSwap plans at the G(N/4) rate, its scoring not included): done about "
+          f"{finish}", flush=True)
+    return {"seconds": total, "per_experiment": per_exp,
+            "rates": {json.dumps(k): list(v) for k, v in rates.items()}}
+
+
+def _context(args, scale: Scale, out: Path) -> dict:
+    tmp = Path(tempfile.mkdtemp(prefix="fidelity-"))
+    if scale.synthetic:
+        data = synthetic_npz(tmp / "synthetic.npz", scale.train, scale.val, scale.image, args.seed)
+        data_id = f"synthetic seed {args.seed}"
+    else:
+        if not args.data or not Path(args.data).is_file():
+            raise SystemExit(f"--scale {args.scale} needs --data FILE.npz (x_train, y_train, x_test, y_test)")
+        data = _limited({}, Path(args.data), scale, tmp)
+        st = Path(args.data).stat()
+        data_id = f"{Path(args.data).resolve()} {st.st_size} {st.st_mtime_ns}"
+    ctx = {"scale": scale, "data": str(data), "seed": args.seed, "t0": time.perf_counter(),
+           "teacher_path": str(out / "teacher.pt"), "threads": args.threads, "data_id": data_id,
+           "image": scale.image if scale.synthetic else 32, "out": str(out),
+           "seeds": tuple(args.seeds) if args.seeds else scale.seeds}
+    if args.teacher_checkpoint:
+        if not Path(args.teacher_checkpoint).is_file():
+            raise SystemExit(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file")
+        ctx["teacher_path"] = args.teacher_checkpoint
+        st = Path(args.teacher_checkpoint).stat()
+        ctx["teacher_id"] = f"{Path(args.teacher_checkpoint).resolve()} {st.st_size} {st.st_mtime_ns}"
+    _bf16(ctx)  # decided here, so the signatures and the worker processes see one answer
+    ctx["done"] = {} if args.fresh else finished(out)
+    return ctx
+
+
+def _scaled(args) -> Scale:
     scale = SCALES[args.scale]
     if args.epochs:
         scale = replace(scale, epochs=args.epochs)
@@ -641,58 +1037,81 @@ def run(experiments, args) -> dict:
         scale = replace(scale, train=args.train_images)
     if args.test_images and not scale.synthetic:
         scale = replace(scale, val=args.test_images)
+    return scale
+
+
+def _placeholder_phase2(ctx) -> list[Job]:
+    """BlockSwap's students before its scoring has picked them: G(N/4)-sized stand-ins, for the ETA only."""
+    s: Scale = ctx["scale"]
+    fake = {"candidates": [{"plan": {"stand-in": i}} for i in range(max(2, s.blockswap_trained))]}
+    jobs = blockswap_phase2(ctx, fake)
+    return [replace(j, args={**j.args, "student": "plan:" + json.dumps({"stand-in": j.name})})
+            if j.args["student"].startswith("plan:") else j for j in jobs]
+
+
+def run(experiments, args) -> dict:
+    scale = _scaled(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="fidelity-"))
-    if scale.synthetic:
-        data = synthetic_npz(tmp / "synthetic.npz", scale.train, scale.val, scale.image, args.seed)
-    else:
-        if not args.data or not Path(args.data).is_file():
-            raise SystemExit(f"--scale {args.scale} needs --data FILE.npz (x_train, y_train, x_test, y_test)")
-        data = _limited({}, Path(args.data), scale, tmp)
-    ctx = {"scale": scale, "data": str(data), "seed": args.seed, "t0": time.perf_counter(),
-           "teacher_path": str(out / "teacher.pt"), "threads": args.threads,
-           "image": scale.image if scale.synthetic else 32, "out": str(out)}
+    ctx = _context(args, scale, out)
     students = [s.strip() for s in args.students.split(";")] if args.students else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     print(f"scale {args.scale}: {scale}\ndata {args.data or 'synthetic'}, device {_device()}, jobs {args.jobs}, "
-          f"seed {args.seed}", flush=True)
+          f"seed(s) {ctx['seeds'] or args.seed}, precision {'bf16 + channels_last' if _bf16(ctx) else 'fp32'}, "
+          f"{len(ctx['done'])} finished job(s) in {out / 'progress.jsonl'}", flush=True)
     phase1 = []
     results: dict = {}
     if args.teacher_checkpoint:
-        ctx["teacher_path"] = args.teacher_checkpoint
+        phase1.append(Job("teacher", "teacher_eval", "teacher_eval"))
     else:
         phase1.append(Job("teacher", "teacher", "teacher"))
     if "blockswap" in experiments:
         ctx["budget"] = blockswap_budget(ctx)
         phase1.append(Job("blockswap", "blockswap_scoring", "blockswap_scoring",
                           {"budget": ctx["budget"], "samples": scale.blockswap_samples}))
+    by_exp = {e: JOBS[e](ctx, students if e == "moonshine" else None, methods if e == "moonshine" else None)
+              for e in experiments if e in JOBS}
+    eta = None
+    if scale.eta_steps:
+        planned = [j for e in experiments for j in (by_exp.get(e, []) if e != "blockswap"
+                                                      else _placeholder_phase2(ctx))]
+        eta = estimate(ctx, phase1 + planned)
     for name, res in run_jobs(ctx, phase1, args.jobs).items():
         results[name] = res
     if "error_msg" in results.get("teacher", {}):
         raise SystemExit(f"the teacher failed: {results['teacher']['error_msg']}")
-    jobs = []
-    for e in experiments:
-        if e in JOBS:
-            jobs += JOBS[e](ctx, students if e == "moonshine" else None, methods if e == "moonshine" else None)
     if "blockswap" in experiments and "candidates" in results.get("blockswap_scoring", {}):
-        jobs += blockswap_phase2(ctx, results["blockswap_scoring"])
+        by_exp["blockswap"] = blockswap_phase2(ctx, results["blockswap_scoring"])
+    jobs = [j for e in experiments for j in by_exp.get(e, [])]  # in the order of importance
     results.update(run_jobs(ctx, jobs, args.jobs))
+    return report(ctx, args, experiments, results, eta)
+
+
+def report(ctx, args, experiments, results: dict, eta: dict | None) -> dict:
+    """results.md and results.json (written before they are printed), seeds folded into mean ± s.e."""
+    scale: Scale = ctx["scale"]
+    out = Path(ctx["out"])
     wall = time.perf_counter() - ctx["t0"]
-    md, summary = tables(ctx, results)
+    md, summary = tables(ctx, aggregate(results))
     cmd = "python benchmarks/fidelity.py " + " ".join(sys.argv[1:]) if sys.argv[1:] else "(in-process)"
     preset = scale.preset or "the papers'"
+    seeds = (f"seeds {', '.join(map(str, ctx['seeds']))} (cells: mean ± standard error across seeds)"
+             if ctx.get("seeds") else f"seed {args.seed}")
+    resumed = sum(1 for r in results.values() if r.get("resumed"))
     header = (f"## fidelity --scale {args.scale}: {', '.join(experiments)}\n\nCommand: `{cmd}`  \n"
               f"Wall time {wall / 60:.1f} min on {_device()} ({torch.get_num_threads()} threads, {args.jobs} "
-              f"process(es)); seed {args.seed}; {scale.epochs} epochs per student, teacher {scale.teacher_epochs}; "
-              f"preset {preset}; data {args.data or 'synthetic'} "
-              f"(train {scale.train or 'all'}, test {scale.val or 'all'}).\n")
+              f"process(es); {resumed} job(s) resumed from earlier sessions); {seeds}; {scale.epochs} epochs per "
+              f"student (BlockSwap ρ plans {scale.blockswap_epochs or scale.epochs}), teacher "
+              f"{scale.teacher_epochs}; preset {preset}; precision {'bf16' if _bf16(ctx) else 'fp32'}; data "
+              f"{args.data or 'synthetic'} (train {scale.train or 'all'}, test {scale.val or 'all'}).\n")
     fig = figure(summary, out)
     text = header + "\n" + md + (f"\n![error vs params]({fig})\n" if fig else "")
     (out / "results.md").write_text(text)
     scoring = results.get("blockswap_scoring", {})
-    dump = {"scale": asdict(scale), "wall_s": wall, "seed": args.seed, "experiments": list(experiments),
+    dump = {"scale": asdict(scale), "wall_s": wall, "seed": args.seed, "seeds": ctx.get("seeds"),
+            "experiments": list(experiments), "eta": eta,
             "results": {k: v for k, v in results.items() if k != "blockswap_scoring"},
+            "cells": {k: v for k, v in aggregate(results).items() if k != "blockswap_scoring"},
             "blockswap_scoring": {"seconds": scoring.get("seconds"), "top": scoring.get("candidates", [])[:5]},
             "summary_rho": summary.get("blockswap", {}).get("rho")}
     (out / "results.json").write_text(json.dumps(dump, indent=1, default=str))
@@ -709,12 +1128,17 @@ def main(argv=None):
     ap.add_argument("--out", default="runs/fidelity")
     ap.add_argument("--jobs", type=int, default=1, help="parallel training processes")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--seeds", type=int, nargs="+", help="run every cell once per seed (decide: 0 1); the tables "
+                    "give mean ± standard error across them")
+    ap.add_argument("--fresh", action="store_true", help="ignore the finished jobs recorded in --out/progress.jsonl "
+                    "(default: a re-run skips them, so a grid spans sessions)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
     ap.add_argument("--students", help="Moonshine only: ';'-separated students (specs or wrn-D-W)")
     ap.add_argument("--methods", help="Moonshine only: ','-separated methods (scratch, kd, at, ...)")
     ap.add_argument("--epochs", type=int, help="override the scale's epochs per student")
     ap.add_argument("--teacher-epochs", type=int, help="override the scale's teacher epochs")
-    ap.add_argument("--teacher-checkpoint", help="a trained teacher's state dict: skip training it")
+    ap.add_argument("--teacher-checkpoint", help="a trained teacher (fxswap.save_student file, e.g. "
+                    "train_teacher.py --keep, or a state dict): skip training it")
     ap.add_argument("--train-images", type=int, help="training images kept (prepare-data: default 15000; else "
                     "overrides the scale's)")
     ap.add_argument("--test-images", type=int, help="test images kept (prepare-data: default 3000)")

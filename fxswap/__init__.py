@@ -10,7 +10,8 @@ tree shows that flow; ``docs/design.md`` has one line per module.
 """
 from . import data, deprecated, losses, models
 from .blocks import Block, find_blocks
-from .distillation import Distiller, HintStage, LITDistiller, distill, fit, fitnets_two_stage, train
+from .distillation import (Distiller, HintStage, LITDistiller, distill, fit, fitnets_two_stage, train,
+                           warm_start)
 from .errors import BudgetError, DistillError, FxswapError, NoBlocksError, SpecError, TraceError
 from .io import ExportResult, export, load_student, read_record, save_student
 from .metrics import BlockLatency, LatencyReport, Timing, compare, count, latency
@@ -31,7 +32,7 @@ __all__ = [
     "count", "compare", "latency", "LatencyReport", "Timing", "BlockLatency",
     "blockswap", "BlockSwapResult", "PAPER_CANDIDATES", "REFERENCE_CANDIDATES", "candidate_specs",
     "fisher_potential", "sensitivity",
-    "Distiller", "LITDistiller", "HintStage", "distill", "fit", "train", "fitnets_two_stage",
+    "Distiller", "LITDistiller", "HintStage", "distill", "fit", "train", "fitnets_two_stage", "warm_start",
     "save_student", "load_student", "read_record", "export", "ExportResult",
     "FxswapError", "SpecError", "TraceError", "NoBlocksError", "BudgetError", "DistillError",
     "data", "losses", "models", "__version__",

@@ -204,3 +204,34 @@ def test_train_stem_and_head_reaches_lit_and_is_refused_elsewhere(monkeypatch, c
     assert seen["train_stem_and_head"] is False  # the reference's frozen stem and head by default
     assert main(DISTILL + ["--data", tiny_npz, "--method", "at", "--train-stem-and-head"]) == 2
     assert "applies to --method lit only" in capsys.readouterr().err
+
+
+def test_distill_warm_start_keeps_the_teacher_weights_and_fits_the_rewritten_blocks(tmp_path, monkeypatch, capsys,
+                                                                                   tiny_npz):
+    import torch
+
+    import fxswap.distillation
+
+    teacher = fxswap.models.wrn(10, 1)
+    ckpt = tmp_path / "teacher.pt"
+    torch.save(teacher.state_dict(), ckpt)
+    seen = {}
+
+    def distill(teacher_, student, *args, **kwargs):
+        seen["student"] = student
+        raise _Stop
+
+    monkeypatch.setattr(fxswap.distillation, "distill", distill)
+    assert main(DISTILL + ["--data", tiny_npz, "--teacher-checkpoint", str(ckpt), "--warm-start", "3"]) == 1
+    text = capsys.readouterr().out
+    assert "MSE before" in text and "student val after the warm start" in text
+    student = seen["student"].state_dict()
+    # outside the rewritten blocks the student starts as the teacher (without --warm-start: re-initialised)
+    assert torch.equal(student["conv1.weight"], teacher.state_dict()["conv1.weight"])
+    assert torch.equal(student["fc.weight"], teacher.state_dict()["fc.weight"])
+
+
+def test_distill_warm_start_needs_a_cheapened_student(capsys, tiny_npz):
+    argv = [a if a != "G(N/4)" else "wrn-10-1" for a in DISTILL] + ["--data", tiny_npz, "--warm-start", "2"]
+    assert main(argv) == 2
+    assert "--warm-start" in capsys.readouterr().err

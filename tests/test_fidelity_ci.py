@@ -31,12 +31,15 @@ def test_all_five_experiments_run_at_ci_scale(fidelity, tmp_path):
         assert all(0.0 <= v["error"] <= 100.0 and v["params"] > 0 for v in runs)
     assert (tmp_path / "teacher.pt").is_file()
     md = (tmp_path / "results.md").read_text()
-    for title in ("Moonshine", "BlockSwap", "LIT", "SRRL", "Urban"):
+    for title in ("Moonshine", "BlockSwap", "LIT", "Warm start", "SRRL", "Urban"):
         assert f"### {title}" in md
     assert "5.31" in md  # the paper's G(N/4) AT error printed beside ours
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["experiments"] == list(fidelity.EXPERIMENTS)
     assert dump["blockswap_scoring"]["top"]  # plans were scored
+    assert results["blockswap/G(N/4) at"] == results["moonshine/G(N/4) at"]  # one training, not two
+    warm = results["warmstart/G(N/4) warm at"]
+    assert [p["stage"] for p in warm["curve"]] == ["cheapen", "warm start", "at"] and warm["warm_start"]
     progress = (tmp_path / "progress.jsonl").read_text().splitlines()
     assert len(progress) == len(results) + 1  # every finished job left a line (+ the BlockSwap scoring)
 
@@ -66,3 +69,63 @@ def test_spearman_matches_hand_values(fidelity):
     # d = (0, 0, 1, -1): rho = 1 - 6 * 2 / (4 * 15) = 0.8
     assert fidelity.spearman([1, 2, 3, 4], [1, 2, 4, 3]) == pytest.approx(0.8)
     assert math.isnan(fidelity.spearman([1, 2], [2, 1]))
+
+
+def _progress(out):
+    return [json.loads(line) for line in (out / "progress.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_seeds_mean_se_and_resume_job_by_job(fidelity, tmp_path, capsys):
+    argv = ["moonshine", "warmstart", "--scale", "ci", "--seeds", "0", "1", "--students", "G(N/4)",
+            "--methods", "scratch,at", "--out", str(tmp_path)]
+    dump = fidelity.main(argv)
+    assert "ETA:" in capsys.readouterr().out  # measured and printed before the first job
+    results = dump["results"]
+    assert not [k for k, v in results.items() if "error_msg" in v]
+    assert {"moonshine/G(N/4) at [seed 0]", "moonshine/G(N/4) at [seed 1]"} <= set(results)
+    cell = dump["cells"]["moonshine/G(N/4) at"]
+    errors = [results[f"moonshine/G(N/4) at [seed {s}]"]["error"] for s in (0, 1)]
+    assert cell["n"] == 2 and cell["errors"] == errors
+    assert cell["error"] == pytest.approx(sum(errors) / 2)
+    assert cell["se"] == pytest.approx(abs(errors[0] - errors[1]) / 2)  # s.d./√2 of two values
+    md = (tmp_path / "results.md").read_text()
+    assert f"{cell['error']:.2f} ± {cell['se']:.2f}" in md and "### Warm start" in md
+    rows = _progress(tmp_path)
+    assert len(rows) == len(results)  # every job (the teacher too) left one line
+
+    again = fidelity.main(argv)  # every job finished: nothing runs again
+    assert len(_progress(tmp_path)) == len(rows)
+    assert all(v.get("resumed") for v in again["results"].values())
+    assert again["cells"]["moonshine/G(N/4) at"]["errors"] == errors
+
+    lines = (tmp_path / "progress.jsonl").read_text().splitlines()
+    (tmp_path / "progress.jsonl").write_text("\n".join(lines[:-1]) + "\n")  # as if killed during the last job
+    fidelity.main(argv)
+    rows = _progress(tmp_path)
+    assert len(rows) == len(lines) and rows[-1]["key"] == json.loads(lines[-1])["key"]  # that job alone re-ran
+
+    fidelity.main([*argv[:-1], str(tmp_path), "--epochs", "2"])  # another config: nothing reused
+    assert len(_progress(tmp_path)) == 2 * len(lines)
+
+
+def test_teacher_checkpoint_in_save_student_format_loads(fidelity, tmp_path):
+    import fxswap
+    import torch
+
+    teacher = fxswap.models.create_model("wrn-16-1")
+    path = tmp_path / "teacher.pt"
+    fxswap.save_student(teacher, path, model="wrn-16-1", plan="S")
+    loaded = fidelity._teacher({"scale": fidelity.SCALES["ci"], "teacher_path": str(path)})
+    assert all(torch.equal(a, b) for a, b in zip(teacher.state_dict().values(), loaded.state_dict().values()))
+    wrong = tmp_path / "wrong.pt"
+    fxswap.save_student(fxswap.models.create_model("wrn-10-1"), wrong, model="wrn-10-1", plan="S")
+    with pytest.raises(SystemExit, match="wrn-16-1"):
+        fidelity._teacher({"scale": fidelity.SCALES["ci"], "teacher_path": str(wrong)})
+
+
+def test_decide_scale_has_two_seeds_and_the_ordered_cells(fidelity):
+    s = fidelity.SCALES["decide"]
+    assert len(s.seeds) >= 2 and s.blockswap_trained >= 12
+    assert s.moonshine_students == ("G(N/4)", "wrn-16-1") and s.precision == "auto"
+    assert fidelity.EXPERIMENTS[:3] == ("moonshine", "blockswap", "lit")

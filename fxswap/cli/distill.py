@@ -18,6 +18,10 @@ With ``--out DIR`` the teacher's run goes to ``DIR/teacher`` and the student's t
 ``student_state_dict.pt``, the bare weights); ``--resume`` continues both where they stopped. At the end
 ``DIR/student.pt`` holds the student with the record that rebuilds it
 (``fxswap.load_student("DIR/student.pt")``; ``fxswap export`` reads it).
+``--warm-start N`` starts the student from the trained teacher instead:
+``fxswap.cheapen(teacher, spec)`` keeps the teacher's weights outside the
+rewritten blocks, then N steps of :func:`fxswap.warm_start` fit each rewritten
+block to its teacher block (LIT's block objective) before the distillation.
 ``--csv FILE`` logs one row per epoch (``fxswap.distillation.callbacks.CSVLogger``:
 epoch, stage, lr, the loss terms, validation loss/accuracy, seconds; accuracies there and in
 ``history.jsonl`` are fractions in [0, 1], printed ones are percentages);
@@ -83,6 +87,10 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--train-stem-and-head", action="store_true",
                    help="--method lit: train the student's own stem and classifier (default, as lit-code: the "
                         "teacher's are copied in and frozen)")
+    p.add_argument("--warm-start", type=non_negative_int, default=0, metavar="STEPS",
+                   help="start from the teacher's weights (cheapen without re-initialisation) and first fit each "
+                        "rewritten block to its teacher block for STEPS batches (fxswap.warm_start); 0 = off, the "
+                        "student from scratch")
     p.add_argument("--teacher-checkpoint", default=None,
                    help="teacher weights: a state_dict, or a dict with 'student'/'model'/'state_dict'")
     p.add_argument("--train-teacher-epochs", type=non_negative_int, default=0,
@@ -108,8 +116,8 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.set_defaults(run=run_distill)
 
 
-def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.Module, str]:
-    """The student ``--student`` names: ``cheapen(teacher, plan, reinit=True)`` or a model by name.
+def build_student(teacher: nn.Module, text: str, num_classes: int, *, reinit: bool = True) -> tuple[nn.Module, str]:
+    """The student ``--student`` names: ``cheapen(teacher, plan, reinit=reinit)`` or a model by name.
 
     >>> from fxswap import models
     >>> _, how = build_student(models.wrn(10, 1), "G(N/4)", 10)
@@ -129,7 +137,7 @@ def build_student(teacher: nn.Module, text: str, num_classes: int) -> tuple[nn.M
             except FxswapError as model_error:
                 raise FxswapError(f"--student {text!r} is neither a block spec ({spec_error}) nor a model name "
                                   f"({model_error})") from None
-    return cheapen(teacher, plan, reinit=True), f"cheapen(teacher, {text})"
+    return cheapen(teacher, plan, reinit=reinit), f"cheapen(teacher, {text})"
 
 
 def _method(text: str):
@@ -182,6 +190,24 @@ def _teacher_weights(args, teacher, train_loader, val_loader, out, common, say) 
     else:
         say("fxswap: warning: no --teacher-checkpoint and --train-teacher-epochs 0: the teacher is untrained "
               "(random weights), so distillation transfers noise", file=sys.stderr)
+
+
+def _warm_started(args, teacher, student, num_classes, train_loader, device, out, say=echo) -> nn.Module:
+    """``--warm-start``: the student rebuilt from the now-trained teacher without re-initialisation, its
+    rewritten blocks fitted to the teacher's (skipped when ``--resume`` finds a student checkpoint)."""
+    from ..distillation.checkpoint import CHECKPOINT
+    from ..distillation.warm_start import warm_start
+
+    if args.resume and out is not None and (out / "student" / CHECKPOINT).is_file():
+        say("--warm-start skipped: --resume continues the student's checkpoint")
+        return student
+    with forwarded_warnings():
+        student, _ = build_student(teacher, args.student, num_classes, reinit=False)
+    amp = args.amp if args.amp is not None else torch.device(device).type == "cuda"
+    say(f"warm start: {args.warm_start} steps, each rewritten block fitted to its teacher block")
+    report = warm_start(teacher, student, train_loader, steps=args.warm_start, device=device, amp=amp)
+    say(str(report))
+    return student
 
 
 def _callbacks(args) -> list:
@@ -282,6 +308,9 @@ def run_distill(args: argparse.Namespace) -> int:
     teacher = load_model(args.teacher, num_classes, "--teacher")
     with forwarded_warnings():
         student, how = build_student(teacher, args.student, num_classes)
+    if args.warm_start and not how.startswith("cheapen"):
+        raise FxswapError(f"--warm-start fits the blocks cheapen rewrote, so --student must be a spec or plan; "
+                          f"got the model {args.student!r}")
     say(f"data: {args.data} ({_DATA_KINDS[kind]}, {image_size}x{image_size}): {len(train_loader.dataset)} train / "
          f"{len(val_loader.dataset)} val images, {num_classes} classes; device {device}")
     say(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
@@ -303,6 +332,10 @@ def run_distill(args: argparse.Namespace) -> int:
     if where.writer:
         t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
         say(f"teacher val: loss {t_eval['loss']:.4f}, acc {percent(t_eval['acc'])}")
+    if args.warm_start:
+        student = _warm_started(args, teacher, student, num_classes, train_loader, device, out, say)
+        s_eval = evaluate(student, val_loader, device, amp=args.amp)
+        say(f"student val after the warm start: loss {s_eval['loss']:.4f}, acc {percent(s_eval['acc'])}")
 
     label = method if isinstance(method, str) else json.dumps(method)
     say(f"distilling with {label} for {epochs} epoch(s), preset {preset} (batch {batch_size}, "

@@ -11,7 +11,8 @@ from .loop import fit
 from .fitnets import HintStage
 from .recipes import METHODS, distill, fitnets_two_stage, train
 from .terms import Term, register_term
+from .warm_start import WarmStartReport, warm_start
 
 __all__ = ["Distiller", "LITDistiller", "stage_points", "fit", "distill", "train", "evaluate", "METHODS",
            "load_checkpoint", "format_history", "Term", "register_term", "HintStage", "fitnets_two_stage",
-           "Callback", "CSVLogger", "TensorBoardLogger", "WandbLogger"]
+           "Callback", "CSVLogger", "TensorBoardLogger", "WandbLogger", "warm_start", "WarmStartReport"]
