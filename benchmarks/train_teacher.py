@@ -8,11 +8,15 @@ where the CPU computes bf16 natively (``avx512_bf16`` or AMX in
 3.5–5× slower (``docs/benchmarks.md``). Every epoch is checkpointed in ``--out``;
 ``--resume`` continues a killed run exactly. At the end the student is written
 with :func:`fxswap.save_student` (model name, epochs, preset, accuracy, command)
-to ``--keep``.
+to ``--keep``. ``--init`` starts from an earlier stage's ``--keep`` (a second,
+regularised stage: Cutout and a lower lr, as below).
 
     python benchmarks/train_teacher.py --data ../shared/data/cifar10_subset.npz \\
         --out /work/fxswap-runs/teacher-wrn16-2 --epochs 40 --threads 2 --resume \\
-        --keep docs/results/teacher_wrn-16-2.pt
+        --keep /work/fxswap-runs/teacher_wrn-16-2.pt
+    python benchmarks/train_teacher.py --data ../shared/data/cifar10_subset.npz \
+        --out /work/fxswap-runs/teacher-wrn16-2-stage2 --init /work/fxswap-runs/teacher_wrn-16-2.pt \
+        --epochs 30 --lr 0.04 --cutout 16 --threads 2 --resume --keep docs/results/teacher_wrn-16-2.pt
 """
 from __future__ import annotations
 
@@ -44,6 +48,8 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
+    ap.add_argument("--lr", type=float, help="initial lr (default: the preset's)")
+    ap.add_argument("--init", help="start from this teacher (a save_student file, e.g. an earlier stage's --keep)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--keep", help="where the finished teacher goes (save_student format)")
     args = ap.parse_args(argv)
@@ -53,14 +59,15 @@ def main(argv=None) -> int:
           flush=True)
     train, val = device_cifar_loaders(args.data, args.batch, cutout=args.cutout, device="cpu",
                                       channels_last=prec.channels_last, seed=args.seed)
-    teacher = fxswap.models.create_model(args.model)
+    teacher = fxswap.load_student(args.init) if args.init else fxswap.models.create_model(args.model)
     if prec.channels_last:
         teacher = teacher.to(memory_format=torch.channels_last)
     t0 = time.time()
-    hist = fxswap.train(teacher, train, val, epochs=args.epochs, preset=args.preset, precision=prec,
+    hist = fxswap.train(teacher, train, val, epochs=args.epochs, preset=args.preset, lr=args.lr, precision=prec,
                         out_dir=args.out, resume=args.resume, seed=args.seed, progress=False)
     last = hist[-1]
-    record = {"model": args.model, "epochs": args.epochs, "preset": args.preset, "cutout": args.cutout,
+    record = {"model": args.model, "init": args.init, "lr": args.lr, "epochs": args.epochs, "preset": args.preset,
+              "cutout": args.cutout,
               "batch": args.batch, "seed": args.seed, "precision": prec.name,
               "val_acc": last.get("val_acc"), "train_images": len(train.dataset) if hasattr(train, "dataset") else None,
               "command": "python " + " ".join(shlex.quote(a) for a in sys.argv),
