@@ -109,13 +109,13 @@ import torch
 from torch import nn
 
 import fxswap
+from fxswap.precision import resolve_precision
 from fxswap.blocks import find_blocks
 from fxswap.data.device import device_cifar_loaders
 from fxswap.distillation.evaluation import evaluate
 from fxswap.metrics.table import render_table
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # the sibling script's bf16 test, not a copy of it
-from train_teacher import native_bf16  # noqa: E402
 
 # in the order of importance: a grid cut short by its time budget has the first ones done
 EXPERIMENTS = ("moonshine", "blockswap", "lit", "warmstart", "srrl", "urban")
@@ -238,7 +238,7 @@ def _bf16(ctx: dict) -> bool:
     if ctx["scale"].precision != "auto":
         return False
     if "bf16" not in ctx:  # decided once per run (the answer travels to the worker processes in ctx)
-        ctx["bf16"] = native_bf16()[0]
+        ctx["bf16"] = resolve_precision("auto", torch.device("cpu")).name == "bf16"
     return ctx["bf16"]
 
 

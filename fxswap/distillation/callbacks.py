@@ -34,7 +34,7 @@ when it is missing.
 >>> hist = fit(Distiller(None, torch.nn.Linear(4, 2)), loader, loader, epochs=2, preset="cosine",
 ...            progress=False, callbacks=[CSVLogger(path)])
 >>> print(open(path).read().splitlines()[0])
-epoch,lr,train_loss,train_ce,train_acc,val_loss,val_acc,seconds
+epoch,lr,precision,train_loss,train_ce,train_acc,val_loss,val_acc,seconds
 >>> len(open(path).read().splitlines())  # header + one row per epoch
 3
 """

@@ -878,15 +878,11 @@ def blockswap(teacher: nn.Module, budget, batch, samples: int = 1000, *,
     refuses by, :func:`fxswap.surgery.rewrite.is_larger`) unless
     ``allow_larger=True``; then build with ``cheapen(..., allow_larger=True)``.
 
-    As the reference scores (BayesWatch/pytorch-blockswap ``model_generator.py``
-    ``rank_arch``: a new ``WideResNet`` and ``next(iter(trainloader))`` per
-    candidate): ``fresh_batch`` (a callable returning ``(x, y)`` or an
-    iterable such as an augmenting DataLoader; ``batch`` may then be None)
-    gives each candidate its own minibatch, and ``fresh_init=True`` its own
-    random initialisation (seeded from ``seed`` and the candidate's index,
-    :meth:`CostModel.score`). By default every candidate sees ``batch`` and
-    one seeded initialisation per (block, spec), which ranks the candidates
-    on equal terms and is faster.
+    As the reference scores (pytorch-blockswap ``rank_arch``: a new network and
+    minibatch per candidate): ``fresh_batch`` (a callable returning ``(x, y)``
+    or an iterable; ``batch`` may then be None) gives each candidate its own
+    minibatch, ``fresh_init=True`` its own seeded initialisation. By default
+    every candidate sees ``batch`` and one initialisation per (block, spec).
 
     A latency budget (``"25ms"``, ``"60%latency"``, or ``metric="latency"``
     with a fraction; :func:`budget_metric` reads ``metric`` off the budget
