@@ -168,9 +168,9 @@ class PostAct(nn.Module):
 def test_identity_that_frees_nothing_is_a_spec_error():
     teacher = PartialNet(with_full_block=False)
     x = torch.randn(1, 3, 16, 16)
-    with pytest.raises(fxswap.SpecError, match="no cheaper|nothing cheaper"):
+    with pytest.raises(fxswap.SpecError, match="free no parameter|nothing cheaper"):
         fxswap.cheapen(teacher, "I", example_input=x)
-    with pytest.raises(fxswap.SpecError, match="no cheaper.*still reaches the output"):
+    with pytest.raises(fxswap.SpecError, match="would free no parameter.*still reaches the output"):
         fxswap.cheapen(teacher, {"partial": "I"}, example_input=x)
 
 

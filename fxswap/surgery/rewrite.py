@@ -243,7 +243,7 @@ def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str
     if not _params(gm.get_submodule(t) for t in freed):
         own = ancestors(found.branch) - ancestors(found.shortcut)
         still = [t for t in sorted(_modules_of(gm, after & own)) if _params([gm.get_submodule(t)])]
-        raise _Kept(f"{spec} would make block {block.name!r} no cheaper: with its residual add removed, its branch "
+        raise _Kept(f"{spec} on block {block.name!r}: would free no parameter: with its residual add removed, its branch "
                     f"({_summarise([repr(t) for t in still], 3)}) still reaches the output another way (a partial "
                     f"residual such as ReXNet's, which adds to some channels and concatenates the rest), so no "
                     f"parameter goes; give this block 'S' or a spec that replaces its branch")
