@@ -46,6 +46,7 @@ from .applied import AppliedPlan, attach, detach
 from .partial import submodule_at, with_part
 from .spec import BlockSpec, parse_spec
 from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets, for_host
+from ..tracing.prune import ancestors, live_nodes
 from ..tracing.tracer import callers, retrace_both_modes, trace, unpassed_defaults
 
 __all__ = ["cheapen", "cheapen_part", "resolve_plan", "Plan", "example_input_for", "replace_branch", "remove_branch",
@@ -112,10 +113,36 @@ def _set_module(root: nn.Module, path: str, new: nn.Module) -> None:
     setattr(root.get_submodule(parent) if parent else root, name, new)
 
 
-def _like(new: nn.Module, old: nn.Module) -> nn.Module:
-    """Put ``new`` on the device/dtype of ``old``'s first parameter."""
-    ref = next(old.parameters(), None)
-    return new.to(device=ref.device, dtype=ref.dtype) if ref is not None else new
+def _like(new: nn.Module, replaced: Sequence[nn.Module], caller: nn.Module) -> nn.Module:
+    """Put ``new`` where ``replaced`` were: on the device/dtype of their first parameter (else ``caller``'s),
+    and in their train/eval mode.
+
+    The one place a substitute gets its mode. A fresh module trains; left so,
+    an eval student would normalise with batch statistics and overwrite the
+    new BatchNorms' running stats in a ``no_grad`` eval forward. Where the
+    replaced modules agree, every module of ``new`` takes their flag; where
+    they disagree (a fine-tuning teacher with its BatchNorms frozen in eval),
+    each module of ``new`` takes the flag of the replaced modules of its own
+    sort (normalisation or not) when those agree, else the flag of ``caller``,
+    the module whose forward calls it.
+
+    >>> conv = nn.Conv2d(4, 4, 3).eval()
+    >>> [m.training for m in _like(nn.Sequential(nn.Conv2d(4, 4, 1), nn.BatchNorm2d(4)), [conv], conv).modules()]
+    [False, False, False]
+    """
+    ref = next((p for m in (*replaced, caller) for p in m.parameters()), None)
+    if ref is not None:
+        new.to(device=ref.device, dtype=ref.dtype)
+    flags = {m.training for m in replaced}
+    for m in new.modules():
+        kin = {o.training for o in replaced if _is_norm(o) == _is_norm(m)}
+        m.training = (next(iter(flags)) if len(flags) == 1 else next(iter(kin)) if len(kin) == 1
+                      else caller.training)
+    return new
+
+
+def _is_norm(module: nn.Module) -> bool:
+    return isinstance(module, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm))
 
 
 def _applicable(block: Block) -> str:
@@ -195,17 +222,41 @@ def remove_branch(gm: fx.GraphModule, found: LocatedAdd) -> fx.Node:
 
 
 def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str, sub_name: str, sub: nn.Module,
-                    costs: dict, cheaper_only: bool = False) -> None:
+                    costs: dict, caller: nn.Module, cheaper_only: bool = False) -> None:
     found = _located(gm, block, spec, owner, "branch")
-    old = _params(gm.get_submodule(t) for t in {n.target for n in found.nodes if n.op == "call_module"})
+    called = dict.fromkeys(n.target for n in found.nodes if n.op == "call_module")
+    region = [gm.get_submodule(t) for t in called]
+    old = _params(region)
+    # what the substitute replaces: the region's modules nothing outside it calls (a ReLU module the block
+    # also applies after its add stays, with its own flag)
+    outside = {n.target for n in gm.graph.nodes if n.op == "call_module" and n not in set(found.nodes)}
+    replaced = [gm.get_submodule(t) for t in called if t not in outside] or region
     if cheaper_only and is_larger(old, _params([sub])):
         raise _Kept(f"would be larger: {old:,} -> {_params([sub]):,} parameters")
     costs.setdefault(block.name, old)
-    replace_branch(gm, found, sub_name, sub)
+    replace_branch(gm, found, sub_name, _like(sub, replaced, caller))
 
 
 def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str) -> None:
-    remove_branch(gm, _located(gm, block, spec, owner, "add"))
+    """``I`` on one block, refused when it would disconnect no parameter: the branch still feeds the output
+    some other way, so the student would be as large as the teacher and compute something else."""
+    found = _located(gm, block, spec, owner, "add")
+    before, after = live_nodes(gm.graph), live_nodes(gm.graph, {found.add: found.shortcut})
+    freed = _modules_of(gm, before) - _modules_of(gm, after)
+    if not _params(gm.get_submodule(t) for t in freed):
+        own = ancestors(found.branch) - ancestors(found.shortcut)
+        still = [t for t in sorted(_modules_of(gm, after & own)) if _params([gm.get_submodule(t)])]
+        raise _Kept(f"{spec} on block {block.name!r}: would free no parameter: with its residual add removed, its branch "
+                    f"({_summarise([repr(t) for t in still], 3)}) still reaches the output another way (a partial "
+                    f"residual such as ReXNet's, which adds to some channels and concatenates the rest), so no "
+                    f"parameter goes; give this block 'S' or a spec that replaces its branch")
+    remove_branch(gm, found)
+
+
+def _modules_of(gm: fx.GraphModule, nodes) -> set[str]:
+    """The submodules (``get_attr``: the module holding the tensor) that ``nodes`` use."""
+    return {str(n.target) if n.op == "call_module" else str(n.target).rpartition(".")[0]
+            for n in nodes if n.op in ("call_module", "get_attr")} - {""}
 
 
 def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
@@ -340,6 +391,7 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
                                          allow_larger=allow_larger, strict=strict)
     if kept:
         _warn_kept(blocks, asked, specs, kept)
+    _check_cheaper(model, student, places, allow_larger)
     if adjusted:
         listed = sorted({f"{name} ({spec}: {wanted} -> {used} groups on {ch} channels)"
                          for name, spec, ch, wanted, used in adjusted if name not in (kept or {})})
@@ -512,7 +564,8 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
                 continue
             for path, conv, substitute in swaps:
                 replaced.add(path)
-                _set_module(student, path, _like(substitute, conv))
+                parent = student.get_submodule(path.rpartition(".")[0])
+                _set_module(student, path, _like(substitute, [conv], parent))
                 places[("conv", path)] = (block, spec, path)
             if swaps:
                 costs[block.name] = [old, new]
@@ -592,7 +645,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
         sub = SUBSTITUTES[spec.kind]
         if sub.level == "branch":
             name = _free_name(owner_mod, "substitute", i)
-            new = _like(for_host(sub.builder_for(block.kind)(spec, block), block), owner_mod)
+            new = for_host(sub.builder_for(block.kind)(spec, block), block)
             built.append((block, spec, name, new))
             places[("branch", block.name)] = (block, spec, f"{owner}.{name}" if owner else name)
         else:
@@ -609,7 +662,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
                 if name is None:
                     _remove_branch(gm, block, spec, owner)
                 else:
-                    _replace_branch(gm, block, spec, owner, name, sub, old_costs, cheaper_only)
+                    _replace_branch(gm, block, spec, owner, name, sub, old_costs, owner_mod, cheaper_only)
             except SpecError as exc:
                 if kept is None:
                     raise
@@ -636,6 +689,21 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
         return new
     _set_module(student, owner, new)
     return student
+
+
+def _check_cheaper(model: nn.Module, student: nn.Module, places: dict, allow_larger: bool) -> None:
+    """A plan that rewrites something must leave fewer parameters (docs/specs.md), or more only with
+    ``allow_larger``: a student as large as its teacher but computing something else is never asked for.
+    (A plan that rewrites nothing has had its warning.)"""
+    rewritten = list(dict.fromkeys(f"{block.name} ({spec})" for block, spec, _ in places.values()))
+    before, after = _params([model]), _params([student])
+    if not rewritten or after < before or (after > before and allow_larger):
+        return
+    how = "as many as" if after == before else "more than"
+    raise SpecError(f"the plan makes nothing cheaper: the student has {after:,} parameters, {how} the teacher's "
+                    f"{before:,}, although it rewrites {_summarise(rewritten, 6)}; the modules these rewrites "
+                    f"replace are still used elsewhere in the forward. Use a spec that is cheaper on these blocks "
+                    f"(docs/specs.md)" + ("" if after == before else ", or allow_larger=True to accept"))
 
 
 def _check_costs(blocks, specs, costs) -> None:

@@ -29,6 +29,8 @@ import torch.fx as fx
 from torch import nn
 
 from ..errors import TraceError
+from .modes import kept_modes
+from .prune import live_nodes, prune_disconnected
 
 __all__ = ["trace", "FxswapTracer", "node_scope", "ModeSwitch", "retrace_both_modes", "default_arguments", "callers",
            "weight_passing_modules", "clear_foreign_proxies"]
@@ -521,7 +523,11 @@ def retrace_both_modes(
     """Trace ``module`` in train and eval mode, apply ``edit`` to each graph.
 
     Returns one GraphModule when both modes trace to the same code, else a
-    :class:`ModeSwitch`. ``module`` is restored to its original mode.
+    :class:`ModeSwitch`. What the edit disconnects from the output is removed
+    (:func:`fxswap.tracing.prune.prune_disconnected`). Every module keeps its own ``training`` flag: ``module``
+    is restored (each submodule to its own flag, mixed flags included) before
+    ``edit`` runs, and the result takes ``module``'s flag without touching the
+    flags of the modules it calls.
 
     >>> import torch
     >>> from fxswap.models import wrn
@@ -535,22 +541,38 @@ def retrace_both_modes(
     """
     was_training = module.training
     graphs = []
-    try:
-        for mode in (True, False):
+    for mode in (True, False):
+        with kept_modes(module):  # trace in one mode; the edit then sees every module's own flag again
             module.train(mode)
             gm = trace(module, leaf_modules, concrete_args=concrete_args, _trace_paths=trace_paths)
-            edit(gm)
-            gm.graph.eliminate_dead_code()
-            gm.graph.lint()
-            gm.recompile()
-            gm.delete_all_unused_submodules()
-            graphs.append(gm)
-    finally:
-        module.train(was_training)
+        live = live_nodes(gm.graph)
+        edit(gm)
+        prune_disconnected(gm, live)  # what the edit cut off goes: no dead weights in the state dict
+        _keep_flags(gm, module, was_training)
+        graphs.append(gm)
     train_gm, eval_gm = graphs
     if train_gm.code == eval_gm.code:
-        train_gm.train(was_training)
         return train_gm
     switch = ModeSwitch(train_gm, eval_gm)
-    switch.train(was_training)
+    switch.training = was_training
     return switch
+
+
+def _keep_flags(gm: fx.GraphModule, module: nn.Module, training: bool) -> None:
+    """The retraced ``gm`` stands for ``module``: it takes ``module``'s flag, and the plain ``nn.Module``
+    that fx creates for each intermediate path (``conv2`` of a copied ``conv2.conv``) the flag of the module
+    it stands for. Not ``gm.train(training)``: that would overwrite the flag of every module it calls
+    (a BatchNorm frozen in eval inside a training block stays in eval)."""
+    gm.training = training
+    for path, sub in gm.named_modules():
+        if path and type(sub) is nn.Module:
+            original = _submodule_or_none(module, path)
+            if original is not None:
+                sub.training = original.training
+
+
+def _submodule_or_none(module: nn.Module, path: str) -> nn.Module | None:
+    try:
+        return module.get_submodule(path)
+    except AttributeError:
+        return None
