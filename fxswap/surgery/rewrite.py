@@ -242,7 +242,9 @@ def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str
     some other way, so the student would be as large as the teacher and compute something else."""
     found = _located(gm, block, spec, owner, "add")
     before, after = live_nodes(gm.graph), live_nodes(gm.graph, {found.add: found.shortcut})
-    freed = _modules_of(gm, before) - _modules_of(gm, after)
+    # a call that stops running counts even when its module runs elsewhere (a module shared by two blocks,
+    # both given I: each add removed frees its own call); a branch that still feeds the output frees none
+    freed = _modules_of(gm, before - after)
     if not _params(gm.get_submodule(t) for t in freed):
         own = ancestors(found.branch) - ancestors(found.shortcut)
         still = [t for t in sorted(_modules_of(gm, after & own)) if _params([gm.get_submodule(t)])]
@@ -387,8 +389,8 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
     # one spec for the whole model keeps a block it cannot rewrite, or would make larger, as it is (one
     # warning); a per-block plan names its blocks, so there each of these is an error
     kept: dict[str, str] | None = {} if whole_model else None
-    student, adjusted = _rewrite_checked(model, blocks, specs, leaf_modules, kept, called_by, x, expected,
-                                         allow_larger=allow_larger, strict=strict)
+    student, adjusted, places = _rewrite_checked(model, blocks, specs, leaf_modules, kept, called_by, x, expected,
+                                                 allow_larger=allow_larger, strict=strict)
     if kept:
         _warn_kept(blocks, asked, specs, kept)
     _check_cheaper(model, student, places, allow_larger)
@@ -413,7 +415,8 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
 def _rewrite_checked(model, blocks, specs: dict, leaf_modules, kept: dict | None, called_by, x, expected, *,
                      allow_larger: bool, strict: bool):
     """Rewrite, check costs and shapes; with ``kept`` (a whole-model spec), rewrite again without the blocks
-    that failed. Returns the student and the group counts adjusted; ``specs`` ends as the plan applied.
+    that failed. Returns the student, the group counts adjusted and the places rewritten (``_rewrite``'s);
+    ``specs`` ends as the plan applied.
 
     The student returned is exactly ``cheapen(model, specs)`` for the final ``specs``: when a branch-level
     block was kept during a rewrite, its owner's other substitutes were named and traced with it present,
@@ -440,7 +443,7 @@ def _rewrite_checked(model, blocks, specs: dict, leaf_modules, kept: dict | None
             continue  # each round keeps at least one more block, so this ends
         failures = _check_shapes(student, x, places, expected, blocks, specs) if x is not None else []
         if not failures:
-            return student, adjusted
+            return student, adjusted, places
         failed_rounds += 1
         if kept is None or failed_rounds == _SELF_CHECK_ROUNDS:
             raise SpecError(failures[0][1])
