@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import warnings
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -46,7 +47,7 @@ from ..process_group import Dist, gather_objects
 from ..seeding import derived_seed, epoch_seed, reseed
 from .history import Meter
 
-__all__ = ["Strided", "shard_loader", "set_epoch", "reseed_epoch", "wrap", "sync_buffers", "digest", "check_same",
+__all__ = ["Strided", "shard_loader", "set_epoch", "reseed_epoch", "wrap", "sync_buffers", "quiet_bucket_strides", "digest", "check_same",
            "all_finite",
            "reduce_train", "reduce_eval", "sync_batchnorm"]
 
@@ -146,10 +147,12 @@ def reseed_epoch(seed: int, epoch: int, phase: int, loader, where: Dist) -> None
         loader.generator.manual_seed(shared)
 
 
-def wrap(distiller: nn.Module, where: Dist, device: torch.device) -> nn.Module:
+def wrap(distiller: nn.Module, where: Dist, device: torch.device, channels_last: bool = False) -> nn.Module:
     """``distiller`` in ``DistributedDataParallel`` over ``where``'s group (``distiller`` itself in one
     process). DDP copies rank 0's parameters and buffers to every rank now and averages the gradients of
     ``distiller.parameters()`` (student and connectors; the teacher is not among them) at every backward.
+    ``channels_last`` (the run's inputs are): the trained 4-d weights take that layout first, so that their
+    gradients match DDP's buckets (else DDP warns on every run that the strides differ and copies).
 
     >>> from fxswap.process_group import SINGLE
     >>> m = nn.Linear(2, 2); wrap(m, SINGLE, torch.device("cpu")) is m
@@ -168,7 +171,29 @@ def wrap(distiller: nn.Module, where: Dist, device: torch.device) -> nn.Module:
                  for pname, p in m.named_parameters(recurse=False) if id(p) not in trained]
     if untrained:
         DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(distiller, untrained)
+    if channels_last:
+        with torch.no_grad():
+            for p in distiller.parameters():
+                if p.dim() == 4:
+                    p.data = p.data.contiguous(memory_format=torch.channels_last)
     return DistributedDataParallel(distiller, device_ids=ids, process_group=where.group)
+
+
+@contextlib.contextmanager
+def quiet_bucket_strides(where: Dist) -> Iterator[None]:
+    """Over several processes with channels_last inputs, DDP notes on every run that a 1×1 conv's gradient
+    strides differ from its bucket's (a 1×1 weight is both NCHW- and NHWC-contiguous, so no layout of the
+    weight avoids it; DDP copies that one gradient): the note is hidden while the loop runs, nothing else is.
+
+    >>> from fxswap.process_group import SINGLE
+    >>> with quiet_bucket_strides(SINGLE): pass
+    """
+    if where.world == 1:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Grad strides do not match bucket view strides")
+        yield
 
 
 def sync_buffers(module: nn.Module, where: Dist) -> None:

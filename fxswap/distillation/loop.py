@@ -493,8 +493,8 @@ def fit(
     run.callbacks = hooks if run.where.writer else CallbackList(None)
     start, history = _start(run, resume)
     was_training = distiller.training
-    with ranks.sync_batchnorm(run.student, sync_batchnorm, run.where, run.device):
-        run.stepper = ranks.wrap(distiller, run.where, run.device)
+    with ranks.sync_batchnorm(run.student, sync_batchnorm, run.where, run.device), ranks.quiet_bucket_strides(run.where):
+        run.stepper = ranks.wrap(distiller, run.where, run.device, run.precision.channels_last)
         _epochs(run, start, history)
     if run.out is not None and run.where.writer:
         atomic_write(run.out / STUDENT, lambda f: torch.save(run.student.state_dict(), f))
