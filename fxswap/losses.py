@@ -182,15 +182,21 @@ def _check_logits(student_logits: Tensor, teacher_logits: Tensor | None, what: s
         )
 
 
-def _check_targets(targets: Tensor | None, logits: Tensor, what: str) -> None:
+def _label_targets(targets: Tensor | None, logits: Tensor, what: str) -> Tensor:
+    """The targets as ``F.cross_entropy`` takes them: class indices (as long), or class probabilities of
+    shape (N, C) as they are (mixup/cutmix's soft targets, :mod:`fxswap.distillation.augment`)."""
     if targets is None:
         raise FxswapError(f"{what}: targets (class indices) are needed when the hard-label weight is > 0")
+    if targets.dtype.is_floating_point and targets.shape == logits.shape:
+        return targets
     integer = not (targets.dtype.is_floating_point or targets.dtype.is_complex or targets.dtype == torch.bool)
     if targets.shape != logits.shape[:1] or not integer:
         raise FxswapError(
-            f"{what}: targets must be integer class indices of shape ({logits.shape[0]},), got "
+            f"{what}: targets must be integer class indices of shape ({logits.shape[0]},) or class "
+            f"probabilities of shape {tuple(logits.shape)} (mixup's soft targets), got "
             f"shape {tuple(targets.shape)} dtype {targets.dtype}"
         )
+    return targets.long()
 
 
 def _check_temperature(T: float, what: str) -> None:
@@ -354,8 +360,7 @@ def kd_loss(
         soft = kl.sum() / student_logits.shape[0] * (T * T * alpha)
     if alpha == 1.0:
         return soft
-    _check_targets(targets, student_logits, what)
-    return soft + F.cross_entropy(student_logits, targets.long()) * (1.0 - alpha)
+    return soft + F.cross_entropy(student_logits, _label_targets(targets, student_logits, what)) * (1.0 - alpha)
 
 
 # ---------------------------------------------------------------------------
@@ -628,9 +633,9 @@ def srrl_loss(
     True
     """
     _check_logits(student_logits, None, "srrl_loss")
-    _check_targets(targets, student_logits, "srrl_loss")
+    labels = _label_targets(targets, student_logits, "srrl_loss")
     l_fm, l_sr = srrl_losses(student_feat_map, teacher_feat_map, teacher_classifier, teacher_logits, connector)
-    return F.cross_entropy(student_logits, targets.long()) + alpha * l_fm + beta * l_sr
+    return F.cross_entropy(student_logits, labels) + alpha * l_fm + beta * l_sr
 
 
 # ---------------------------------------------------------------------------
@@ -702,8 +707,7 @@ def lit_kd_loss(
     loss = (1.0 - alpha) * soft
     if alpha == 0.0:
         return loss
-    _check_targets(targets, student_logits, what)
-    return loss + alpha * F.cross_entropy(student_logits, targets.long())
+    return loss + alpha * F.cross_entropy(student_logits, _label_targets(targets, student_logits, what))
 
 
 def lit_loss(

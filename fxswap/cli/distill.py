@@ -26,6 +26,13 @@ block to its teacher block (LIT's block objective) before the distillation.
 epoch, stage, lr, the loss terms, validation loss/accuracy, seconds; accuracies there and in
 ``history.jsonl`` are fractions in [0, 1], printed ones are percentages);
 ``--tensorboard LOGDIR`` writes TensorBoard scalars (``pip install tensorboard``).
+The student's run takes timm's regularisers: ``--mixup A --cutmix A
+--label-smoothing E`` (``fit(mixup=...)``, :mod:`fxswap.distillation.augment`),
+``--ema DECAY`` (``fit(ema=...)``: ``val_acc_ema`` in the history,
+``DIR/student/student_ema_state_dict.pt``; with ``--ema-export`` the
+``DIR/student.pt`` holds the EMA weights instead of the last ones), and on
+ImageFolder data ``--auto-augment randaugment|trivialaugment``
+(``transforms.v2``; CIFAR keeps its per-sample transforms).
 From Python, ``fit``/``distill`` take ``callbacks=[...]``, W&B included
 (:mod:`fxswap.distillation.callbacks`).
 
@@ -46,8 +53,8 @@ from torch import nn
 
 from ..errors import FxswapError, SpecError
 from ..process_group import join
-from .common import (check_writable, echo, forwarded_warnings, load_model, load_plan, load_weights, non_negative_int,
-                     noted_warnings, positive_float, positive_int)
+from .common import (check_writable, echo, forwarded_warnings, load_model, load_plan, load_weights, non_negative_float,
+                     non_negative_int, noted_warnings, positive_float, positive_int)
 
 __all__ = ["add_parsers", "run_distill"]
 
@@ -81,6 +88,18 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--cutout", type=non_negative_int, default=None,
                    help="Cutout size; 0 = off (default: the preset's: 16 for blockswap, else off)")
     p.add_argument("--workers", type=non_negative_int, default=2, help="data-loading worker processes")
+    p.add_argument("--auto-augment", default=None, choices=("randaugment", "trivialaugment"),
+                   help="ImageFolder data: torchvision transforms.v2 RandAugment or TrivialAugmentWide in training")
+    p.add_argument("--mixup", type=non_negative_float, default=0.0, metavar="ALPHA",
+                   help="timm Mixup's mixup_alpha on the student's batches (0 = off)")
+    p.add_argument("--cutmix", type=non_negative_float, default=0.0, metavar="ALPHA",
+                   help="timm Mixup's cutmix_alpha (0 = off; with --mixup, half the batches each)")
+    p.add_argument("--label-smoothing", type=non_negative_float, default=0.0, metavar="E",
+                   help="label smoothing of the (mixed) targets, in [0, 1)")
+    p.add_argument("--ema", type=positive_float, default=None, metavar="DECAY",
+                   help="keep an EMA of the student (timm ModelEmaV3, e.g. 0.999), validated each epoch")
+    p.add_argument("--ema-export", action="store_true",
+                   help="with --ema and --out: DIR/student.pt holds the EMA weights (default: the last ones)")
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="optimiser + lr schedule (default: moonshine; lit for --method lit)")
     p.add_argument("--lr", type=positive_float, default=None, help="initial lr (default: the preset's)")
@@ -251,6 +270,26 @@ def _save_student(args, student: nn.Module, num_classes: int, image_size: int, o
     return path
 
 
+def _regularisers(args) -> dict:
+    """``fit``'s ``mixup=`` and ``ema=`` from the flags, checked before any work.
+
+    >>> from fxswap.cli.main import build_parser
+    >>> a = build_parser().parse_args(["distill", "--teacher", "t", "--student", "s", "--data", "d", "--mixup", "0.8"])
+    >>> _regularisers(a)
+    {'mixup': {'mixup_alpha': 0.8, 'cutmix_alpha': 0.0, 'label_smoothing': 0.0}, 'ema': None}
+    """
+    if args.label_smoothing >= 1:
+        raise FxswapError(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    if args.ema is not None and not args.ema < 1:
+        raise FxswapError(f"--ema is a decay in (0, 1), e.g. 0.999; got {args.ema}")
+    if args.ema_export and (args.ema is None or not args.out):
+        raise FxswapError("--ema-export writes the EMA weights to --out's student.pt: it needs --ema and --out")
+    mixup = None
+    if args.mixup or args.cutmix or args.label_smoothing:
+        mixup = {"mixup_alpha": args.mixup, "cutmix_alpha": args.cutmix, "label_smoothing": args.label_smoothing}
+    return {"mixup": mixup, "ema": args.ema}
+
+
 def _make_run_folder(out: str | None) -> None:
     """``--out``: the run folder, made with its parents (``runs/g4`` when ``runs/`` does not exist yet).
 
@@ -280,6 +319,7 @@ def run_distill(args: argparse.Namespace) -> int:
 
     if args.resume and not args.out:
         raise FxswapError("--resume needs --out (the folder of the run to continue)")
+    regularisers = _regularisers(args)
     _make_run_folder(args.out)
     method = _method(args.method)
     preset = args.preset or ("lit" if method == "lit" else "moonshine")
@@ -301,7 +341,8 @@ def run_distill(args: argparse.Namespace) -> int:
     kind = data_kind(args.data)
     train_loader, val_loader = make_loaders(args.data, image_size=args.image_size, dataset=args.dataset,
                                             batch_size=batch_size, num_workers=args.workers,
-                                            cutout=cutout, limit=args.limit, device=device, seed=args.seed)
+                                            cutout=cutout, limit=args.limit, device=device, seed=args.seed,
+                                            auto_augment=args.auto_augment)
     image_size = (args.image_size or 224) if kind == "imagefolder" else 32
     num_classes = train_loader.dataset.num_classes
     torch.manual_seed(args.seed)
@@ -328,7 +369,8 @@ def run_distill(args: argparse.Namespace) -> int:
     common["sync_batchnorm"] = args.sync_batchnorm
     with noted_warnings():
         _teacher_weights(args, teacher, train_loader, val_loader, out, common, say)
-    common["callbacks"] = callbacks  # the student's run only
+    common["callbacks"] = callbacks  # the student's run only, as are mixup and the EMA
+    common.update(regularisers)
     if where.writer:
         t_eval = evaluate(teacher.to(device), val_loader, device, amp=args.amp)
         say(f"teacher val: loss {t_eval['loss']:.4f}, acc {percent(t_eval['acc'])}")
@@ -352,6 +394,11 @@ def run_distill(args: argparse.Namespace) -> int:
     if args.csv:
         say(f"per-epoch log: {args.csv}")
     if out and where.writer:
+        if args.ema_export:
+            from ..distillation.checkpoint import EMA_STUDENT
+
+            student.load_state_dict(torch.load(out / "student" / EMA_STUDENT, map_location="cpu", weights_only=True))
+            say(f"--ema-export: {out / 'student.pt'} holds the EMA of the student")
         saved = _save_student(args, student, num_classes, image_size, out)
         if saved is not None:
             say(f"history and checkpoints in {out / 'student'}; the student, which fxswap.load_student rebuilds "

@@ -674,14 +674,22 @@ _VAL_NAMES = ("val", "test")
 _EVAL_CROP_RATIO = 0.875
 
 
+#: ``auto_augment=`` names: torchvision ``transforms.v2`` policies, with their default magnitudes.
+AUTO_AUGMENTS = ("randaugment", "trivialaugment")
+
+
 def imagefolder_transforms(train: bool, image_size: int = 224, cutout: int = 0,
-                           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD):
+                           mean: Sequence[float] = IMAGENET_MEAN, std: Sequence[float] = IMAGENET_STD,
+                           auto_augment: str | None = None):
     """The transform of :func:`imagefolder_loaders`, from a PIL image to a normalised float (3, S, S) tensor.
 
     ``train=True``: a random resized crop to ``image_size`` (scale 0.08–1, the
     ImageNet recipe), a horizontal flip with p = ½, normalisation, then
     Cutout(``cutout``) if ``cutout > 0``. ``train=False``: resize the short side
     to ``image_size / 0.875``, centre-crop ``image_size``, normalise.
+    ``auto_augment`` (training only): ``"randaugment"`` (``v2.RandAugment()``,
+    2 ops at magnitude 9) or ``"trivialaugment"`` (``v2.TrivialAugmentWide()``)
+    after the flip, on the uint8 image as torchvision's policies expect.
 
     >>> from PIL import Image
     >>> img = Image.new("RGB", (50, 40))
@@ -694,9 +702,15 @@ def imagefolder_transforms(train: bool, image_size: int = 224, cutout: int = 0,
         raise FxswapError(f"image_size must be an integer >= 1 (pixels), got {image_size!r}")
     if cutout < 0:
         raise FxswapError(f"imagefolder_transforms: cutout must be >= 0 (0 = off), got {cutout}")
+    if auto_augment is not None and auto_augment not in AUTO_AUGMENTS:
+        raise FxswapError(f"imagefolder_transforms: auto_augment must be one of {', '.join(AUTO_AUGMENTS)} (or "
+                          f"None), got {auto_augment!r}")
     to_tensor = [v2.ToImage(), v2.ToDtype(torch.float32, scale=True)]
     if train:
         steps: list[Any] = [v2.RandomResizedCrop(image_size, antialias=True), v2.RandomHorizontalFlip(0.5)]
+        if auto_augment is not None:  # on the uint8 image: the policies' magnitudes are in pixel values
+            policy = v2.RandAugment() if auto_augment == "randaugment" else v2.TrivialAugmentWide()
+            steps += [v2.ToImage(), policy]
     else:
         steps = [v2.Resize(max(image_size, round(image_size / _EVAL_CROP_RATIO)), antialias=True),
                  v2.CenterCrop(image_size)]
@@ -842,6 +856,7 @@ def imagefolder_loaders(
     seed: int | None = None,
     mean: Sequence[float] = IMAGENET_MEAN,
     std: Sequence[float] = IMAGENET_STD,
+    auto_augment: str | None = None,
 ) -> tuple[DataLoader, DataLoader]:
     """``(train_loader, val_loader)`` for an ImageFolder tree: ``root/train/<class>/<image>``,
     ``root/val/<class>/<image>`` (or ``root/test/...``).
@@ -851,7 +866,7 @@ def imagefolder_loaders(
     a :class:`~fxswap.errors.DataError`, as is any other layout, with the
     accepted one in the message). Images are read as RGB and transformed by
     :func:`imagefolder_transforms` (training: random resized crop to
-    ``image_size`` + flip; validation: resize + centre crop), normalised with
+    ``image_size`` + flip, then ``auto_augment``'s policy if given; validation: resize + centre crop), normalised with
     ``mean``/``std`` (ImageNet's by default). ``limit`` keeps ``limit`` images of
     each split, spread over the classes. The loaders behave as
     :func:`cifar_loaders`' (shuffled reproducibly with ``seed``, memory pinned for
@@ -871,7 +886,7 @@ def imagefolder_loaders(
     (torch.Size([4, 3, 16, 16]), ['ant', 'bee'], 4)
     """
     _check_loader_args(batch_size, num_workers, limit)
-    train_tf = imagefolder_transforms(True, image_size, cutout=cutout, mean=mean, std=std)
+    train_tf = imagefolder_transforms(True, image_size, cutout=cutout, mean=mean, std=std, auto_augment=auto_augment)
     val_tf = imagefolder_transforms(False, image_size, mean=mean, std=std)
     train_dir, val_dir = _imagefolder_splits(Path(root))
     train_ds = ImageFolderSplit(train_dir, train_tf, limit=limit)
@@ -903,7 +918,8 @@ def make_loaders(path: str | os.PathLike, *, image_size: int | None = None, data
     CIFAR folder through :func:`cifar_loaders` (``dataset``, ``download``), an ImageFolder tree through
     :func:`imagefolder_loaders` (``image_size``, default 224). The other keyword arguments
     (``batch_size``, ``num_workers``, ``cutout``, ``limit``, ``device``, ``seed``) go to either.
-    ``image_size`` with CIFAR data is an error (CIFAR is 32×32).
+    ``image_size`` with CIFAR data is an error (CIFAR is 32×32), as is ``auto_augment``
+    (ImageFolder only: the CIFAR pipeline keeps its own per-sample transforms).
 
     >>> import os, tempfile
     >>> path = os.path.join(tempfile.mkdtemp(), "tiny.npz")
@@ -919,4 +935,8 @@ def make_loaders(path: str | os.PathLike, *, image_size: int | None = None, data
     if image_size is not None and image_size != 32:
         raise FxswapError(f"image_size={image_size} applies to an ImageFolder tree ({IMAGEFOLDER_LAYOUT}); "
                           f"{path} is CIFAR data ({'.npz' if kind == 'npz' else 'torchvision folder'}), 32×32 images")
+    if kwargs.get("auto_augment") is not None:
+        raise FxswapError(f"auto_augment={kwargs['auto_augment']!r} applies to an ImageFolder tree "
+                          f"({IMAGEFOLDER_LAYOUT}); {path} is CIFAR data (its per-sample transforms stay)")
+    kwargs.pop("auto_augment", None)
     return cifar_loaders(path, dataset=dataset, download=download, **kwargs)

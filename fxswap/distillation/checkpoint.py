@@ -30,7 +30,7 @@ from torch import Tensor
 
 from ..errors import DistillError
 
-__all__ = ["CHECKPOINT", "HISTORY", "STUDENT", "FORMAT", "atomic_write", "write_history", "checksum",
+__all__ = ["CHECKPOINT", "HISTORY", "STUDENT", "EMA_STUDENT", "FORMAT", "atomic_write", "write_history", "checksum",
            "non_finite", "save_checkpoint", "load_checkpoint"]
 
 #: File names inside a run's ``out_dir``.
@@ -40,6 +40,8 @@ HISTORY = "history.jsonl"
 #: self-describing file that :func:`fxswap.save_student` writes and ``fxswap distill --out`` leaves one
 #: folder up; this one loads with ``student.load_state_dict(torch.load(path, weights_only=True))``.
 STUDENT = "student_state_dict.pt"
+#: The EMA of the student (``fit(ema=...)``) at the end of a run, a bare ``state_dict`` like :data:`STUDENT`.
+EMA_STUDENT = "student_ema_state_dict.pt"
 #: Checkpoint layout version (2: with ``"checksum"`` and ``"lr"``).
 FORMAT = 2
 
@@ -188,7 +190,7 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     Keys: ``epoch`` (epochs completed), ``epochs``, ``steps_per_epoch``, ``seed``,
     ``preset``, ``lr``, ``student`` (state dict), ``distiller`` (the distiller's
     state outside the student: connectors), ``optimizer``, ``scheduler``,
-    ``scaler``, ``rng``, ``history``, ``checksum``.
+    ``scaler``, ``rng``, ``history``, ``checksum``; ``ema`` (the EMA's state dict) with ``fit(ema=...)``.
 
     >>> import os, tempfile, torch
     >>> from fxswap.distillation.recipes import train

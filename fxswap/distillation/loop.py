@@ -82,8 +82,10 @@ from ..precision import Precision, amp_precision, resolve_precision
 from ..process_group import SINGLE, Dist, barrier, join
 from ..seeding import rng_state, set_rng_state
 from . import distributed as ranks
+from .augment import hard_labels, mix_batch, resolve_mixup
+from .averaging import resolve_ema
 from .callbacks import CallbackList
-from .checkpoint import CHECKPOINT, FORMAT, HISTORY, STUDENT, atomic_write, load_checkpoint, non_finite, \
+from .checkpoint import CHECKPOINT, EMA_STUDENT, FORMAT, HISTORY, STUDENT, atomic_write, load_checkpoint, non_finite, \
     save_checkpoint, write_history
 from .evaluation import evaluation_sums, resolve_device, to_device
 from .history import Meter, epoch_summary, percent
@@ -122,6 +124,10 @@ class _Run:
     where: Dist = SINGLE
     #: the module the steps call: the distiller, or its DistributedDataParallel over several processes
     stepper: nn.Module | None = None
+    #: timm's Mixup applied to each training batch (:mod:`.augment`), or None
+    mixer: Any = None
+    #: timm's ModelEmaV3 of the student (:mod:`.averaging`), or None
+    ema: Any = None
 
 
 def _student_of(distiller: nn.Module) -> nn.Module:
@@ -230,6 +236,7 @@ def _restore(run: _Run, ckpt: Mapping[str, Any], path: Path) -> None:
     except RuntimeError as e:
         raise DistillError(f"{path} holds another student's weights (a different model in the same out_dir?): "
                            f"{str(e).splitlines()[0]}; use a new out_dir or drop resume") from None
+    _restore_ema(run, ckpt, path)
     missing, unexpected = run.distiller.load_state_dict(ckpt["distiller"], strict=False)
     missing = [k for k in missing if not k.startswith("student.")]
     if missing or unexpected:
@@ -243,6 +250,18 @@ def _restore(run: _Run, ckpt: Mapping[str, Any], path: Path) -> None:
         set_rng_state(ckpt["rng"])
     except (ValueError, KeyError, TypeError, RuntimeError, FxswapError) as e:
         raise DistillError(f"{path}: the optimiser, schedule or RNG state does not fit this run: {e}") from None
+
+
+def _restore_ema(run: _Run, ckpt: Mapping[str, Any], path: Path) -> None:
+    if run.ema is None:
+        if "ema" in ckpt:
+            warnings.warn(f"{path} holds an EMA of the student and this run keeps none (ema=None): it is dropped",
+                          stacklevel=4)
+        return
+    if "ema" not in ckpt:
+        raise DistillError(f"{path} was written without an EMA of the student and this run asks for one (ema=); "
+                           "resume without ema, or use a new out_dir")
+    run.ema.module.load_state_dict(ckpt["ema"])
 
 
 def _apply_lr(run: _Run, saved_lr: float, path: Path) -> None:
@@ -326,6 +345,8 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
     with bar:
         for step, batch in enumerate(bar):
             x, y = to_device(batch, run.device)
+            if run.mixer is not None:
+                x, y = mix_batch(run.mixer, x, y)
             x = run.precision.inputs(x)
             try:
                 with run.precision.autocast(run.device.type):
@@ -342,11 +363,13 @@ def _train_epoch(run: _Run, epoch: int) -> tuple[dict[str, float], float | None]
             if not bool(ranks.all_finite(finite, run.where)):  # the one host sync of a step
                 raise _step_error(run, x, loss, logs, epoch, step)
             _optimise(run, loss)
+            if run.ema is not None:
+                run.ema.update(run.student)
             n = int(y.shape[0])
             meter.add({"loss": loss.detach(), **logs} if "loss" not in logs else logs, n)
             logits = getattr(run.distiller, "last_logits", None)
             if isinstance(logits, Tensor) and logits.ndim == 2 and logits.shape[0] == n:
-                correct += (logits.argmax(1) == y).sum()
+                correct += (logits.argmax(1) == hard_labels(y)).sum()  # soft targets: their argmax
                 counted += n
             log_now = step % run.log_every == 0 or step == run.steps - 1
             # the bar also refreshes after batches 2, 4, 8, ... below log_every: a few syncs per epoch, and
@@ -383,6 +406,12 @@ def _epoch_row(run: _Run, epoch: int, lr: float, means: Mapping[str, float], acc
                                channels_last=run.precision.channels_last)
         v = ranks.reduce_eval(sums, run.device, run.where)
         row["val_loss"], row["val_acc"] = v["loss"], v["acc"]
+        if run.ema is not None:
+            ranks.reseed_epoch(run.seed, epoch, 1, run.val_loader, run.where)  # the same images as the student's
+            sums = evaluation_sums(run.ema.module, run.val_loader, run.device, amp=run.use_amp, amp_dtype=run.dtype,
+                                   channels_last=run.precision.channels_last)
+            v = ranks.reduce_eval(sums, run.device, run.where)
+            row["val_loss_ema"], row["val_acc_ema"] = v["loss"], v["acc"]
     return row
 
 
@@ -404,6 +433,8 @@ def _save(run: _Run, epoch: int, history: list[dict[str, Any]]) -> None:
         "optimizer": run.optimizer.state_dict(), "scheduler": run.scheduler.state_dict(),
         "scaler": run.scaler.state_dict() if run.use_scaler else {}, "rng": rng_state(), "history": history,
     }
+    if run.ema is not None:
+        state["ema"] = run.ema.module.state_dict()
     save_checkpoint(run.out / CHECKPOINT, state)
     write_history(run.out / HISTORY, history)
 
@@ -430,6 +461,8 @@ def fit(
     callbacks: Sequence[Any] | None = None,
     process_group=None,
     sync_batchnorm: bool = False,
+    mixup: Any = None,
+    ema: Any = None,
 ) -> list[dict[str, Any]]:
     """Train ``distiller`` for ``epochs`` epochs; returns the history (one dict per epoch).
 
@@ -468,10 +501,13 @@ def fit(
     module docstring. ``sync_batchnorm=True``: the student's BatchNorm
     statistics over all ranks (GPUs only) during the run.
 
+    ``mixup``: a ``timm.data.Mixup`` or its arguments as a dict, on every training batch (:mod:`.augment`).
+    ``ema``: a decay (0.999) or a ``timm.utils.ModelEmaV3`` of the student (:mod:`.averaging`).
+
     Each history row has ``epoch`` (1-based), ``lr`` (at the epoch's start),
     ``precision`` (``"fp32"``, ``"bf16+channels_last"``, ...), ``train_loss``,
     ``train_<term>`` for every logged term, ``train_acc`` (if logits are available), ``val_loss`` and ``val_acc`` (with a
-    ``val_loader``), and ``seconds`` (training + validation). Accuracies are
+    ``val_loader``; ``val_loss_ema``, ``val_acc_ema`` with ``ema``), and ``seconds`` (training + validation). Accuracies are
     fractions in [0, 1] here and in ``history.jsonl``; printed, they are %.
 
     >>> import os, tempfile, torch
@@ -491,17 +527,26 @@ def fit(
                  precision=precision, amp=amp, amp_dtype=amp_dtype, out_dir=out_dir, seed=seed, progress=progress, log_every=log_every,
                  stage=stage, on_epoch=on_epoch, process_group=process_group)
     run.callbacks = hooks if run.where.writer else CallbackList(None)
+    run.mixer, run.ema = resolve_mixup(mixup, run.student), resolve_ema(ema, run.student)
     start, history = _start(run, resume)
     was_training = distiller.training
     with ranks.sync_batchnorm(run.student, sync_batchnorm, run.where, run.device), ranks.quiet_bucket_strides(run.where):
         run.stepper = ranks.wrap(distiller, run.where, run.device, run.precision.channels_last)
         _epochs(run, start, history)
-    if run.out is not None and run.where.writer:
-        atomic_write(run.out / STUDENT, lambda f: torch.save(run.student.state_dict(), f))
+    _write_students(run)
     barrier(run.where)  # on return every rank finds rank 0's files written
     distiller.train(was_training)
     run.callbacks.fit_end(history)
     return history
+
+
+def _write_students(run: _Run) -> None:
+    """``out_dir``'s bare state dicts at the end: the student's and, with ``ema=``, its EMA's (rank 0 only)."""
+    if run.out is None or not run.where.writer:
+        return
+    atomic_write(run.out / STUDENT, lambda f: torch.save(run.student.state_dict(), f))
+    if run.ema is not None:
+        atomic_write(run.out / EMA_STUDENT, lambda f: torch.save(run.ema.module.state_dict(), f))
 
 
 def _start(run: _Run, resume: bool) -> tuple[int, list[dict[str, Any]]]:
