@@ -338,7 +338,8 @@ def run_student(ctx: dict, student: str, method: str, preset: str | None = None,
     """Train ``student`` by ``method`` (``scratch``, a fxswap.distill method, or a losses dict as JSON);
     ``preset`` overrides the paper preset (used where the scale defers to the papers'), ``batch`` the batch,
     ``epochs`` the scale's epochs."""
-    teacher = _teacher(ctx)
+    # from scratch, only the teacher's architecture matters: a random one, so no teacher file is needed
+    teacher = fxswap.models.create_model(ctx["scale"].teacher) if method == "scratch" else _teacher(ctx)
     model = _layout(ctx, _build_student(ctx, student, teacher))
     train, val = _loaders(ctx, ctx["seed"], batch, _cutout(ctx, preset))
     epochs = epochs or ctx["scale"].epochs
@@ -357,7 +358,10 @@ def run_student(ctx: dict, student: str, method: str, preset: str | None = None,
         m = json.loads(method) if method.startswith("{") else method
         preset = "lit-kd" if student == "lit" else "moonshine"
         hist = fxswap.distill(teacher, model, train, val, method=m, epochs=epochs, **_fit_kwargs(ctx, preset))
-    return {**_final(hist), "params": _params(model)}
+    # the per-epoch test error: the warm-start table reads the from-scratch curve from the Moonshine job
+    curve = [{"epoch": h["epoch"], "stage": method, "error": 100 * (1 - h["val_acc"])} for h in hist
+             if h.get("val_acc") is not None]
+    return {**_final(hist), "params": _params(model), "curve": curve}
 
 
 def run_blockswap_scoring(ctx: dict, budget: int, samples: int) -> dict:
@@ -439,9 +443,24 @@ def signature(ctx: dict, job: Job) -> str:
     signature is in ``progress.jsonl`` is not run again."""
     seed = ctx["seed"] if job.seed is None else job.seed
     args = {k: v for k, v in job.args.items() if v is not None}  # an argument left at its default is the default
-    what = [job.kind, args, seed, asdict(ctx["scale"]), ctx.get("data_id"), ctx.get("teacher_id"),
-            ctx.get("bf16")]
+    # a job that never reads the trained teacher's weights (a student from scratch: cheapen(reinit=True) takes
+    # only the architecture; the scoring: a random teacher) keeps its result when the teacher file changes
+    teacher_id = None if reads_no_teacher(job) else ctx.get("teacher_id")
+    what = [job.kind, args, seed, asdict(ctx["scale"]), ctx.get("data_id"), teacher_id, ctx.get("bf16")]
     return json.dumps(what, sort_keys=True, default=str)
+
+
+def reads_no_teacher(job: Job) -> bool:
+    """Whether a job's result is independent of the trained teacher's weights: the BlockSwap scoring (a randomly
+    initialised teacher) and every student trained from scratch (its architecture is the teacher's, its weights
+    re-initialised).
+
+    >>> reads_no_teacher(Job("moonshine", "G(N/4) scratch", "student", {"student": "G(N/4)", "method": "scratch"}))
+    True
+    >>> reads_no_teacher(Job("moonshine", "G(N/4) at", "student", {"student": "G(N/4)", "method": "at"}))
+    False
+    """
+    return job.kind == "blockswap_scoring" or (job.kind == "student" and job.args.get("method") == "scratch")
 
 
 def finished(out: Path) -> dict[str, dict]:
@@ -636,12 +655,19 @@ def blockswap_phase2(ctx, scoring: dict) -> list[Job]:
 
 
 def warmstart_jobs(ctx, students, methods) -> list[Job]:
-    """The warm-start curve: each start (warm, kept, scratch) × method of the scale, per seed."""
+    """The warm-start curve: each start (warm, kept, scratch) × method of the scale, per seed. The ``scratch``
+    start is Moonshine's student job (``cheapen(reinit=True)``, then the method): one signature, one training."""
     s: Scale = ctx["scale"]
-    return seeded_jobs(ctx, [Job("warmstart", f"{s.warmstart_student} {start} {m}", "warmstart",
-                                 {"student": s.warmstart_student, "method": m, "start": start,
-                                  "epochs": s.warmstart_epochs, "steps": s.warmstart_steps})
-                             for start in s.warmstart_starts for m in (methods or s.warmstart_methods)])
+
+    def job(start: str, m: str) -> Job:
+        name = f"{s.warmstart_student} {start} {m}"
+        if start == "scratch":
+            epochs = None if s.warmstart_epochs == s.epochs else s.warmstart_epochs
+            return Job("warmstart", name, "student", {"student": s.warmstart_student, "method": m, "epochs": epochs})
+        return Job("warmstart", name, "warmstart", {"student": s.warmstart_student, "method": m, "start": start,
+                                                    "epochs": s.warmstart_epochs, "steps": s.warmstart_steps})
+
+    return seeded_jobs(ctx, [job(start, m) for start in s.warmstart_starts for m in (methods or s.warmstart_methods)])
 
 
 def spearman(a, b) -> float:
@@ -993,7 +1019,8 @@ def estimate(ctx: dict, jobs: list[Job]) -> dict:
     rows = [(e, sum(1 for j in pending if j.experiment == e), f"{t / 60:.0f}") for e, t in per_exp.items()]
     print(render_table(["experiment", "jobs to run", "est. minutes"], rows), flush=True)
     finish = time.strftime("%H:%M", time.localtime(time.time() + total))
-    print(f"ETA: {total / 3600:.2f} h for {len(pending)} job(s) ({len(jobs) - len(pending)} finished earlier, "
+    timed = [j for j in jobs if j.kind in ("teacher", "teacher_eval", "student", "warmstart")]
+    print(f"ETA: {total / 3600:.2f} h for {len(pending)} job(s) ({len(timed) - len(pending)} finished earlier, "
           f"skipped) at rates measured over {ctx['scale'].eta_steps} steps per architecture "
           f"({len(rates)} timed; BlockSwap plans at the G(N/4) rate, its scoring not included): done about "
           f"{finish}", flush=True)
@@ -1037,6 +1064,8 @@ def _scaled(args) -> Scale:
         scale = replace(scale, train=args.train_images)
     if args.test_images and not scale.synthetic:
         scale = replace(scale, val=args.test_images)
+    if args.precision:
+        scale = replace(scale, precision=args.precision)
     return scale
 
 
@@ -1061,7 +1090,9 @@ def run(experiments, args) -> dict:
           f"{len(ctx['done'])} finished job(s) in {out / 'progress.jsonl'}", flush=True)
     phase1 = []
     results: dict = {}
-    if args.teacher_checkpoint:
+    if args.without_teacher:  # only what needs no trained teacher, e.g. while the teacher is still training
+        pass
+    elif args.teacher_checkpoint:
         phase1.append(Job("teacher", "teacher_eval", "teacher_eval"))
     else:
         phase1.append(Job("teacher", "teacher", "teacher"))
@@ -1075,6 +1106,8 @@ def run(experiments, args) -> dict:
     if scale.eta_steps:
         planned = [j for e in experiments for j in (by_exp.get(e, []) if e != "blockswap"
                                                       else _placeholder_phase2(ctx))]
+        if args.without_teacher:
+            planned = [j for j in planned if reads_no_teacher(j)]
         eta = estimate(ctx, phase1 + planned)
     for name, res in run_jobs(ctx, phase1, args.jobs).items():
         results[name] = res
@@ -1083,6 +1116,8 @@ def run(experiments, args) -> dict:
     if "blockswap" in experiments and "candidates" in results.get("blockswap_scoring", {}):
         by_exp["blockswap"] = blockswap_phase2(ctx, results["blockswap_scoring"])
     jobs = [j for e in experiments for j in by_exp.get(e, [])]  # in the order of importance
+    if args.without_teacher:
+        jobs = [j for j in jobs if reads_no_teacher(j)]
     results.update(run_jobs(ctx, jobs, args.jobs))
     return report(ctx, args, experiments, results, eta)
 
@@ -1137,6 +1172,13 @@ def main(argv=None):
     ap.add_argument("--methods", help="Moonshine only: ','-separated methods (scratch, kd, at, ...)")
     ap.add_argument("--epochs", type=int, help="override the scale's epochs per student")
     ap.add_argument("--teacher-epochs", type=int, help="override the scale's teacher epochs")
+    ap.add_argument("--precision", choices=("auto", "fp32"),
+                    help="override the scale's precision (auto: bf16 autocast + channels_last where the CPU "
+                         "computes bf16 natively); fp32 repeats a cell in fp32 to measure what bf16 costs")
+    ap.add_argument("--without-teacher", action="store_true",
+                    help="run only the jobs that read no trained teacher (students from scratch, the BlockSwap "
+                         "scoring), e.g. while the teacher trains; a later run with --teacher-checkpoint and the "
+                         "same --out resumes them")
     ap.add_argument("--teacher-checkpoint", help="a trained teacher (fxswap.save_student file, e.g. "
                     "train_teacher.py --keep, or a state dict): skip training it")
     ap.add_argument("--train-images", type=int, help="training images kept (prepare-data: default 15000; else "

@@ -129,3 +129,30 @@ def test_decide_scale_has_two_seeds_and_the_ordered_cells(fidelity):
     assert len(s.seeds) >= 2 and s.blockswap_trained >= 12
     assert s.moonshine_students == ("G(N/4)", "wrn-16-1") and s.precision == "auto"
     assert fidelity.EXPERIMENTS[:3] == ("moonshine", "blockswap", "lit")
+
+
+@pytest.mark.slow
+def test_a_new_teacher_reruns_only_the_jobs_that_read_it(fidelity, tmp_path):
+    import fxswap
+    import torch
+
+    def teacher_file(name, seed):
+        torch.manual_seed(seed)
+        path = tmp_path / name
+        fxswap.save_student(fxswap.models.create_model("wrn-16-1"), path, model="wrn-16-1", plan="S")
+        return path
+
+    out = tmp_path / "grid"
+    argv = ["moonshine", "warmstart", "--scale", "ci", "--students", "G(N/4)", "--methods", "scratch,at",
+            "--out", str(out)]
+    alone = fidelity.main([*argv, "--without-teacher"])["results"]  # while the teacher trains
+    assert sorted(alone) == ["moonshine/G(N/4) scratch"] and not (out / "teacher.pt").exists()
+    first = fidelity.main([*argv, "--teacher-checkpoint", str(teacher_file("a.pt", 0))])["results"]
+    assert sorted(k for k, v in first.items() if v.get("resumed")) == ["moonshine/G(N/4) scratch"]
+    assert first["moonshine/G(N/4) scratch"]["error"] == alone["moonshine/G(N/4) scratch"]["error"]
+    # the warm-start table's from-scratch row is Moonshine's training (one signature), with its curve
+    assert first["warmstart/G(N/4) scratch at"] == first["moonshine/G(N/4) at"]
+    assert [p["stage"] for p in first["moonshine/G(N/4) scratch"]["curve"]] == ["scratch"]
+    second = fidelity.main([*argv, "--teacher-checkpoint", str(teacher_file("b.pt", 1))])["results"]
+    resumed = sorted(k for k, v in second.items() if v.get("resumed"))
+    assert resumed == ["moonshine/G(N/4) scratch"]  # AT, the warm start and the teacher's test ran again
