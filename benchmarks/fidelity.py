@@ -60,9 +60,18 @@ student (cosine) →
   LIT: KD vs LIT × 2 seeds (batch 128: 32 would be ~2× the   4   0.7
   time on 2 cores)
   total of the ordered cells                                  30  ≈ 3.8
-  warm start: warm/scratch × KD/AT × 2 seeds × 10 epochs      8   1.3
+  warm start: warm × KD/AT × 2 seeds × 10 epochs (the         4   0.65
+  scratch rows are Moonshine's G(N/4) KD/AT: shared)
   SRRL, Urban: as time allows (``srrl urban``)
   ========================================================  ====  =========
+
+Measured on the first run (Xeon Sapphire Rapids, ``amx_bf16``, two 1-thread
+processes side by side): a from-scratch student epoch takes ~100–160 s at one
+thread, so the whole grid is about 10 core-hours — two or three sessions,
+job by job. Jobs that read no trained teacher (students from scratch, the
+scoring) do not carry the teacher file in their signature, and
+``--without-teacher`` runs just them, so they can start while the teacher
+is still training; the later run with ``--teacher-checkpoint`` resumes them.
 
 The ETA printed before the first job replaces this table with rates timed on
 the machine at hand (``eta_steps`` training steps per architecture, with and
@@ -76,8 +85,14 @@ epochs on 50k — a finding decided here is decided *at this scale* (results.md
 states it).
 
     python benchmarks/fidelity.py moonshine blockswap lit warmstart --scale decide \\
-        --data ../shared/data/cifar10_subset.npz --teacher-checkpoint /work/fxswap-runs/teacher_wrn-16-2.pt \\
-        --threads 2 --out /work/fxswap-runs/decide
+        --data ../shared/data/cifar10_subset.npz --without-teacher --jobs 1 --threads 1 \\
+        --out /work/fxswap-runs/decide          # beside the teacher's training
+    python benchmarks/fidelity.py moonshine blockswap lit warmstart --scale decide \\
+        --data ../shared/data/cifar10_subset.npz --teacher-checkpoint docs/results/teacher_wrn-16-2.pt \\
+        --jobs 2 --threads 1 --out /work/fxswap-runs/decide
+    python benchmarks/fidelity.py moonshine --scale decide --precision fp32 --students wrn-16-1 \\
+        --methods scratch --data ../shared/data/cifar10_subset.npz --without-teacher \\
+        --out /work/fxswap-runs/decide-fp32     # what bf16 costs: one cell again in fp32
 
 Results: ``<out>/results.json`` and ``<out>/results.md`` (tables with the
 paper's numbers beside), and ``<out>/*.png`` when matplotlib is installed.
@@ -765,6 +780,113 @@ def warmstart_table(ctx, r: dict) -> list[str]:
     return md
 
 
+def pooled_sd(cells: dict[str, dict]) -> tuple[float, int]:
+    """Seed-to-seed standard deviation of the test error pooled over every cell with ≥ 2 seeds, and its degrees of
+    freedom: two seeds give each cell one degree of freedom, so one cell's own s.e. is too noisy to judge by.
+
+    >>> sd, df = pooled_sd({"a": {"errors": [10.0, 12.0]}, "b": {"errors": [5.0, 5.0]}, "c": {"error": 1.0}})
+    >>> round(sd, 4), df      # variances 2 and 0, one degree of freedom each: √((2 + 0) / 2)
+    (1.0, 2)
+    """
+    ss, df = 0.0, 0
+    for cell in cells.values():
+        v = np.asarray(cell.get("errors") or [], float)
+        if len(v) >= 2:
+            ss += float(((v - v.mean()) ** 2).sum())
+            df += len(v) - 1
+    return (float(np.sqrt(ss / df)) if df else float("nan")), df
+
+
+def call_difference(base: dict | None, method: dict | None, sd: float, paper: float | None,
+                    z: float = 2.0) -> tuple[str, str, str]:
+    """``(ours, call, why)`` for "``method`` lowers the test error below ``base``": the gain ``d`` (points) with
+    its standard error from the pooled seed-to-seed s.d. ``sd``; reproduced when ``d > z·se``, not reproduced
+    when ``d < −z·se`` (the opposite, beyond noise), else undecided — saying whether a gain of the paper's size
+    (``paper``) is excluded.
+
+    >>> call_difference({"error": 8.0, "n": 2}, {"error": 7.0, "n": 2}, 0.2, 1.6)[1]
+    'reproduced'
+    >>> call_difference({"error": 8.0, "n": 2}, {"error": 8.1, "n": 2}, 0.2, 1.6)[1:]
+    ('undecided', "gain −0.10 is within 2 s.e. (0.40) of zero; a gain of the paper's 1.60 is excluded")
+    """
+    if not base or not method or "error" not in base or "error" not in method:
+        return "not run", "undecided", "a cell has not finished"
+    d = base["error"] - method["error"]
+    n_a, n_b = base.get("n", 1), method.get("n", 1)
+    se = sd * np.sqrt(1 / n_a + 1 / n_b) if np.isfinite(sd) else float("nan")
+    ours = f"{base['error']:.2f} → {method['error']:.2f} (gain {d:+.2f} ± {se:.2f})".replace("-", "−")
+    if not np.isfinite(se):
+        return ours, "undecided", "one seed: no estimate of the noise"
+    if d > z * se:
+        return ours, "reproduced", f"gain {d:.2f} > {z:g} s.e. ({z * se:.2f})"
+    if d < -z * se:
+        return ours, "not reproduced", f"the opposite: loss {-d:.2f} > {z:g} s.e. ({z * se:.2f})"
+    why = f"gain {d:.2f} is within {z:g} s.e. ({z * se:.2f}) of zero".replace("-", "−")
+    if paper is not None:
+        excluded = abs(paper - d) > z * se
+        why += f"; a gain of the paper's {paper:.2f} is {'excluded' if excluded else 'not excluded'}"
+    return ours, "undecided", why
+
+
+def call_rho(rho: float, n: int, paper: float, z: float = 1.96) -> tuple[str, str, str]:
+    """``(ours, call, why)`` for "the Fisher potential ranks plans by error" (ρ < 0): a 95 % interval for
+    Spearman's ρ over ``n`` plans by Fisher's z with Bonett and Wright's variance ``(1 + ρ²/2)/(n − 3)``;
+    reproduced when the interval lies below 0, not reproduced when it lies above the paper's ρ, else undecided.
+
+    >>> call_rho(-0.8, 12, -0.685)[1], call_rho(0.5, 12, -0.685)[1], call_rho(-0.2, 12, -0.685)[1]
+    ('reproduced', 'not reproduced', 'undecided')
+    """
+    if n < 4 or not np.isfinite(rho):
+        return f"ρ over {n} plans", "undecided", "fewer than 4 plans trained"
+    half = z * np.sqrt((1 + rho * rho / 2) / (n - 3))
+    lo, hi = np.tanh(np.arctanh(np.clip(rho, -0.999, 0.999)) - half), np.tanh(np.arctanh(np.clip(rho, -0.999, 0.999)) + half)
+    ours = f"ρ = {rho:.2f} over {n} plans (95 % interval {lo:.2f} to {hi:.2f})".replace("-", "−")
+    if hi < 0:
+        return ours, "reproduced", "the interval lies below 0"
+    if lo > paper:
+        return ours, "not reproduced", f"the interval excludes the paper's {paper}".replace("-", "−")
+    return ours, "undecided", f"the interval holds 0 and the paper's {paper}".replace("-", "−")
+
+
+def findings(ctx, cells: dict[str, dict], rho: tuple[float, int] | None = None) -> list[str]:
+    """The table results.md opens with: each finding, ours (mean over seeds), the paper's, and the call."""
+    sd, df = pooled_sd(cells)
+    m, p = PAPER["moonshine"], PAPER["blockswap"]
+    rows = [
+        ("Moonshine: AT beats scratch (G(N/4))", "moonshine/G(N/4) scratch", "moonshine/G(N/4) at",
+         f"{m['G(N/4)'][1]} → {m['G(N/4)'][3]}", m["G(N/4)"][1] - m["G(N/4)"][3]),
+        ("Moonshine: KD beats scratch (G(N/4))", "moonshine/G(N/4) scratch", "moonshine/G(N/4) kd",
+         f"{m['G(N/4)'][1]} → {m['G(N/4)'][2]}", m["G(N/4)"][1] - m["G(N/4)"][2]),
+        ("Moonshine: the cheapened student beats the reduced one, both AT (wrn-16-1 → G(N/4))",
+         "moonshine/wrn-16-1 at", "moonshine/G(N/4) at", f"{m['wrn-16-1'][3]} → {m['G(N/4)'][3]}",
+         m["wrn-16-1"][3] - m["G(N/4)"][3]),
+        ("BlockSwap: its pick beats G(N/4), both AT", "blockswap/G(N/4) at", "blockswap/pick at",
+         f"{p['single_type_400k']} → {p['blockswap_400k']}", p["single_type_400k"] - p["blockswap_400k"]),
+        ("LIT beats KD on the depth-halved student", "lit/lit-student kd", "lit/lit-student lit",
+         f"{PAPER['lit']['kd']:.2f} → {PAPER['lit']['lit']:.2f}", PAPER["lit"]["kd"] - PAPER["lit"]["lit"]),
+        ("Warm start beats scratch after the KD epochs (G(N/4); ours)", "warmstart/G(N/4) scratch kd",
+         "warmstart/G(N/4) warm kd", "—", None),
+        ("Warm start beats scratch after the AT epochs (G(N/4); ours)", "warmstart/G(N/4) scratch at",
+         "warmstart/G(N/4) warm at", "—", None),
+    ]
+    md = ["### Findings at this scale: test error %, mean over seeds\n",
+          f"A gain is judged against the seed-to-seed s.d. pooled over the grid's cells ({sd:.2f} points, {df} "
+          "degrees of freedom): reproduced when it exceeds 2 s.e. in the paper's direction, not reproduced when it "
+          "exceeds 2 s.e. the other way, undecided otherwise.\n",
+          "| finding | ours | paper | call | why |", "|---|---|---|---|---|"]
+    for title, base, method, paper_text, paper_gain in rows:
+        if base not in cells and method not in cells:
+            continue
+        ours, call, why = call_difference(cells.get(base), cells.get(method), sd, paper_gain)
+        md.append(f"| {title} | {ours} | {paper_text} | **{call}** | {why} |")
+    if rho is not None:
+        ours, call, why = call_rho(rho[0], rho[1], p["rho_fisher_error_400k"])
+        md.append(f"| BlockSwap: the Fisher potential ranks plans (ρ(Fisher, error) < 0) | {ours} | "
+                  f"{p['rho_fisher_error_400k']} | **{call}** | {why} |")
+    md.append("")
+    return md
+
+
 def tables(ctx, results: dict) -> tuple[str, dict]:
     """Markdown tables and a JSON summary of every experiment that ran."""
     md, summary = [], {}
@@ -857,6 +979,8 @@ def tables(ctx, results: dict) -> tuple[str, dict]:
                       f"{_cell(r.get(f'{k}-conv scratch'))} | {PAPER['urban'][k]} |")
         summary["urban"] = r
         md.append("")
+    rho = (summary["blockswap"]["rho"], len(summary["blockswap"]["pairs"])) if "blockswap" in summary else None
+    md[1:1] = findings(ctx, results, rho)  # after the teacher's line: the decision first
     return "\n".join(md), summary
 
 

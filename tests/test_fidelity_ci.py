@@ -31,7 +31,7 @@ def test_all_five_experiments_run_at_ci_scale(fidelity, tmp_path):
         assert all(0.0 <= v["error"] <= 100.0 and v["params"] > 0 for v in runs)
     assert (tmp_path / "teacher.pt").is_file()
     md = (tmp_path / "results.md").read_text()
-    for title in ("Moonshine", "BlockSwap", "LIT", "Warm start", "SRRL", "Urban"):
+    for title in ("Findings at this scale", "Moonshine", "BlockSwap", "LIT", "Warm start", "SRRL", "Urban"):
         assert f"### {title}" in md
     assert "5.31" in md  # the paper's G(N/4) AT error printed beside ours
     saved = json.loads((tmp_path / "results.json").read_text())
@@ -156,3 +156,23 @@ def test_a_new_teacher_reruns_only_the_jobs_that_read_it(fidelity, tmp_path):
     second = fidelity.main([*argv, "--teacher-checkpoint", str(teacher_file("b.pt", 1))])["results"]
     resumed = sorted(k for k, v in second.items() if v.get("resumed"))
     assert resumed == ["moonshine/G(N/4) scratch"]  # AT, the warm start and the teacher's test ran again
+
+
+def test_findings_are_called_against_the_pooled_seed_noise(fidelity):
+    def cell(a, b):
+        return {"error": (a + b) / 2, "errors": [a, b], "n": 2}
+
+    # seed-to-seed spreads 0.2 in every cell: pooled s.d. = √(0.02) ≈ 0.1414, s.e. of a difference = 0.1414
+    cells = {"moonshine/G(N/4) scratch": cell(10.0, 10.2), "moonshine/G(N/4) at": cell(9.0, 9.2),
+             "moonshine/G(N/4) kd": cell(10.1, 10.3), "moonshine/wrn-16-1 at": cell(8.0, 8.2),
+             "lit/lit-student kd": cell(7.0, 7.2)}
+    md = "\n".join(fidelity.findings({}, cells, rho=(-0.9, 12)))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "**reproduced**" in rows["Moonshine: AT beats scratch (G(N/4))"]  # gain 1.0 > 2 × 0.141
+    assert "**undecided**" in rows["Moonshine: KD beats scratch (G(N/4))"]  # loss 0.1 < 2 × 0.141
+    assert "**not reproduced**" in rows[  # G(N/4) AT is 1.0 worse than wrn-16-1 AT
+        "Moonshine: the cheapened student beats the reduced one, both AT (wrn-16-1 → G(N/4))"]
+    assert "**undecided**" in rows["LIT beats KD on the depth-halved student"]  # LIT's cell never ran
+    assert "**reproduced**" in rows["BlockSwap: the Fisher potential ranks plans (ρ(Fisher, error) < 0)"]
+    assert "(0.14 points, 5 degrees of freedom)" in md
+    assert "Warm start" not in md  # neither of its cells ran: no row
