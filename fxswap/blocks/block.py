@@ -45,6 +45,7 @@ from .patterns import KINDS, analyse_add, branch_operand, branch_region, host_ki
 from ..tracing.graph import (
     GraphView, common_path, is_add, is_cat, is_layout, region_from, tensor_entry,
 )
+from ..tracing.modes import kept_modes
 from ..tracing.tracer import node_scope, trace
 
 __all__ = ["Block", "KINDS", "find_blocks", "propagate_shapes", "is_add", "common_path", "branch_operand"]
@@ -330,17 +331,14 @@ def propagate_shapes(gm: fx.GraphModule, example_input) -> bool:
     """
     from torch.fx.passes.shape_prop import ShapeProp
 
-    flags = [(m, m.training) for m in gm.modules()]
     try:
-        gm.eval()
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # ShapeProp prints what it re-raises
+        # kept_modes: each module's own flag comes back; ShapeProp prints what it re-raises
+        with kept_modes(gm), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            gm.eval()
             ShapeProp(gm).propagate(example_input)
         return True
     except Exception:  # a model that cannot run on this input: shapes stay unknown
         return False
-    finally:
-        for m, flag in flags:
-            m.training = flag
 
 
 def _finalise(found: list[Block]) -> list[Block]:

@@ -53,6 +53,7 @@ from torch import nn
 
 from ..errors import FxswapError, SpecError
 from ..process_group import join
+from ..surgery.rewrite import param_count
 from .common import (check_writable, echo, forwarded_warnings, load_model, load_plan, load_weights, non_negative_float,
                      non_negative_int, noted_warnings, positive_float, positive_int)
 
@@ -175,10 +176,6 @@ def _method(text: str):
     for name, value in losses.items():
         term_options(get_term(name), value)
     return losses
-
-
-def _params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
 
 
 def _device(text: str | None) -> str:
@@ -354,8 +351,8 @@ def run_distill(args: argparse.Namespace) -> int:
                           f"got the model {args.student!r}")
     say(f"data: {args.data} ({_DATA_KINDS[kind]}, {image_size}x{image_size}): {len(train_loader.dataset)} train / "
          f"{len(val_loader.dataset)} val images, {num_classes} classes; device {device}")
-    say(f"teacher: {args.teacher}, {_params(teacher):,} parameters")
-    say(f"student: {how}, {_params(student):,} parameters ({_params(student) / _params(teacher):.1%} of the teacher)")
+    say(f"teacher: {args.teacher}, {param_count(teacher):,} parameters")
+    say(f"student: {how}, {param_count(student):,} parameters ({param_count(student) / param_count(teacher):.1%} of the teacher)")
 
     if args.amp is None:
         from ..distillation.evaluation import resolve_device

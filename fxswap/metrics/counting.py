@@ -18,7 +18,6 @@ convolution or linear layer as one "flop"; it also counts normalisation).
 from __future__ import annotations
 
 import contextlib
-import operator
 import logging
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -31,6 +30,7 @@ from ..errors import FxswapError, NoBlocksError
 from ..surgery.applied import AppliedPlan, record_of
 from ..tracing.modes import kept_modes
 
+from .latency import check_input_shape
 from .table import render_table
 
 __all__ = ["count", "compare", "CostReport", "BlockCost", "Comparison", "bn_running_stats"]
@@ -294,17 +294,6 @@ def _check_module(model, who: str) -> None:
         raise FxswapError(f"{who} needs a torch.nn.Module, got {type(model).__name__}")
 
 
-def _check_shape(input_shape) -> tuple[int, ...]:
-    try:
-        shape = tuple(operator.index(d) if not isinstance(d, bool) else None for d in input_shape)
-    except TypeError:
-        shape = ()
-    if not shape or None in shape or min(shape) < 1:
-        raise FxswapError(f"input_shape must be a tuple of positive ints for one sample, e.g. (3, 32, 32); "
-                          f"got {input_shape!r}")
-    return shape
-
-
 def count(model: nn.Module, input_shape: tuple[int, ...], blocks: list[Block] | None = None) -> CostReport:
     """Parameters (both conventions) and MACs of ``model`` for one input of ``input_shape`` (C, H, W).
 
@@ -316,7 +305,7 @@ def count(model: nn.Module, input_shape: tuple[int, ...], blocks: list[Block] | 
     block     params  params+BN stats        MACs
     """
     _check_module(model, "count")
-    input_shape = _check_shape(input_shape)
+    input_shape = check_input_shape(input_shape)
     if blocks is None:
         try:
             blocks = find_blocks(model)

@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import operator
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Mapping
@@ -46,7 +47,7 @@ from ..blocks.block import Block, find_blocks
 from ..errors import FxswapError, NoBlocksError
 
 __all__ = ["latency", "LatencyReport", "Timing", "BlockLatency", "parse_duration", "is_duration", "BlockLatencyTable",
-           "block_latency_table"]
+           "block_latency_table", "check_input_shape"]
 
 
 @dataclass(frozen=True)
@@ -157,7 +158,7 @@ def latency(
     >>> r.blocks, r.batch, r.total.runs > 0
     ((), 2, True)
     """
-    input_shape = _check_shape(input_shape)
+    input_shape = check_input_shape(input_shape)
     if not isinstance(batch, int) or batch < 1:
         raise FxswapError(f"batch must be a positive integer, got {batch!r}")
     if warmup < 0 or min_run_time <= 0:
@@ -271,7 +272,7 @@ def block_latency_table(
     >>> t.estimate({name: "B(2)" for name in variants}) == sum(p.numel() for p in student.parameters())
     True
     """
-    input_shape = _check_shape(input_shape)
+    input_shape = check_input_shape(input_shape)
     if not isinstance(batch, int) or isinstance(batch, bool) or batch < 1:
         raise FxswapError(f"batch must be a positive integer, got {batch!r}")
     if warmup < 0 or min_run_time <= 0:
@@ -340,13 +341,27 @@ def _signature(module: nn.Module, args: tuple, kwargs: dict) -> tuple:
     return repr(module), arch, layout(args), layout(kwargs)
 
 
-def _check_shape(input_shape) -> tuple[int, ...]:
+def check_input_shape(input_shape) -> tuple[int, ...]:
+    """``input_shape`` (one sample, no batch dimension) as a tuple of positive ints, or a clear error.
+
+    The one check of :func:`latency`, :func:`block_latency_table` and
+    :func:`fxswap.count`: whole numbers only (``operator.index``: no floats,
+    strings or bools).
+
+    >>> check_input_shape([3, 32, 32])
+    (3, 32, 32)
+    >>> check_input_shape((3, 32.0, 32))
+    Traceback (most recent call last):
+    ...
+    fxswap.errors.FxswapError: input_shape must be a tuple of positive ints for one sample (no batch dimension), e.g. (3, 32, 32); got (3, 32.0, 32)
+    """
     try:
-        shape = tuple(int(s) for s in input_shape)
-    except (TypeError, ValueError):
+        shape = tuple(operator.index(d) if not isinstance(d, bool) else None for d in input_shape)
+    except TypeError:
         shape = ()
-    if not shape or any(s < 1 for s in shape):
-        raise FxswapError(f"input_shape is the shape of one input without the batch, e.g. (3, 224, 224); got {input_shape!r}")
+    if not shape or None in shape or min(shape) < 1:
+        raise FxswapError(f"input_shape must be a tuple of positive ints for one sample (no batch dimension), "
+                          f"e.g. (3, 32, 32); got {input_shape!r}")
     return shape
 
 

@@ -62,6 +62,8 @@ from ..probes import probe
 from ..surgery.rewrite import cheapen
 from ..seeding import derived_seed, seeded
 from ..surgery.spec import BlockSpec, parse_spec
+from ..surgery.substitutes import reference_init
+from ..tracing.modes import kept_modes
 
 __all__ = ["FisherPotential", "fisher_potential", "fisher_signal", "channel_fisher", "kept_state", "probe_points",
            "FisherScorer", "sensitivity", "SensitivityReport", "random_init"]
@@ -117,17 +119,15 @@ def kept_state(model: nn.Module):
     >>> [x.training for x in m.modules()], float(m[0].running_mean.abs().sum())
     ([True, True, False], 0.0)
     """
-    modes = [(m, m.training) for m in model.modules()]
     saved = [(b, b.detach().clone()) for _, b in model.named_buffers()]
-    try:
-        model.train()
-        yield model
-    finally:
-        for m, mode in modes:
-            m.training = mode
-        with torch.no_grad():
-            for b, v in saved:
-                b.copy_(v)
+    with kept_modes(model):
+        try:
+            model.train()
+            yield model
+        finally:
+            with torch.no_grad():
+                for b, v in saved:
+                    b.copy_(v)
 
 
 def fisher_signal(forward: Callable[[], tuple], targets: torch.Tensor, loss_fn: Callable = F.cross_entropy,
@@ -235,10 +235,11 @@ def _check_fresh(acts, names) -> None:
 def random_init(model: nn.Module, seed: int | None = 0) -> nn.Module:
     """Re-initialise every parameter in place, as the reference's WRN does, and return ``model``.
 
-    Convolutions: He fan-out normal ``N(0, 2/(k²·out))``; norms: weight 1,
-    bias 0; linear layers: PyTorch's default, bias 0; anything else with
-    ``reset_parameters``: that. With ``seed`` the result is reproducible
-    (the global RNG is left untouched).
+    The rule is :func:`fxswap.surgery.substitutes.reference_init` (the one a
+    substitute starts with). Convolutions: He fan-out normal
+    ``N(0, 2/(k²·out))``; norms: weight 1, bias 0; linear layers: PyTorch's
+    default, bias 0; anything else with ``reset_parameters``: that. With
+    ``seed`` the result is reproducible (the global RNG is left untouched).
 
     >>> from fxswap.models import wrn
     >>> a, b = random_init(wrn(10, 1), 3), random_init(wrn(10, 1), 3)
@@ -246,25 +247,7 @@ def random_init(model: nn.Module, seed: int | None = 0) -> nn.Module:
     True
     """
     with seeded(seed):
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
-                if getattr(m, "weight", None) is not None:
-                    nn.init.ones_(m.weight)
-                if getattr(m, "bias", None) is not None:
-                    nn.init.zeros_(m.bias)
-                if hasattr(m, "reset_running_stats") and getattr(m, "track_running_stats", False):
-                    m.reset_running_stats()
-            elif isinstance(m, nn.Linear):
-                m.reset_parameters()
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif m is not model and hasattr(m, "reset_parameters") and not list(m.children()):
-                m.reset_parameters()
-    return model
+        return reference_init(model)
 
 
 class _Tapped(nn.Module):

@@ -70,7 +70,7 @@ from ..errors import BudgetError, FxswapError, SpecError
 from .costs import METRICS, CostTable
 from .fisher import FisherScorer, fisher_potential, random_init
 from ..surgery.applied import applied_plan
-from ..surgery.rewrite import cheapen, is_larger
+from ..surgery.rewrite import cheapen, is_larger, param_count
 from ..precision import Precision, resolve_precision
 from ..process_group import Dist, gather_objects, join
 from ..seeding import derived_seed, seeded
@@ -295,10 +295,6 @@ def _whole(value: float, text) -> int:
     return count
 
 
-def _count_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
 class CostModel:
     """The search space of one teacher and candidate list: a :class:`~fxswap.search.costs.CostTable`
     (``.table``) and a :class:`~fxswap.search.fisher.FisherScorer` (``.scorer``) over the same block variants.
@@ -366,8 +362,8 @@ class CostModel:
         from ..metrics.counting import macs_by_module
 
         macs = macs_by_module(model, self.input_shape) if self.has_macs else {}
-        params = {n: _count_params(model.get_submodule(n)) for n in self.names}
-        params[""] = _count_params(model)
+        params = {n: param_count(model.get_submodule(n)) for n in self.names}
+        params[""] = param_count(model)
         return params, {k: int(v) for k, v in macs.items()}
 
     def _empty_table(self) -> CostTable:

@@ -42,15 +42,17 @@ from torch import nn
 from ..blocks.block import KINDS as KIND_TEXT, Block, find_blocks, propagate_shapes
 from ..errors import MatchError, SpecError
 from ..blocks.match import BlockMatch, LocatedAdd, LocatedBranch, locate
+from ..blocks.patterns import node_shape
 from .applied import AppliedPlan, attach, detach
 from .partial import submodule_at, with_part
 from .spec import BlockSpec, parse_spec
 from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets, for_host
+from ..tracing.modes import kept_modes
 from ..tracing.prune import ancestors, live_nodes
 from ..tracing.tracer import callers, retrace_both_modes, trace, unpassed_defaults
 
 __all__ = ["cheapen", "cheapen_part", "resolve_plan", "Plan", "example_input_for", "replace_branch", "remove_branch",
-           "is_larger"]
+           "is_larger", "param_count"]
 
 Plan = Union[str, BlockSpec, Mapping[str, Union[str, BlockSpec]], Sequence[Union[str, BlockSpec]]]
 
@@ -226,13 +228,13 @@ def _replace_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: st
     found = _located(gm, block, spec, owner, "branch")
     called = dict.fromkeys(n.target for n in found.nodes if n.op == "call_module")
     region = [gm.get_submodule(t) for t in called]
-    old = _params(region)
+    old = param_count(*region)
     # what the substitute replaces: the region's modules nothing outside it calls (a ReLU module the block
     # also applies after its add stays, with its own flag)
     outside = {n.target for n in gm.graph.nodes if n.op == "call_module" and n not in set(found.nodes)}
     replaced = [gm.get_submodule(t) for t in called if t not in outside] or region
-    if cheaper_only and is_larger(old, _params([sub])):
-        raise _Kept(f"would be larger: {old:,} -> {_params([sub]):,} parameters")
+    if cheaper_only and is_larger(old, param_count(sub)):
+        raise _Kept(f"would be larger: {old:,} -> {param_count(sub):,} parameters")
     costs.setdefault(block.name, old)
     replace_branch(gm, found, sub_name, _like(sub, replaced, caller))
 
@@ -245,9 +247,9 @@ def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str
     # a call that stops running counts even when its module runs elsewhere (a module shared by two blocks,
     # both given I: each add removed frees its own call); a branch that still feeds the output frees none
     freed = _modules_of(gm, before - after)
-    if not _params(gm.get_submodule(t) for t in freed):
+    if not param_count(*(gm.get_submodule(t) for t in freed)):
         own = ancestors(found.branch) - ancestors(found.shortcut)
-        still = [t for t in sorted(_modules_of(gm, after & own)) if _params([gm.get_submodule(t)])]
+        still = [t for t in sorted(_modules_of(gm, after & own)) if param_count(gm.get_submodule(t))]
         raise _Kept(f"{spec} on block {block.name!r}: would free no parameter: with its residual add removed, its branch "
                     f"({_summarise([repr(t) for t in still], 3)}) still reaches the output another way (a partial "
                     f"residual such as ReXNet's, which adds to some channels and concatenates the rest), so no "
@@ -272,7 +274,14 @@ def _in_place(gm: fx.GraphModule, node: fx.Node) -> bool:
     return False
 
 
-def _params(modules) -> int:
+def param_count(*modules: nn.Module) -> int:
+    """The parameters of ``modules``, each tensor counted once (shared ones too): the count
+    :func:`is_larger` compares, the search's cost table holds and the CLI prints.
+
+    >>> conv = nn.Conv2d(4, 4, 3, bias=False)
+    >>> param_count(conv), param_count(conv, nn.Sequential(conv, nn.BatchNorm2d(4)))
+    (144, 152)
+    """
     seen, total = set(), 0
     for m in modules:
         for p in m.parameters():
@@ -319,11 +328,6 @@ def _shapes_of(gm: fx.GraphModule, model: nn.Module, example_input) -> torch.Ten
     return None
 
 
-def _shape(node: fx.Node | None):
-    meta = node.meta.get("tensor_meta") if node is not None else None
-    return tuple(meta.shape) if meta is not None and hasattr(meta, "shape") else None
-
-
 def _expected_shapes(gm: fx.GraphModule, blocks, specs) -> dict:
     """What each rewritten place must produce: conv paths and branch tails, from the teacher's shapes."""
     by_target = {n.target: n for n in gm.graph.nodes if n.op == "call_module"}
@@ -335,11 +339,11 @@ def _expected_shapes(gm: fx.GraphModule, blocks, specs) -> dict:
         level = SUBSTITUTES[spec.kind].level
         if level == "conv":
             for path in conv_targets(spec.kind, block):
-                out[("conv", path)] = _shape(by_target.get(path))
+                out[("conv", path)] = node_shape(by_target.get(path))
         elif level == "branch":
-            out[("branch", block.name)] = _shape(by_qualname.get((block.match or no_match).exit))
+            out[("branch", block.name)] = node_shape(by_qualname.get((block.match or no_match).exit))
         elif level == "remove":
-            out[("remove", block.name)] = _shape(by_qualname.get((block.match or no_match).add))
+            out[("remove", block.name)] = node_shape(by_qualname.get((block.match or no_match).add))
     return out
 
 
@@ -561,7 +565,7 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
                     raise
                 kept[block.name] = _reason(str(exc))
                 continue
-            old, new = sum(_params([o]) for _, o, _ in swaps), sum(_params([n]) for _, _, n in swaps)
+            old, new = sum(param_count(o) for _, o, _ in swaps), sum(param_count(n) for _, _, n in swaps)
             if cheaper_only and is_larger(old, new):
                 kept[block.name] = f"would be larger: {old:,} -> {new:,} parameters"
                 continue
@@ -681,7 +685,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
         if block.name in left:
             places.pop(("branch" if sub is not None else "remove", block.name), None)
         elif sub is not None:
-            costs[block.name] = [old_costs.get(block.name, 0), _params([sub])]
+            costs[block.name] = [old_costs.get(block.name, 0), param_count(sub)]
         else:
             costs[block.name] = [None, 0]
     if len(left) == len(built):
@@ -699,7 +703,7 @@ def _check_cheaper(model: nn.Module, student: nn.Module, places: dict, allow_lar
     ``allow_larger``: a student as large as its teacher but computing something else is never asked for.
     (A plan that rewrites nothing has had its warning.)"""
     rewritten = list(dict.fromkeys(f"{block.name} ({spec})" for block, spec, _ in places.values()))
-    before, after = _params([model]), _params([student])
+    before, after = param_count(model), param_count(student)
     if not rewritten or after < before or (after > before and allow_larger):
         return
     how = "as many as" if after == before else "more than"
@@ -761,10 +765,10 @@ def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, s
             got.setdefault(key, tuple(out.shape) if isinstance(out, torch.Tensor) else None)
 
         handles += [module.register_forward_pre_hook(pre), module.register_forward_hook(post)]
-    flags = [(m, m.training) for m in student.modules()]
     try:
-        student.eval()
-        with torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):  # fx prints what it re-raises
+        # kept_modes: each module's own flag comes back (a frozen BN stays frozen); fx prints what it re-raises
+        with kept_modes(student), torch.no_grad(), contextlib.redirect_stderr(io.StringIO()):
+            student.eval()
             student(x)
     except Exception as exc:
         wrong = _compare(got, expected, places)  # a wrong shape upstream is the better explanation
@@ -782,8 +786,6 @@ def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, s
     finally:
         for h in handles:
             h.remove()
-        for m, flag in flags:
-            m.training = flag
     return _compare(got, expected, places)
 
 

@@ -42,7 +42,7 @@ from .spec import BlockSpec, register_form
 __all__ = [
     "Substitute", "SUBSTITUTES", "register_substitute", "create_grouped_pointwise",
     "create_dilated_2x2", "create_bottleneck", "create_separable", "create_mlp", "conv_params",
-    "conv_targets", "fit_groups", "nearest_divisor", "ChannelsLast", "for_host",
+    "conv_targets", "fit_groups", "nearest_divisor", "reference_init", "ChannelsLast", "for_host",
 ]
 
 
@@ -147,16 +147,39 @@ def _act(block: Block) -> nn.Module:
         return nn.ReLU(inplace=True)
 
 
-def _init(module: nn.Module) -> nn.Module:
-    """He fan-out init for convs (the reference's normal(0, sqrt(2/(k²·out)))), BN at 1/0."""
+def reference_init(module: nn.Module) -> nn.Module:
+    """Initialise every parameter of ``module`` in place as the reference code does, and return it.
+
+    Convolutions: He fan-out normal ``N(0, 2/(k²·out))`` (the reference's
+    ``normal(0, sqrt(2/(k²·out)))``), bias 0; norms: weight 1, bias 0,
+    running statistics reset; linear layers: PyTorch's default, bias 0;
+    anything else with ``reset_parameters``: that. Every substitute starts
+    so, and :func:`fxswap.search.fisher.random_init` re-initialises a
+    network with it.
+
+    >>> conv = reference_init(nn.Conv2d(64, 64, 3))
+    >>> std = float(conv.weight.detach().std())           # He fan-out: sqrt(2 / (3·3·64)) = 0.059
+    >>> abs(std - (2 / (3 * 3 * 64)) ** 0.5) < 0.005, float(conv.bias.detach().abs().sum())
+    (True, 0.0)
+    """
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.modules.batchnorm._NormBase, nn.GroupNorm, nn.LayerNorm)):
+            if getattr(m, "weight", None) is not None:
+                nn.init.ones_(m.weight)
+            if getattr(m, "bias", None) is not None:
+                nn.init.zeros_(m.bias)
+            if hasattr(m, "reset_running_stats") and getattr(m, "track_running_stats", False):
+                m.reset_running_stats()
+        elif isinstance(m, nn.Linear):
+            m.reset_parameters()
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif m is not module and hasattr(m, "reset_parameters") and not list(m.children()):
+            m.reset_parameters()
     return module
 
 
@@ -242,7 +265,7 @@ def create_grouped_pointwise(conv: nn.Conv2d, groups: int, act: nn.Module) -> nn
     >>> [type(x).__name__ for x in m]
     ['Conv2d', 'BatchNorm2d', 'ReLU', 'Conv2d']
     """
-    return _init(nn.Sequential(OrderedDict(
+    return reference_init(nn.Sequential(OrderedDict(
         grouped=_conv_like(conv, conv.in_channels, conv.in_channels, conv.kernel_size, conv.dilation, groups, False),
         bn=nn.BatchNorm2d(conv.in_channels),
         act=act,
@@ -261,7 +284,7 @@ def create_dilated_2x2(conv: nn.Conv2d) -> nn.Conv2d:
     extent = [d * (k - 1) + 1 for d, k in zip(conv.dilation, conv.kernel_size)]
     kernel = tuple(2 if e > 1 else 1 for e in extent)
     dilation = tuple(e - 1 if e > 1 else 1 for e in extent)
-    return _init(_conv_like(conv, conv.in_channels, conv.out_channels, kernel, dilation, conv.groups,
+    return reference_init(_conv_like(conv, conv.in_channels, conv.out_channels, kernel, dilation, conv.groups,
                             conv.bias is not None))
 
 
@@ -293,7 +316,7 @@ def create_bottleneck(in_channels: int, out_channels: int, width: int, kernel_si
     )
     if post_norm:
         layers["bn3"] = nn.BatchNorm2d(out_channels)
-    return _init(nn.Sequential(layers))
+    return reference_init(nn.Sequential(layers))
 
 
 def create_separable(in_channels: int, out_channels: int, width: int, kernel_size: int, stride: int,
@@ -318,7 +341,7 @@ def create_separable(in_channels: int, out_channels: int, width: int, kernel_siz
     )
     if post_norm:
         layers["bn2"] = nn.BatchNorm2d(out_channels)
-    return _init(nn.Sequential(layers))
+    return reference_init(nn.Sequential(layers))
 
 
 def create_mlp(in_features: int, out_features: int, hidden: int, act: Callable[[], nn.Module],
