@@ -1,4 +1,5 @@
 """Errors fxswap raises. Each says what was wrong and what is accepted."""
+from __future__ import annotations
 
 
 class FxswapError(Exception):
@@ -6,7 +7,21 @@ class FxswapError(Exception):
 
 
 class SpecError(FxswapError, ValueError):
-    """A block spec string (or plan) that fxswap cannot parse or apply."""
+    """A block spec string (or plan) that fxswap cannot parse or apply.
+
+    ``reason`` says why, without naming the block or the spec: what
+    ``cheapen`` records for a block that a whole-model spec keeps as it is
+    (``fxswap.applied_plan(student).kept``). Where the raiser gives none, it
+    is the message.
+
+    >>> err = SpecError("G(3) on block 'layer1.0': 16 channels", reason="16 channels")
+    >>> str(err), err.reason, SpecError("no such spec").reason
+    ("G(3) on block 'layer1.0': 16 channels", '16 channels', 'no such spec')
+    """
+
+    def __init__(self, *args, reason: str | None = None):
+        super().__init__(*args)
+        self.reason = reason if reason is not None else (str(args[0]) if args else "")
 
 
 class TraceError(FxswapError, RuntimeError):

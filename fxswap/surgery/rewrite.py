@@ -155,19 +155,20 @@ def _applicable(block: Block) -> str:
 
 
 class _Kept(SpecError):
-    """A block a whole-model spec leaves as it is (the reason is the message)."""
+    """A block a whole-model spec leaves as it is (why: ``reason``)."""
 
 
 def _located(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str, part: str):
     """The block's match in ``gm`` (the trace of ``owner``); a match that does not map is an error naming the
     block and the specs that apply."""
     if block.match is None:
-        raise SpecError(f"{spec} cannot rewrite block {block.name!r}: it was not found by fxswap.find_blocks "
-                        f"(it carries no match); {_applicable(block)}")
+        why = "it was not found by fxswap.find_blocks (it carries no match)"
+        raise SpecError(f"{spec} cannot rewrite block {block.name!r}: {why}; {_applicable(block)}", reason=why)
     try:
         return locate(block.match, gm, owner, part)
     except MatchError as exc:
-        raise SpecError(f"{spec} cannot rewrite block {block.name!r}: {exc}; {_applicable(block)}") from None
+        raise SpecError(f"{spec} cannot rewrite block {block.name!r}: {exc}; {_applicable(block)}",
+                        reason=exc.reason) from None
 
 
 def replace_branch(gm: fx.GraphModule, found: LocatedBranch, name: str, module: nn.Module) -> fx.Node:
@@ -250,10 +251,11 @@ def _remove_branch(gm: fx.GraphModule, block: Block, spec: BlockSpec, owner: str
     if not param_count(*(gm.get_submodule(t) for t in freed)):
         own = ancestors(found.branch) - ancestors(found.shortcut)
         still = [t for t in sorted(_modules_of(gm, after & own)) if param_count(gm.get_submodule(t))]
-        raise _Kept(f"{spec} on block {block.name!r}: would free no parameter: with its residual add removed, its branch "
-                    f"({_summarise([repr(t) for t in still], 3)}) still reaches the output another way (a partial "
-                    f"residual such as ReXNet's, which adds to some channels and concatenates the rest), so no "
-                    f"parameter goes; give this block 'S' or a spec that replaces its branch")
+        why = (f"would free no parameter: with its residual add removed, its branch "
+               f"({_summarise([repr(t) for t in still], 3)}) still reaches the output another way (a partial "
+               f"residual such as ReXNet's, which adds to some channels and concatenates the rest), so no "
+               f"parameter goes; give this block 'S' or a spec that replaces its branch")
+        raise _Kept(f"{spec} on block {block.name!r}: {why}", reason=why)
     remove_branch(gm, found)
 
 
@@ -450,9 +452,9 @@ def _rewrite_checked(model, blocks, specs: dict, leaf_modules, kept: dict | None
             return student, adjusted, places
         failed_rounds += 1
         if kept is None or failed_rounds == _SELF_CHECK_ROUNDS:
-            raise SpecError(failures[0][1])
-        for name, message in failures:  # rewrite again with these blocks kept
-            kept[name] = _reason(message)
+            raise failures[0][1]
+        for name, error in failures:  # rewrite again with these blocks kept
+            kept[name] = error.reason
             specs[name] = BlockSpec("S")
 
 
@@ -477,13 +479,6 @@ def cheapen_part(model: nn.Module, plan, root: str, **cheapen_options) -> nn.Mod
     record = detach(part)  # it describes the whole student (rebuilt from the model with root=), not the part
     student = with_part(model, root, part)
     return attach(student, replace(record, root=root)) if record is not None else student
-
-
-def _reason(message: str) -> str:
-    """The part of a SpecError message that says why a block cannot take its spec (for the kept-blocks warning)."""
-    text = message.split("; specs that apply")[0]
-    head, sep, rest = text.partition("': ")
-    return rest if sep and " block '" in head + "'" else text
 
 
 def _warn_kept(blocks, asked: dict, specs: dict, kept: dict) -> None:
@@ -563,7 +558,7 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
             except SpecError as exc:
                 if kept is None:
                     raise
-                kept[block.name] = _reason(str(exc))
+                kept[block.name] = exc.reason
                 continue
             old, new = sum(param_count(o) for _, o, _ in swaps), sum(param_count(n) for _, _, n in swaps)
             if cheaper_only and is_larger(old, new):
@@ -634,11 +629,11 @@ def _build_convs(student: nn.Module, block: Block, spec: BlockSpec, paths) -> li
         try:
             new = build(spec, old, block)
         except SpecError as exc:
-            raise SpecError(f"{exc} (the conv is {path!r})") from None
+            raise SpecError(f"{exc} (the conv is {path!r})", reason=f"{exc.reason} (the conv is {path!r})") from None
         except Exception as exc:  # a conv class the builder does not know how to copy
-            raise SpecError(f"{spec} cannot rewrite block {block.name!r}: its conv {path!r} "
-                            f"({type(old).__name__}) cannot be rebuilt: {type(exc).__name__}: {exc}; "
-                            f"{_applicable(block)}") from exc
+            why = f"its conv {path!r} ({type(old).__name__}) cannot be rebuilt: {type(exc).__name__}: {exc}"
+            raise SpecError(f"{spec} cannot rewrite block {block.name!r}: {why}; {_applicable(block)}",
+                            reason=why) from exc
         swaps.append((path, old, new))
     return swaps
 
@@ -674,7 +669,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
                 if kept is None:
                     raise
                 left.add(block.name)
-                kept[block.name] = _reason(str(exc))
+                kept[block.name] = exc.reason
 
     subs = tuple(sub for *_, sub in built if sub is not None)
     # a submodule is traced with the arguments its parent leaves at their default frozen ({}: none known),
@@ -739,10 +734,11 @@ def is_larger(teacher_params: int | None, student_params: int) -> bool:
     return teacher_params is not None and student_params > teacher_params
 
 
-def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, specs) -> list[tuple[str, str]]:
+def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks,
+                  specs) -> list[tuple[str, SpecError]]:
     """Run the student once; every rewritten place must give the shape its original gave.
 
-    Returns ``(block name, message)`` for each rewritten block that does not (a student that fails to run:
+    Returns ``(block name, error)`` for each rewritten block that does not (a student that fails to run:
     the innermost rewritten block running at the time); a failure no rewritten block was running is raised.
     """
     got: dict = {}
@@ -777,8 +773,8 @@ def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, s
         if stack:
             block, spec, path = places[stack[-1]]
             where = f"block {block.name!r} ({spec}{', conv ' + repr(path) if stack[-1][0] == 'conv' else ''})"
-            return [(block.name, f"the rewritten student does not run: {where} fails with {type(exc).__name__}: "
-                                 f"{str(exc).splitlines()[0][:300] if str(exc) else ''}")]
+            return [(block.name, SpecError(f"the rewritten student does not run: {where} fails with "
+                                           f"{type(exc).__name__}: {str(exc).splitlines()[0][:300] if str(exc) else ''}"))]
         where = "block(s) " + _summarise([f"{b.name} ({specs[b.name]})" for b in blocks
                                           if str(specs[b.name]) != "S"], 6)
         raise SpecError(f"the rewritten student does not run: {where} fails with {type(exc).__name__}: "
@@ -789,15 +785,16 @@ def _check_shapes(student: nn.Module, x, places: dict, expected: dict, blocks, s
     return _compare(got, expected, places)
 
 
-def _compare(got: dict, expected: dict, places: dict) -> list[tuple[str, str]]:
+def _compare(got: dict, expected: dict, places: dict) -> list[tuple[str, SpecError]]:
     wrong = []
     for key, shape in got.items():
         want = expected.get(key)
         if want is not None and shape is not None and shape != want:
             block, spec, path = places[key]
             what = f"conv {path!r}" if key[0] == "conv" else "its branch"
-            wrong.append((block.name, f"{spec} on block {block.name!r}: {what} now gives shape {shape} instead of "
-                                      f"{want}; {_applicable(block)}"))
+            why = f"{what} now gives shape {shape} instead of {want}"
+            wrong.append((block.name, SpecError(f"{spec} on block {block.name!r}: {why}; {_applicable(block)}",
+                                                reason=why)))
     return wrong
 
 

@@ -218,11 +218,10 @@ def fit_groups(arg, channels: int, what: str, block: Block, spec: BlockSpec) -> 
         return int(wanted)
     if STRICT_GROUPS.get():
         count = f"{int(wanted)} groups" if float(wanted).is_integer() and wanted >= 1 else f"groups = {arg}"
-        raise SpecError(
-            f"{spec} on block {block.name!r}: {what} has {channels} channels, which {count} do not divide; "
-            f"use a group count that divides {channels}, a ratio such as G(N/4) / BG(b,M/4), or strict=False "
-            f"to use the nearest group count that divides"
-        )
+        why = (f"{what} has {channels} channels, which {count} do not divide; use a group count that divides "
+               f"{channels}, a ratio such as G(N/4) / BG(b,M/4), or strict=False to use the nearest group count "
+               f"that divides")
+        raise SpecError(f"{spec} on block {block.name!r}: {why}", reason=why)
     used = nearest_divisor(channels, max(wanted, 1))
     adjusted = GROUPS_ADJUSTED.get()
     if adjusted is not None:
