@@ -46,7 +46,7 @@ from ..blocks.patterns import node_shape
 from .applied import AppliedPlan, attach, detach
 from .partial import submodule_at, with_part
 from .spec import BlockSpec, parse_spec
-from .substitutes import GROUPS_ADJUSTED, STRICT_GROUPS, SUBSTITUTES, conv_targets, for_host
+from .substitutes import SUBSTITUTES, BuildOptions, conv_targets, for_host
 from ..tracing.modes import kept_modes
 from ..tracing.prune import ancestors, live_nodes
 from ..tracing.tracer import callers, retrace_both_modes, trace, unpassed_defaults
@@ -382,9 +382,9 @@ def cheapen(model: nn.Module, plan: Plan, *, reinit: bool = False, leaf_modules=
                             example_input=example_input, allow_larger=allow_larger, strict=strict)
     gm = trace(model, leaf_modules)
     whole_model = isinstance(plan, (str, BlockSpec))
-    with warnings.catch_warnings():  # a spec that applies to no block fails here, before any forward
-        warnings.simplefilter("ignore")
-        _check_kinds(find_blocks(gm), resolve_plan(find_blocks(gm), plan), whole_model=whole_model)
+    # a spec that applies to no block fails here, before any forward (the warning comes from the second check:
+    # an argument, not warnings.catch_warnings, whose filters are the whole process's, other threads' too)
+    _check_kinds(find_blocks(gm), resolve_plan(find_blocks(gm), plan), whole_model=whole_model, warn=False)
     x = _shapes_of(gm, model, example_input)
     blocks = find_blocks(gm)
     asked = resolve_plan(blocks, plan)
@@ -428,19 +428,13 @@ def _rewrite_checked(model, blocks, specs: dict, leaf_modules, kept: dict | None
     block was kept during a rewrite, its owner's other substitutes were named and traced with it present,
     so the rewrite runs again without it (a saved student is rebuilt from the applied plan).
     """
-    adjusted: list = []
     failed_rounds = 0
     while True:
-        adjusted.clear()
+        options = BuildOptions(strict=strict)  # this round's builds only: a round that keeps a block rebuilds
         before, was = set(kept or ()), dict(specs)
-        token = (STRICT_GROUPS.set(strict), GROUPS_ADJUSTED.set(adjusted))
-        try:
-            student, costs, places = _rewrite(model, blocks, specs, leaf_modules, kept,
-                                              cheaper_only=kept is not None and not allow_larger,
-                                              called_by=called_by)
-        finally:
-            STRICT_GROUPS.reset(token[0])
-            GROUPS_ADJUSTED.reset(token[1])
+        student, costs, places = _rewrite(model, blocks, specs, leaf_modules, kept,
+                                          cheaper_only=kept is not None and not allow_larger,
+                                          called_by=called_by, options=options)
         if kept:
             specs.update({name: BlockSpec("S") for name in kept})
         if not allow_larger:
@@ -449,7 +443,7 @@ def _rewrite_checked(model, blocks, specs: dict, leaf_modules, kept: dict | None
             continue  # each round keeps at least one more block, so this ends
         failures = _check_shapes(student, x, places, expected, blocks, specs) if x is not None else []
         if not failures:
-            return student, adjusted, places
+            return student, options.adjusted, places
         failed_rounds += 1
         if kept is None or failed_rounds == _SELF_CHECK_ROUNDS:
             raise failures[0][1]
@@ -496,10 +490,10 @@ def _warn_kept(blocks, asked: dict, specs: dict, kept: dict) -> None:
                   stacklevel=3)
 
 
-def _check_kinds(blocks, specs, whole_model: bool) -> tuple[dict[str, BlockSpec], dict[str, str]]:
+def _check_kinds(blocks, specs, whole_model: bool, warn: bool = True) -> tuple[dict[str, BlockSpec], dict[str, str]]:
     """Every block's spec must serve its kind. One spec for the whole model skips the blocks it does not
-    serve (attention blocks under ``B(2)``) with one warning, unless it serves none of them. Returns the
-    specs to apply and, per skipped block, why."""
+    serve (attention blocks under ``B(2)``) with one warning (``warn``), unless it serves none of them.
+    Returns the specs to apply and, per skipped block, why."""
     out = dict(specs)
     skipped = []
     why: dict[str, str] = {}
@@ -526,7 +520,7 @@ def _check_kinds(blocks, specs, whole_model: bool) -> tuple[dict[str, BlockSpec]
                f"{problems[0].region_problem}" if problems else "")
         raise SpecError(f"{specs[block.name]} applies to none of the blocks (kinds: "
                         f"{', '.join(sorted({b.kind for b in blocks}))}){why}; {_applicable(block)}")
-    if skipped:
+    if skipped and warn:
         kinds = ", ".join(sorted({b.kind for b in skipped}))
         warnings.warn(f"{specs[skipped[0].name]} does not apply to some {kinds} blocks (docs/specs.md); kept as "
                       f"they are: {_summarise([b.name for b in skipped], 10)}", stacklevel=3)
@@ -534,12 +528,14 @@ def _check_kinds(blocks, specs, whole_model: bool) -> tuple[dict[str, BlockSpec]
 
 
 def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheaper_only: bool = False,
-             called_by: dict | None = None):
+             called_by: dict | None = None, options: BuildOptions | None = None):
     """The student, each block's (old params, new params), and the module path checked for each rewrite.
 
     With ``kept`` (a whole-model spec), a block that cannot be rewritten, or with ``cheaper_only`` would be
-    larger, is left as it is and ``kept[name]`` says why; otherwise that is an error.
+    larger, is left as it is and ``kept[name]`` says why; otherwise that is an error. ``options`` go to
+    every builder (group counts adjusted are appended to ``options.adjusted``).
     """
+    options = options if options is not None else BuildOptions()
     student = copy.deepcopy(model)
     unchanged = []
     replaced: set[str] = set()  # a conv shared by nested blocks (Res2Net, HRNet) is replaced once
@@ -554,7 +550,7 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
             if not targets:
                 unchanged.append(block.name)
             try:
-                swaps = _build_convs(student, block, spec, [t for t in targets if t not in replaced])
+                swaps = _build_convs(student, block, spec, [t for t in targets if t not in replaced], options)
             except SpecError as exc:
                 if kept is None:
                     raise
@@ -588,7 +584,7 @@ def _rewrite(model, blocks, specs, leaf_modules, kept: dict | None = None, cheap
         before = dict(kept) if kept is not None else None
         try:
             student = _rewrite_owner(student, owner, edits, leaf_modules, costs, places, kept, cheaper_only,
-                                     called_by)
+                                     called_by, options)
         except SpecError:
             raise
         except Exception as exc:  # an fx failure while retracing (TraceError included)
@@ -620,14 +616,14 @@ def _owner(block: Block, level: str) -> str:
     return block.match.owner("branch" if level == "branch" else "add")
 
 
-def _build_convs(student: nn.Module, block: Block, spec: BlockSpec, paths) -> list:
+def _build_convs(student: nn.Module, block: Block, spec: BlockSpec, paths, options: BuildOptions) -> list:
     """(path, old conv, substitute) for each conv of ``block`` that a conv-level spec replaces."""
-    build = SUBSTITUTES[spec.kind].builder_for(block.kind)
+    substitute = SUBSTITUTES[spec.kind]
     swaps = []
     for path in paths:
         old = student.get_submodule(path)
         try:
-            new = build(spec, old, block)
+            new = substitute.create(block.kind, spec, old, block, options=options)
         except SpecError as exc:
             raise SpecError(f"{exc} (the conv is {path!r})", reason=f"{exc.reason} (the conv is {path!r})") from None
         except Exception as exc:  # a conv class the builder does not know how to copy
@@ -639,7 +635,8 @@ def _build_convs(student: nn.Module, block: Block, spec: BlockSpec, paths) -> li
 
 
 def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, places, kept=None,
-                   cheaper_only=False, called_by: dict | None = None) -> nn.Module:
+                   cheaper_only=False, called_by: dict | None = None,
+                   options: BuildOptions | None = None) -> nn.Module:
     called_by = called_by or {}
     owner_mod = student.get_submodule(owner) if owner else student
     built = []
@@ -647,7 +644,7 @@ def _rewrite_owner(student: nn.Module, owner: str, edits, leaf_modules, costs, p
         sub = SUBSTITUTES[spec.kind]
         if sub.level == "branch":
             name = _free_name(owner_mod, "substitute", i)
-            new = for_host(sub.builder_for(block.kind)(spec, block), block)
+            new = for_host(sub.create(block.kind, spec, block, options=options), block)
             built.append((block, spec, name, new))
             places[("branch", block.name)] = (block, spec, f"{owner}.{name}" if owner else name)
         else:

@@ -11,6 +11,11 @@ Each spec kind has a *level*:
   ``block.out_channels`` with ``block.stride``;
 * ``"remove"`` (``I``) and ``"keep"`` (``S``) build nothing.
 
+A builder that also has a parameter named ``options`` is given the call's
+:class:`BuildOptions` there (``cheapen``'s ``strict=`` and the list its
+group-count warning reads), to hand on to :func:`fit_groups`; a builder
+without one is called as above.
+
 The structures and parameter costs are Moonshine's (seed 000, Table 1). The
 conv-level/branch-level split is what reproduces its Table 3 counts to the
 digit (checked against the reference implementation's ``DConv*`` conv
@@ -28,7 +33,8 @@ Register your own (the grammar learns the name)::
 """
 from __future__ import annotations
 
-import contextvars
+import inspect
+import warnings
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Callable
@@ -37,13 +43,37 @@ from torch import nn
 
 from ..blocks.block import KINDS, Block
 from ..errors import SpecError
-from .spec import BlockSpec, register_form
+from .spec import BlockSpec, parse_spec, register_form
 
 __all__ = [
-    "Substitute", "SUBSTITUTES", "register_substitute", "create_grouped_pointwise",
+    "Substitute", "SUBSTITUTES", "register_substitute", "BuildOptions", "create_grouped_pointwise",
     "create_dilated_2x2", "create_bottleneck", "create_separable", "create_mlp", "conv_params",
     "conv_targets", "fit_groups", "nearest_divisor", "reference_init", "ChannelsLast", "for_host",
 ]
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What one ``cheapen`` call tells the builders beyond the spec and the block (passed, never global).
+
+    ``strict``: a group count that does not divide a width is a
+    :class:`fxswap.SpecError` (``cheapen(..., strict=True)``); otherwise
+    :func:`fit_groups` takes the nearest divisor and appends
+    ``(block, spec, channels, asked, used)`` to ``adjusted``, the list this
+    call's one warning is made from. Each call (each rewrite round) makes
+    its own, so a ``cheapen`` run inside another (a builder that cheapens)
+    never sees the outer call's.
+
+    >>> options = BuildOptions()
+    >>> b = Block("b", 0, 0, 26, 26, 1, 3, (), "pre", "identity")
+    >>> SUBSTITUTES["G"].create("basic", parse_spec("G(4)"), nn.Conv2d(26, 26, 3), b, options=options)[0].groups
+    2
+    >>> options.adjusted
+    [('b', 'G(4)', 26, '4', 2)]
+    """
+
+    strict: bool = False
+    adjusted: list = field(default_factory=list, compare=False)
 
 
 @dataclass(frozen=True)
@@ -78,12 +108,37 @@ class Substitute:
     def builder_for(self, kind: str) -> Callable | None:
         return self.builders.get(kind, self.builders.get("*"))
 
+    def create(self, kind: str, *args, options: BuildOptions | None = None) -> nn.Module | None:
+        """Call the builder for host ``kind`` on ``args`` (``spec, conv, block`` or ``spec, block``),
+        handing it ``options`` if it has a parameter of that name.
+
+        >>> from fxswap.models import wrn
+        >>> from fxswap import find_blocks
+        >>> block = find_blocks(wrn(10, 1))[0]
+        >>> SUBSTITUTES["B"].create(block.kind, parse_spec("B(2)"), block).conv
+        Conv2d(8, 8, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1), bias=False)
+        """
+        build = self.builder_for(kind)
+        if _takes_options(build):
+            return build(*args, options=options if options is not None else BuildOptions())
+        return build(*args)
+
     def kinds(self) -> tuple[str, ...]:
         """The host kinds served, in :data:`fxswap.blocks.KINDS` order."""
         return tuple(k for k in KINDS if self.serves(k))
 
 
 SUBSTITUTES: dict[str, Substitute] = {}
+
+
+def _takes_options(build: Callable) -> bool:
+    """Whether a builder declares ``options`` (builders registered before it existed do not)."""
+    try:
+        param = inspect.signature(build).parameters.get("options")
+    except (TypeError, ValueError):  # a callable without a signature takes what it always took
+        return False
+    return param is not None and param.kind in (param.POSITIONAL_OR_KEYWORD, param.KEYWORD_ONLY)
+
 
 _LEVELS = ("conv", "branch", "remove", "keep")
 
@@ -94,7 +149,11 @@ def register_substitute(name: str, level: str, params: tuple[str, ...] = (), kin
 
     ``level`` is ``"conv"`` (``build(spec, conv, block)`` replaces each conv
     that ``targets(block)`` lists, by default the k×k ones) or ``"branch"``
-    (``build(spec, block)`` replaces the branch). ``params`` are the argument
+    (``build(spec, block)`` replaces the branch). A builder that fits group
+    counts with :func:`fit_groups` takes a parameter ``options`` too
+    (``build(spec, block, options=None)``) and passes it on, so that
+    ``cheapen(..., strict=True)`` and its one group-count warning cover it
+    (a builder without one is called as before). ``params`` are the argument
     kinds (``"int"``, ``"N"``, ``"M"``) the grammar accepts; ``kinds`` the host
     kinds this builder serves (``None``: every kind). Registering the same name
     again adds builders for more kinds. The built-in specs register this way.
@@ -183,12 +242,6 @@ def reference_init(module: nn.Module) -> nn.Module:
     return module
 
 
-#: how ``G``/``BG`` group counts that do not divide the channels are handled (see :func:`fit_groups`)
-STRICT_GROUPS: contextvars.ContextVar[bool] = contextvars.ContextVar("fxswap_strict_groups", default=False)
-#: (block, spec, channels, asked, used) for each group count that was adjusted in this cheapen call
-GROUPS_ADJUSTED: contextvars.ContextVar[list | None] = contextvars.ContextVar("fxswap_adjusted_groups", default=None)
-
-
 def nearest_divisor(channels: int, wanted: float) -> int:
     """The divisor of ``channels`` nearest to ``wanted`` (ties: the larger, i.e. more groups, cheaper).
 
@@ -199,33 +252,42 @@ def nearest_divisor(channels: int, wanted: float) -> int:
     return min(divisors, key=lambda d: (abs(d - wanted), -d))
 
 
-def fit_groups(arg, channels: int, what: str, block: Block, spec: BlockSpec) -> int:
+def fit_groups(arg, channels: int, what: str, block: Block, spec: BlockSpec,
+               options: BuildOptions | None = None) -> int:
     """The group count for ``channels`` from a spec argument (an int or ``N/d``, ``M/d``).
 
     The default rule: when the asked count does not divide ``channels``, use
-    the nearest count that does (ties to more groups), and ``cheapen`` warns
-    once listing every adjusted block. With ``cheapen(..., strict=True)`` it is
-    a :class:`fxswap.SpecError` instead. A ratio ``N/d`` asks for ``N/d``
-    groups (a fraction when d does not divide N).
+    the nearest count that does (ties to more groups) and append the place to
+    ``options.adjusted``, from which ``cheapen`` warns once listing every
+    adjusted block. With ``options.strict`` (``cheapen(..., strict=True)``) it
+    is a :class:`fxswap.SpecError` instead. A ratio ``N/d`` asks for ``N/d``
+    groups (a fraction when d does not divide N). Without ``options`` (a
+    builder that does not take them) an adjusted count warns at once.
 
-    >>> from fxswap.surgery.spec import parse_spec, Ratio
+    >>> from fxswap.surgery.spec import Ratio
     >>> b = Block("b", 0, 0, 26, 26, 1, 3, (), "pre", "identity")
-    >>> fit_groups(Ratio("N", 4), 26, "a conv", b, parse_spec("G(N/4)")), fit_groups(4, 64, "a conv", b, parse_spec("G(4)"))
+    >>> options = BuildOptions()
+    >>> fit_groups(Ratio("N", 4), 26, "a conv", b, parse_spec("G(N/4)"), options), fit_groups(4, 64, "a conv", b, parse_spec("G(4)"), options)
     (2, 4)
+    >>> options.adjusted
+    [('b', 'G(N/4)', 26, 'N/4', 2)]
     """
     wanted = channels / arg.divisor if hasattr(arg, "divisor") else arg
     if wanted >= 1 and float(wanted).is_integer() and channels % int(wanted) == 0:
         return int(wanted)
-    if STRICT_GROUPS.get():
+    if options is not None and options.strict:
         count = f"{int(wanted)} groups" if float(wanted).is_integer() and wanted >= 1 else f"groups = {arg}"
         why = (f"{what} has {channels} channels, which {count} do not divide; use a group count that divides "
                f"{channels}, a ratio such as G(N/4) / BG(b,M/4), or strict=False to use the nearest group count "
                f"that divides")
         raise SpecError(f"{spec} on block {block.name!r}: {why}", reason=why)
     used = nearest_divisor(channels, max(wanted, 1))
-    adjusted = GROUPS_ADJUSTED.get()
-    if adjusted is not None:
-        adjusted.append((block.name, str(spec), channels, str(arg), used))
+    if options is None:
+        warnings.warn(f"{spec} on block {block.name!r}: {what} has {channels} channels, which {arg} groups do not "
+                      f"divide; using {used} (pass the builder's options to fit_groups to have them listed in "
+                      f"cheapen's one warning, and strict=True to make this an error)", stacklevel=2)
+    else:
+        options.adjusted.append((block.name, str(spec), channels, str(arg), used))
     return used
 
 
@@ -394,8 +456,8 @@ def _no_builder(*_):  # S keeps the block, I removes its branch: nothing to buil
 
 @register_substitute("G", level="conv", params=("N",), kinds=("basic", "bottleneck", "inverted", "mixer", "other"),
                      targets=lambda block: block.full_convs, example="G(4), G(N/4)")
-def _grouped(spec: BlockSpec, conv: nn.Conv2d, block: Block) -> nn.Module:
-    groups = fit_groups(spec.groups.value, conv.in_channels, "a conv", block, spec)
+def _grouped(spec: BlockSpec, conv: nn.Conv2d, block: Block, options: BuildOptions | None = None) -> nn.Module:
+    groups = fit_groups(spec.groups.value, conv.in_channels, "a conv", block, spec, options)
     return create_grouped_pointwise(conv, groups, _act(block))
 
 
@@ -414,30 +476,30 @@ def _bottleneck_width(spec: BlockSpec, block: Block) -> int:
                      example="B(2)")
 @register_substitute("BG", level="branch", params=("int", "M"), kinds=("basic", "bottleneck", "inverted", "other"),
                      example="BG(2,4), BG(2,M/8)")
-def _bottleneck(spec: BlockSpec, block: Block) -> nn.Module:
+def _bottleneck(spec: BlockSpec, block: Block, options: BuildOptions | None = None) -> nn.Module:
     width = _bottleneck_width(spec, block)
     groups = 1  # Moonshine's B: a full k×k conv
     if block.depthwise:  # an inverted residual keeps its depthwise conv
         groups = width
     elif block.kind == "bottleneck" and block.groups > 1:  # ResNeXt / RegNet keep their cardinality
-        groups = fit_groups(block.groups, width, "the bottleneck's grouped conv", block, spec)
+        groups = fit_groups(block.groups, width, "the bottleneck's grouped conv", block, spec, options)
     if spec.kind == "BG":
         groups = fit_groups(spec.groups.value, width, f"the bottleneck (M = {block.width}//{spec.bottleneck})",
-                            block, spec)
+                            block, spec, options)
     return create_bottleneck(block.in_channels, block.out_channels, width, block.kernel_size, block.branch_stride,
                              groups, lambda: _act(block), post_norm=block.order == "post", padding=block.padding)
 
 
 @register_substitute("B", level="branch", params=("int",), kinds=("mixer",))
 @register_substitute("BG", level="branch", params=("int", "M"), kinds=("mixer",))
-def _separable(spec: BlockSpec, block: Block) -> nn.Module:
+def _separable(spec: BlockSpec, block: Block, options: BuildOptions | None = None) -> nn.Module:
     width = _bottleneck_width(spec, block)
     groups = None
     if spec.kind == "BG":  # g groups (M/d: of M = H//b) on the k×k conv, fitted to its channels
         arg = spec.groups.value
         wanted = max(1, width // arg.divisor) if hasattr(arg, "divisor") else arg
         groups = fit_groups(wanted, block.in_channels, f"the k×k conv (M = {block.width}//{spec.bottleneck})",
-                            block, spec)
+                            block, spec, options)
     return create_separable(block.in_channels, block.out_channels, width, block.kernel_size,
                             block.branch_stride, lambda: _act(block), post_norm=block.order == "post",
                             padding=block.padding, groups=groups)
@@ -458,8 +520,6 @@ def conv_params(spec: BlockSpec | str, n: int, k: int = 3) -> int:
     >>> conv_params("G(N/4)", 64), conv_params("BG(2,M/8)", 64)
     (12800, 6400)
     """
-    from .spec import parse_spec
-
     spec = parse_spec(spec)
     if spec.kind == "S":
         return 2 * n * n * k * k
