@@ -30,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import DistillError
+from ..tracing.modes import kept_modes
 from .hidden import Hidden, HidingModule
 from .terms import Term, TermInputs, TermSetup, channels_last, check_call, get_term, term_options
 
@@ -207,18 +208,15 @@ class Distiller(HidingModule):
         """Student and teacher features on ``example_input``, or on the first candidate both models run on."""
         models = [self.student] + ([self.teacher] if self.teacher is not None else [])
         candidates = [example_input] if example_input is not None else _candidate_inputs(models, ref)
-        was = self.student.training
-        self.student.eval()
         failures = []
-        try:
+        with kept_modes(self.student):  # each module's own flag comes back
+            self.student.eval()
             for x in candidates:
                 try:
                     _, s_pts, _, t_pts = self._features(x)
                     return s_pts, t_pts
                 except Exception as exc:  # any model code may refuse a size: try the next, report them all
                     failures.append(f"{tuple(x.shape)}: {type(exc).__name__}: {str(exc)[:200]}")
-        finally:
-            self.student.train(was)
         raise DistillError(f"losses {names} size their connectors on one batch, and the models did not run on "
                            f"{'example_input' if example_input is not None else 'any input tried'} ("
                            f"{'; '.join(failures)}); pass example_input= a batch both models accept, "

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import DistillError
+from ..tracing.modes import kept_modes
 
 __all__ = ["evaluate", "evaluation_sums", "resolve_device", "to_device", "logits_of", "autocast_dtype"]
 
@@ -92,29 +93,26 @@ def evaluation_sums(model: nn.Module, loader, device=None, *, amp: bool | None =
     device = resolve_device(device) if device is not None else next(model.parameters()).device
     use_amp = (device.type == "cuda") if amp is None else bool(amp)
     dtype = autocast_dtype(device, amp_dtype)
-    was = model.training
-    model.eval()
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     bad_inputs: list[Tensor] = []
     bad_losses: list[Tensor] = []
     n = 0
-    try:
-        with torch.no_grad():
-            for batch in loader:
-                x, y = to_device(batch, device)
-                if channels_last and x.dim() == 4:
-                    x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-                    out = logits_of(model(x))
-                loss = F.cross_entropy(out.float(), y, reduction="sum").double()
-                bad_inputs.append(~torch.isfinite(x).all() if x.is_floating_point() else torch.zeros((), dtype=torch.bool, device=device))
-                bad_losses.append(~torch.isfinite(loss))
-                loss_sum += loss
-                correct += (out.argmax(1) == y).sum()
-                n += y.shape[0]
-    finally:
-        model.train(was)
+    # every module gets its own flag back (a frozen BatchNorm inside a training model stays frozen)
+    with kept_modes(model), torch.no_grad():
+        model.eval()
+        for batch in loader:
+            x, y = to_device(batch, device)
+            if channels_last and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+                out = logits_of(model(x))
+            loss = F.cross_entropy(out.float(), y, reduction="sum").double()
+            bad_inputs.append(~torch.isfinite(x).all() if x.is_floating_point() else torch.zeros((), dtype=torch.bool, device=device))
+            bad_losses.append(~torch.isfinite(loss))
+            loss_sum += loss
+            correct += (out.argmax(1) == y).sum()
+            n += y.shape[0]
     for flags, what in ((bad_inputs, "non-finite input values"), (bad_losses, "a non-finite loss")):
         index = _first_bad(flags)
         if index is not None:

@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from .. import losses as L
 from ..errors import DistillError
+from ..tracing.modes import kept_modes
 from .hidden import Hidden, HidingModule
 from .lit import stage_points
 
@@ -95,11 +96,9 @@ class HintStage(HidingModule):
         ref = next(student.parameters())
         x = example_input if example_input is not None else torch.zeros(2, 3, 32, 32, device=ref.device,
                                                                        dtype=ref.dtype)
-        was = self.guided.training
-        with torch.no_grad():
+        with kept_modes(self.guided), torch.no_grad():  # each module's own flag comes back
             s_feat = self.guided.eval()(x)
             t_feat = self._hint.module(x.to(next(frozen.parameters()).device))
-        self.guided.train(was)
         if s_feat.ndim != 4 or t_feat.ndim != 4:
             raise DistillError(f"FitNets hints are feature maps: the guided point {s_point!r} gives "
                                f"{tuple(s_feat.shape)} and the hint point {t_point!r} {tuple(t_feat.shape)}")

@@ -78,6 +78,7 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from ..errors import DistillError, FxswapError
+from ..tracing.modes import kept_modes
 from ..precision import Precision, amp_precision, resolve_precision
 from ..process_group import SINGLE, Dist, barrier, join
 from ..seeding import rng_state, set_rng_state
@@ -529,13 +530,14 @@ def fit(
     run.callbacks = hooks if run.where.writer else CallbackList(None)
     run.mixer, run.ema = resolve_mixup(mixup, run.student), resolve_ema(ema, run.student)
     start, history = _start(run, resume)
-    was_training = distiller.training
-    with ranks.sync_batchnorm(run.student, sync_batchnorm, run.where, run.device), ranks.quiet_bucket_strides(run.where):
-        run.stepper = ranks.wrap(distiller, run.where, run.device, run.precision.channels_last)
-        _epochs(run, start, history)
-    _write_students(run)
-    barrier(run.where)  # on return every rank finds rank 0's files written
-    distiller.train(was_training)
+    # every module of the distiller gets its own flag back on return (one frozen BatchNorm stays frozen)
+    with kept_modes(distiller):
+        with ranks.sync_batchnorm(run.student, sync_batchnorm, run.where, run.device), \
+                ranks.quiet_bucket_strides(run.where):
+            run.stepper = ranks.wrap(distiller, run.where, run.device, run.precision.channels_last)
+            _epochs(run, start, history)
+        _write_students(run)
+        barrier(run.where)  # on return every rank finds rank 0's files written
     run.callbacks.fit_end(history)
     return history
 
