@@ -65,7 +65,7 @@ def blocks_table(blocks) -> str:
     >>> print(blocks_table(find_blocks(models.wrn(10, 1))).splitlines()[0])
     block     stage  in  out  stride  k  convs  order    shortcut
     """
-    from ..metrics.counting import render_table
+    from ..metrics.table import render_table
 
     rows = [(b.name, b.stage, b.in_channels, b.out_channels, b.stride, b.kernel_size, len(b.convs), b.order, b.shortcut)
             for b in blocks]
