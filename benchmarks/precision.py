@@ -76,9 +76,16 @@ def machine(threads: int) -> dict:
             "auto_score": resolve_precision("auto", "cpu", purpose="score").describe()}
 
 
-def train_step(prec: Precision, model_cl: bool):
+def trained_model(student: str | None) -> torch.nn.Module:
+    """WRN-16-2, or its ``student`` spec (``cheapen(..., reinit=True)``): grouped convolutions may not gain
+    what dense ones gain from bf16 units (AMX computes dense bf16 matrix products)."""
     torch.manual_seed(0)
-    d = Distiller(None, fxswap.models.wrn(16, 2), {"ce": 1.0})
+    teacher = fxswap.models.wrn(16, 2)
+    return fxswap.cheapen(teacher, student, reinit=True) if student else teacher
+
+
+def train_step(prec: Precision, model_cl: bool, student: str | None = None):
+    d = Distiller(None, trained_model(student), {"ce": 1.0})
     if model_cl:
         d = d.to(memory_format=torch.channels_last)
     p = get_preset("moonshine")
@@ -99,7 +106,7 @@ def train_step(prec: Precision, model_cl: bool):
 def bench_training(args) -> dict:
     g = torch.Generator().manual_seed(0)
     x, y = torch.randn(args.batch, 3, 32, 32, generator=g), torch.randint(0, 10, (args.batch,), generator=g)
-    steps = {name: train_step(prec, cl) for name, (prec, cl) in TRAIN_CONFIGS.items()}
+    steps = {name: train_step(prec, cl, args.student) for name, (prec, cl) in TRAIN_CONFIGS.items()}
     rates: dict[str, list[float]] = {name: [] for name in steps}
     for r in range(args.repeats):
         for name, step in steps.items():
@@ -178,7 +185,8 @@ def report(res: dict) -> str:
              f"({m['capability']}), {m['threads']} thread(s), load average at start {' '.join(m['loadavg'])}",
              f"auto → training: {m['auto_train']}; scoring: {m['auto_score']}", ""]
     if "training" in res:
-        lines += ["| training, WRN-16-2, batch %d | images/s (median) | vs fp32 |" % res["args"]["batch"],
+        what = "WRN-16-2" + (f" {res['args']['student']}" if res["args"].get("student") not in (None, "None") else "")
+        lines += [f"| training, {what}, batch {res['args']['batch']} | images/s (median) | vs fp32 |",
                   "|---|---:|---:|"]
         lines += [f"| {n} | {r['img_s']:.1f} | {r['vs_fp32']:.2f}× |" for n, r in res["training"].items()]
         lines.append("")
@@ -207,6 +215,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--nchw-chunks", type=int, default=2, help="chunks also timed in bf16 without channels_last")
     ap.add_argument("--budget", default="0.5", help="BlockSwap budget (default: half the teacher's parameters)")
     ap.add_argument("--score-model", default="wrn-16-2")
+    ap.add_argument("--student", default=None, help="time the training of this spec's student of WRN-16-2 "
+                    "(e.g. 'G(N/4)') instead of WRN-16-2 itself")
     ap.add_argument("--data", type=Path, default=DATA)
     ap.add_argument("--skip", nargs="*", default=[], choices=["training", "scoring"])
     ap.add_argument("--train-epochs", type=int, default=0, help="also train WRN-16-2 this long in fp32 and bf16")
