@@ -294,8 +294,17 @@ def _teacher(ctx: dict) -> nn.Module:
     return _layout(ctx, t)
 
 
+def _epoch_line(ctx: dict):
+    """``on_epoch`` for fit: one line per epoch, so a job of half an hour shows that it moves."""
+    def line(row: dict) -> None:
+        err = f"test error {100 * (1 - row['val_acc']):.2f}%" if row.get("val_acc") is not None else ""
+        print(f"    {ctx.get('job', '')} epoch {row['epoch']}: {err} ({row.get('seconds', 0):.0f}s)", flush=True)
+    return line
+
+
 def _fit_kwargs(ctx: dict, preset: str | None) -> dict:
-    kw = {"progress": False, "seed": ctx["seed"], "device": _device(), **_amp_kwargs(ctx)}
+    kw = {"progress": False, "seed": ctx["seed"], "device": _device(), "on_epoch": _epoch_line(ctx),
+          **_amp_kwargs(ctx)}
     chosen = _preset(ctx, preset)
     if chosen is not None:
         kw["preset"] = chosen
@@ -442,6 +451,7 @@ RUNNERS = {"teacher": run_teacher, "teacher_eval": run_teacher_eval, "student": 
 
 def _run_job(ctx: dict, job: Job) -> dict:
     torch.set_num_threads(ctx.get("threads") or torch.get_num_threads())
+    ctx = {**ctx, "job": job.key}
     if job.seed is not None:
         ctx = {**ctx, "seed": job.seed}
     t0 = time.perf_counter()
