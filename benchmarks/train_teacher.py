@@ -32,6 +32,7 @@ import torch
 
 import fxswap
 from fxswap.data.device import device_cifar_loaders
+from fxswap.distillation.checkpoint import EMA_STUDENT
 from fxswap.distillation.evaluation import resolve_device
 from fxswap.precision import resolve_precision
 
@@ -49,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"), default="auto")
     ap.add_argument("--lr", type=float, help="initial lr (default: the preset's)")
+    ap.add_argument("--ema", type=float, help="also keep an EMA of the weights (a decay, e.g. 0.999); the kept "
+                    "teacher is the EMA (its test accuracy is val_acc_ema in the history)")
     ap.add_argument("--init", help="start from this teacher (a save_student file, e.g. an earlier stage's --keep)")
     ap.add_argument("--resume", action="store_true")
     ap.add_argument("--keep", help="where the finished teacher goes (save_student format)")
@@ -64,9 +67,14 @@ def main(argv=None) -> int:
         teacher = teacher.to(memory_format=torch.channels_last)
     t0 = time.time()
     hist = fxswap.train(teacher, train, val, epochs=args.epochs, preset=args.preset, lr=args.lr, precision=prec,
-                        out_dir=args.out, resume=args.resume, seed=args.seed, progress=False)
+                        out_dir=args.out, resume=args.resume, seed=args.seed, progress=False, ema=args.ema)
     last = hist[-1]
-    record = {"model": args.model, "init": args.init, "lr": args.lr, "epochs": args.epochs, "preset": args.preset,
+    if args.ema:  # the EMA is what is kept: its weights (BN statistics included) replace the last step's
+        ema = torch.load(Path(args.out, EMA_STUDENT), map_location="cpu", weights_only=True)
+        teacher.load_state_dict(ema)
+        last = {**last, "val_acc_last_step": last.get("val_acc"), "val_acc": last.get("val_acc_ema")}
+    record = {"model": args.model, "init": args.init, "lr": args.lr, "ema": args.ema, "epochs": args.epochs,
+              "preset": args.preset, "val_acc_last_step": last.get("val_acc_last_step"),
               "cutout": args.cutout,
               "batch": args.batch, "seed": args.seed, "precision": prec.name,
               "val_acc": last.get("val_acc"), "train_images": len(train.dataset) if hasattr(train, "dataset") else None,
