@@ -182,7 +182,7 @@ SCALES = {
     # gpu keeps batch 128 for LIT and the shared scoring batch: batch 32 and per-candidate rebuilds would not
     # fit its 8-minute budget
     "gpu": Scale("wrn-40-2", "wrn-16-1", "wrn-16-2", None, None, 10, 30, blockswap_samples=1000,
-                 blockswap_trained=8, urban_params=400_000),
+                 blockswap_trained=8, urban_params=400_000, precision="auto"),
     # the smallest grid that decides each finding, 2 seeds per cell, on the 40k CIFAR-10 subset: see the
     # module docstring for the sizing
     "decide": Scale("wrn-16-2", "wrn-16-1", "wrn-10-2", None, None, 10, 30, blockswap_samples=200,
@@ -253,13 +253,15 @@ def _bf16(ctx: dict) -> bool:
     if ctx["scale"].precision != "auto":
         return False
     if "bf16" not in ctx:  # decided once per run (the answer travels to the worker processes in ctx)
-        ctx["bf16"] = resolve_precision("auto", torch.device("cpu")).name == "bf16"
+        ctx["bf16"] = resolve_precision("auto", _device()).name == "bf16"
     return ctx["bf16"]
 
 
 def _amp_kwargs(ctx: dict) -> dict:
-    """fit's precision arguments (``fit(precision="auto")`` is not relied on: it may not exist yet)."""
-    return {"amp": True, "amp_dtype": torch.bfloat16} if _bf16(ctx) else {}
+    """fit's ``precision=``: the scale's choice, resolved once per run (:func:`_bf16`)."""
+    # explicit both ways: fit's own default is precision="auto", which is bf16 on this kind of CPU, so leaving
+    # it out would not give fp32 (a --precision fp32 run once trained in bf16 without saying so)
+    return {"precision": "bf16" if _bf16(ctx) else "fp32"}
 
 
 def _layout(ctx: dict, model: nn.Module) -> nn.Module:
@@ -331,7 +333,8 @@ def _cutout(ctx: dict, preset: str | None) -> int:
 
 def _final(history) -> dict:
     last = history[-1]
-    return {"error": 100 * (1 - last["val_acc"]), "seconds": sum(h["seconds"] for h in history)}
+    return {"error": 100 * (1 - last["val_acc"]), "seconds": sum(h["seconds"] for h in history),
+            "precision": last.get("precision")}  # what the run computed in, as fit recorded it
 
 
 def _build_student(ctx: dict, student: str, teacher: nn.Module) -> nn.Module:

@@ -34,6 +34,9 @@ def test_all_five_experiments_run_at_ci_scale(fidelity, tmp_path):
     for title in ("Findings at this scale", "Moonshine", "BlockSwap", "LIT", "Warm start", "SRRL", "Urban"):
         assert f"### {title}" in md
     assert "5.31" in md  # the paper's G(N/4) AT error printed beside ours
+    # ci scale asks for fp32, and fit's own default (auto) would be bf16 on a bf16-capable CPU
+    students = [v for k, v in results.items() if k.startswith(("moonshine/", "lit/"))]
+    assert students and {v["precision"] for v in students} == {"fp32"}
     saved = json.loads((tmp_path / "results.json").read_text())
     assert saved["experiments"] == list(fidelity.EXPERIMENTS)
     assert dump["blockswap_scoring"]["top"]  # plans were scored
