@@ -93,6 +93,9 @@ states it).
     python benchmarks/fidelity.py moonshine --scale decide --precision fp32 --students wrn-16-1 \\
         --methods scratch --data ../shared/data/cifar10_subset.npz --without-teacher \\
         --out /work/fxswap-runs/decide-fp32     # what bf16 costs: one cell again in fp32
+    python benchmarks/fidelity.py moonshine blockswap lit warmstart --scale decide \\
+        --data ../shared/data/cifar10_subset.npz --teacher-checkpoint docs/results/teacher_wrn-16-2.pt \\
+        --report-only --out /work/fxswap-runs/decide   # the tables of what has finished, nothing run
 
 Results: ``<out>/results.json`` and ``<out>/results.md`` (tables with the
 paper's numbers beside), and ``<out>/*.png`` when matplotlib is installed.
@@ -526,6 +529,9 @@ def run_jobs(ctx: dict, jobs: list[Job], n_proc: int) -> dict[str, dict]:
             results[job.key] = res
             _log(ctx, job, res, sig)
 
+    if ctx.get("report_only"):  # the tables of what has finished; nothing runs
+        return results
+
     if n_proc <= 1 or len(todo) <= 1:
         for sig, same in todo.items():
             try:
@@ -870,6 +876,9 @@ def findings(ctx, cells: dict[str, dict], rho: tuple[float, int] | None = None) 
          f"{m['G(N/4)'][1]} → {m['G(N/4)'][3]}", m["G(N/4)"][1] - m["G(N/4)"][3]),
         ("Moonshine: KD beats scratch (G(N/4))", "moonshine/G(N/4) scratch", "moonshine/G(N/4) kd",
          f"{m['G(N/4)'][1]} → {m['G(N/4)'][2]}", m["G(N/4)"][1] - m["G(N/4)"][2]),
+        ("Moonshine: the cheapened student beats the reduced one, both from scratch (wrn-16-1 → G(N/4))",
+         "moonshine/wrn-16-1 scratch", "moonshine/G(N/4) scratch", f"{m['wrn-16-1'][1]} → {m['G(N/4)'][1]}",
+         m["wrn-16-1"][1] - m["G(N/4)"][1]),
         ("Moonshine: the cheapened student beats the reduced one, both AT (wrn-16-1 → G(N/4))",
          "moonshine/wrn-16-1 at", "moonshine/G(N/4) at", f"{m['wrn-16-1'][3]} → {m['G(N/4)'][3]}",
          m["wrn-16-1"][3] - m["G(N/4)"][3]),
@@ -1220,6 +1229,7 @@ def run(experiments, args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     ctx = _context(args, scale, out)
+    ctx["report_only"] = args.report_only
     students = [s.strip() for s in args.students.split(";")] if args.students else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     print(f"scale {args.scale}: {scale}\ndata {args.data or 'synthetic'}, device {_device()}, jobs {args.jobs}, "
@@ -1240,7 +1250,7 @@ def run(experiments, args) -> dict:
     by_exp = {e: JOBS[e](ctx, students if e == "moonshine" else None, methods if e == "moonshine" else None)
               for e in experiments if e in JOBS}
     eta = None
-    if scale.eta_steps:
+    if scale.eta_steps and not args.report_only:
         planned = [j for e in experiments for j in (by_exp.get(e, []) if e != "blockswap"
                                                       else _placeholder_phase2(ctx))]
         if args.without_teacher:
@@ -1312,6 +1322,9 @@ def main(argv=None):
     ap.add_argument("--precision", choices=("auto", "fp32"),
                     help="override the scale's precision (auto: bf16 autocast + channels_last where the CPU "
                          "computes bf16 natively); fp32 repeats a cell in fp32 to measure what bf16 costs")
+    ap.add_argument("--report-only", action="store_true",
+                    help="run nothing: write results.md/results.json from the jobs --out/progress.jsonl records "
+                         "as finished (a grid in progress, or one spread over sessions)")
     ap.add_argument("--without-teacher", action="store_true",
                     help="run only the jobs that read no trained teacher (students from scratch, the BlockSwap "
                          "scoring), e.g. while the teacher trains; a later run with --teacher-checkpoint and the "

@@ -160,6 +160,12 @@ def test_a_new_teacher_reruns_only_the_jobs_that_read_it(fidelity, tmp_path):
     resumed = sorted(k for k, v in second.items() if v.get("resumed"))
     assert resumed == ["moonshine/G(N/4) scratch"]  # AT, the warm start and the teacher's test ran again
 
+    lines = len(_progress(out))
+    third = teacher_file("c.pt", 2)  # a teacher nothing ran with: only the scratch cell is on record
+    report = fidelity.main([*argv, "--teacher-checkpoint", str(third), "--report-only"])
+    assert sorted(report["results"]) == ["moonshine/G(N/4) scratch"] and len(_progress(out)) == lines
+    assert "moonshine/G(N/4) at" not in report["cells"] and "not run" in (out / "results.md").read_text()
+
 
 def test_findings_are_called_against_the_pooled_seed_noise(fidelity):
     def cell(a, b):
