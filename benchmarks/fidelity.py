@@ -111,6 +111,7 @@ from __future__ import annotations
 import argparse
 import concurrent.futures as cf
 import copy
+import hashlib
 import json
 import multiprocessing as mp
 import os
@@ -1174,6 +1175,21 @@ def estimate(ctx: dict, jobs: list[Job]) -> dict:
             "rates": {json.dumps(k): list(v) for k, v in rates.items()}}
 
 
+def file_id(path: Path) -> str:
+    """What a job's signature holds of a file: its content's SHA-256, so that a record made on one machine (or
+    before a copy) resumes on another, and a changed file runs the jobs again.
+
+    >>> import tempfile; f = Path(tempfile.mkdtemp()) / "a.bin"; _ = f.write_bytes(b"abc")
+    >>> file_id(f)[:24]
+    'sha256:ba7816bf8f01cfea4'
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return f"sha256:{digest.hexdigest()}"
+
+
 def _context(args, scale: Scale, out: Path) -> dict:
     tmp = Path(tempfile.mkdtemp(prefix="fidelity-"))
     if scale.synthetic:
@@ -1183,8 +1199,7 @@ def _context(args, scale: Scale, out: Path) -> dict:
         if not args.data or not Path(args.data).is_file():
             raise SystemExit(f"--scale {args.scale} needs --data FILE.npz (x_train, y_train, x_test, y_test)")
         data = _limited({}, Path(args.data), scale, tmp)
-        st = Path(args.data).stat()
-        data_id = f"{Path(args.data).resolve()} {st.st_size} {st.st_mtime_ns}"
+        data_id = file_id(Path(args.data))
     ctx = {"scale": scale, "data": str(data), "seed": args.seed, "t0": time.perf_counter(),
            "teacher_path": str(out / "teacher.pt"), "threads": args.threads, "data_id": data_id,
            "image": scale.image if scale.synthetic else 32, "out": str(out),
@@ -1193,8 +1208,7 @@ def _context(args, scale: Scale, out: Path) -> dict:
         if not Path(args.teacher_checkpoint).is_file():
             raise SystemExit(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file")
         ctx["teacher_path"] = args.teacher_checkpoint
-        st = Path(args.teacher_checkpoint).stat()
-        ctx["teacher_id"] = f"{Path(args.teacher_checkpoint).resolve()} {st.st_size} {st.st_mtime_ns}"
+        ctx["teacher_id"] = file_id(Path(args.teacher_checkpoint))
     _bf16(ctx)  # decided here, so the signatures and the worker processes see one answer
     ctx["done"] = {} if args.fresh else finished(out)
     return ctx
