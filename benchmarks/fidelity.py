@@ -261,7 +261,7 @@ def _bf16(ctx: dict) -> bool:
     return ctx["bf16"]
 
 
-def _amp_kwargs(ctx: dict) -> dict:
+def _precision_kwargs(ctx: dict) -> dict:
     """fit's ``precision=``: the scale's choice, resolved once per run (:func:`_bf16`)."""
     # explicit both ways: fit's own default is precision="auto", which is bf16 on this kind of CPU, so leaving
     # it out would not give fp32 (a --precision fp32 run once trained in bf16 without saying so)
@@ -310,7 +310,7 @@ def _epoch_line(ctx: dict):
 
 def _fit_kwargs(ctx: dict, preset: str | None) -> dict:
     kw = {"progress": False, "seed": ctx["seed"], "device": _device(), "on_epoch": _epoch_line(ctx),
-          **_amp_kwargs(ctx)}
+          **_precision_kwargs(ctx)}
     chosen = _preset(ctx, preset)
     if chosen is not None:
         kw["preset"] = chosen
@@ -384,7 +384,7 @@ def run_student(ctx: dict, student: str, method: str, preset: str | None = None,
         lit_epochs = max(1, round(epochs * 175 / 250))  # LIT: 175 LIT + 75 KD fine-tune epochs (appendix A)
         hist = fxswap.distill(teacher, model, train, val, method="lit", epochs=lit_epochs,
                               finetune_epochs=epochs - lit_epochs, progress=False, seed=ctx["seed"],
-                              device=_device(), **_amp_kwargs(ctx))
+                              device=_device(), **_precision_kwargs(ctx))
     else:
         m = json.loads(method) if method.startswith("{") else method
         preset = "lit-kd" if student == "lit" else "moonshine"
@@ -432,12 +432,13 @@ def _val_error(ctx: dict, model: nn.Module, val) -> float:
 def run_warmstart(ctx: dict, student: str, method: str, start: str, epochs: int, steps: int) -> dict:
     """The curve a user with a trained teacher sees: test error right after ``cheapen``, after
     :func:`fxswap.warm_start` (``start="warm"``), then after each epoch of ``method``. ``start="kept"``:
-    the teacher's weights kept, no warm start; ``"scratch"``: ``cheapen(reinit=True)``, as the papers."""
-    if start not in ("warm", "kept", "scratch"):
-        raise ValueError(f"start must be warm, kept or scratch, got {start!r}")
+    the teacher's weights kept, no warm start. (The ``scratch`` start is Moonshine's student job:
+    :func:`warmstart_jobs`.)"""
+    if start not in ("warm", "kept"):
+        raise ValueError(f"start must be warm or kept (scratch is a student job), got {start!r}")
     teacher = _teacher(ctx)
     torch.manual_seed(ctx["seed"])
-    model = _layout(ctx, fxswap.cheapen(teacher, student, reinit=start == "scratch"))
+    model = _layout(ctx, fxswap.cheapen(teacher, student))
     train, val = _loaders(ctx, ctx["seed"])
     curve = [{"epoch": 0, "stage": "cheapen", "error": _val_error(ctx, model, val)}]
     out: dict = {}
@@ -859,7 +860,8 @@ def call_rho(rho: float, n: int, paper: float, z: float = 1.96) -> tuple[str, st
     if n < 4 or not np.isfinite(rho):
         return f"ρ over {n} plans", "undecided", "fewer than 4 plans trained"
     half = z * np.sqrt((1 + rho * rho / 2) / (n - 3))
-    lo, hi = np.tanh(np.arctanh(np.clip(rho, -0.999, 0.999)) - half), np.tanh(np.arctanh(np.clip(rho, -0.999, 0.999)) + half)
+    centre = np.arctanh(np.clip(rho, -0.999, 0.999))
+    lo, hi = np.tanh(centre - half), np.tanh(centre + half)
     ours = f"ρ = {rho:.2f} over {n} plans (95 % interval {lo:.2f} to {hi:.2f})".replace("-", "−")
     if hi < 0:
         return ours, "reproduced", "the interval lies below 0"
