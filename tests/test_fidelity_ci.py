@@ -167,6 +167,45 @@ def test_a_new_teacher_reruns_only_the_jobs_that_read_it(fidelity, tmp_path):
     assert "moonshine/G(N/4) at" not in report["cells"] and "not run" in (out / "results.md").read_text()
 
 
+def test_a_job_killed_mid_run_resumes_at_its_last_epoch(fidelity, tmp_path, monkeypatch, capsys):
+    argv = ["moonshine", "--scale", "ci", "--students", "G(N/4)", "--methods", "scratch", "--epochs", "3",
+            "--without-teacher"]
+    key = "moonshine/G(N/4) scratch"
+    whole = fidelity.main([*argv, "--out", str(tmp_path / "whole")])["results"][key]
+
+    class Killed(Exception):
+        pass
+
+    real = fidelity._epoch_line
+
+    def dies_after_epoch_2(ctx):
+        line = real(ctx)
+
+        def on_epoch(row):
+            line(row)
+            if row["epoch"] == 2:
+                raise Killed("the session ended")
+        return on_epoch
+
+    out = tmp_path / "cut"
+    monkeypatch.setattr(fidelity, "_epoch_line", dies_after_epoch_2)
+    cut = fidelity.main([*argv, "--out", str(out)])["results"][key]
+    assert "Killed" in cut["error_msg"]
+    monkeypatch.setattr(fidelity, "_epoch_line", real)
+    capsys.readouterr()
+    again = fidelity.main([*argv, "--out", str(out)])["results"][key]
+    printed = capsys.readouterr().out
+    assert "epoch 3:" in printed and "epoch 1:" not in printed and "epoch 2:" not in printed  # resumed, not redone
+    assert [p["epoch"] for p in again["curve"]] == [1, 2, 3]
+    assert again["error"] == pytest.approx(whole["error"], abs=1e-9)  # as if never killed
+    folders = list((out / "jobs").iterdir())
+    assert len(folders) == 1 and json.loads((folders[0] / "job.json").read_text())["key"] == key
+    assert folders[0] == fidelity.job_dir({"out": str(out)}, json.loads((folders[0] / "job.json").read_text())["sig"])
+
+    fidelity.main([*argv, "--out", str(out), "--fresh"])  # --fresh trains from epoch 1 again
+    assert "epoch 1:" in capsys.readouterr().out
+
+
 def test_findings_are_called_against_the_pooled_seed_noise(fidelity):
     def cell(a, b):
         return {"error": (a + b) / 2, "errors": [a, b], "n": 2}
