@@ -1073,6 +1073,58 @@ def figure(summary: dict, out: Path) -> str | None:
     return str(path)
 
 
+def warmstart_points(res: dict) -> list[tuple[float, float, float]]:
+    """``(x, mean error, s.e.)`` along one warm-start row's curve, over its seeds: x is the epoch, with the
+    points before training at x = 0 (after cheapen) and 0.5 (after the warm start).
+
+    >>> warmstart_points({"curves": [[{"epoch": 0, "stage": "cheapen", "error": 90.0},
+    ...                               {"epoch": 1, "stage": "at", "error": 30.0}],
+    ...                              [{"epoch": 0, "stage": "cheapen", "error": 88.0},
+    ...                               {"epoch": 1, "stage": "at", "error": 32.0}]]})
+    [(0.0, 89.0, 1.0), (1.0, 31.0, 1.0)]
+    """
+    by_x: dict[float, list[float]] = {}
+    for curve in res.get("curves") or [res.get("curve", [])]:
+        for p in curve:
+            x = {"cheapen": 0.0, "warm start": 0.5}.get(p["stage"], float(p["epoch"]))
+            by_x.setdefault(x, []).append(p["error"])
+    return [(x, *mean_se(v)) for x, v in sorted(by_x.items())]
+
+
+def warmstart_figure(summary: dict, out: Path) -> str | None:
+    """Test error against epochs of KD / AT, one line per start (warm, kept, scratch): the curve a user with a
+    trained teacher sees. None when matplotlib is missing or no warm-start row finished."""
+    r = {k: v for k, v in summary.get("warmstart", {}).items() if "error_msg" not in v}
+    if not r:
+        return None
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    methods = sorted({k.split()[-1] for k in r})
+    fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.5), squeeze=False, sharey=True)
+    for ax, method in zip(axes[0], methods):
+        for name, res in sorted(r.items()):
+            if name.split()[-1] != method:
+                continue
+            pts = warmstart_points(res)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], marker="o",
+                        markersize=3, capsize=2, label=name.split()[-2])
+        ax.set_title(method.upper())
+        ax.set_xlabel("epochs (0: after cheapen, 0.5: after the warm start)")
+        ax.set_yscale("log")
+        ax.legend()
+    axes[0][0].set_ylabel("test error % (log)")
+    path = out / "warmstart_curve.png"
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return str(path)
+
+
 # ---------------------------------------------------------------------------
 # data
 # ---------------------------------------------------------------------------
@@ -1335,8 +1387,9 @@ def report(ctx, args, experiments, results: dict, eta: dict | None) -> dict:
               f"student (BlockSwap ρ plans {scale.blockswap_epochs or scale.epochs}), teacher "
               f"{scale.teacher_epochs}; preset {preset}; precision {'bf16' if _bf16(ctx) else 'fp32'}; data "
               f"{args.data or 'synthetic'} (train {scale.train or 'all'}, test {scale.val or 'all'}).\n")
-    fig = figure(summary, out)
-    text = header + "\n" + md + (f"\n![error vs params]({fig})\n" if fig else "")
+    fig, warm_fig = figure(summary, out), warmstart_figure(summary, out)
+    text = (header + "\n" + md + (f"\n![error vs params]({fig})\n" if fig else "")
+            + (f"\n![warm-start curve]({warm_fig})\n" if warm_fig else ""))
     (out / "results.md").write_text(text)
     scoring = results.get("blockswap_scoring", {})
     dump = {"scale": asdict(scale), "wall_s": wall, "seed": args.seed, "seeds": ctx.get("seeds"),

@@ -94,6 +94,13 @@ def test_seeds_mean_se_and_resume_job_by_job(fidelity, tmp_path, capsys):
     assert cell["se"] == pytest.approx(abs(errors[0] - errors[1]) / 2)  # s.d./√2 of two values
     md = (tmp_path / "results.md").read_text()
     assert f"{cell['error']:.2f} ± {cell['se']:.2f}" in md and "### Warm start" in md
+    assert (tmp_path / "warmstart_curve.png").stat().st_size > 0 and "![warm-start curve]" in md
+    warm = dump["cells"]["warmstart/G(N/4) warm at"]
+    pts = fidelity.warmstart_points(warm)  # the plotted points: each the mean over the two seeds' curves
+    assert [p[0] for p in pts] == [0.0, 0.5, 1.0]
+    for (x, mean, _), stage in zip(pts, ("cheapen", "warm start", "at")):
+        vals = [p["error"] for c in warm["curves"] for p in c if p["stage"] == stage]
+        assert len(vals) == 2 and mean == pytest.approx(sum(vals) / 2)
     rows = _progress(tmp_path)
     assert len(rows) == len(results)  # every job (the teacher too) left one line
 
