@@ -519,6 +519,15 @@ def job_dir(ctx: dict, sig: str) -> Path:
     return Path(ctx["out"]) / "jobs" / hashlib.sha256(sig.encode()).hexdigest()[:16]
 
 
+def epochs_done(ctx: dict, sig: str) -> int:
+    """Epochs a job cut short already has in its folder (every ``history.jsonl`` its fit stages wrote), which
+    its re-run does not train again; 0 for a job that never started."""
+    folder = job_dir(ctx, sig)
+    if not folder.is_dir():
+        return 0
+    return sum(1 for h in folder.rglob("history.jsonl") for line in h.read_text().splitlines() if line.strip())
+
+
 def _with_job_dir(ctx: dict, job: Job, sig: str) -> dict:
     folder = job_dir(ctx, sig)
     folder.mkdir(parents=True, exist_ok=True)
@@ -1235,12 +1244,16 @@ def estimate(ctx: dict, jobs: list[Job]) -> dict:
     rates: dict[tuple, tuple] = {}
     per_exp: dict[str, float] = {}
     seen: set[str] = set()
+    cut = 0  # jobs killed mid-way: they resume at their last epoch
     for job in pending:
         sig = signature(ctx, job)
         if sig in seen:  # run once (one signature), counted once
             continue
         seen.add(sig)
         shape, epochs, extra = _job_shape(ctx, job)
+        done_epochs = 0 if ctx.get("fresh") else min(epochs, epochs_done(ctx, sig))
+        cut += done_epochs > 0
+        epochs -= done_epochs
         student = shape[0]
         rate_key = ("G(N/4)" if student.startswith("plan:") else student, *shape[1:])  # plans: the budget's rate
         if rate_key not in rates:
@@ -1252,13 +1265,16 @@ def estimate(ctx: dict, jobs: list[Job]) -> dict:
     total = sum(per_exp.values())
     rows = [(e, sum(1 for j in pending if j.experiment == e), f"{t / 60:.0f}") for e, t in per_exp.items()]
     print(render_table(["experiment", "jobs to run", "est. minutes"], rows), flush=True)
-    finish = time.strftime("%H:%M", time.localtime(time.time() + total))
+    n_proc = max(1, min(ctx.get("n_proc", 1), len(seen)))
+    wall = total / n_proc  # the processes share the jobs; a lower bound when a long job runs last
+    finish = time.strftime("%H:%M", time.localtime(time.time() + wall))
     timed = [j for j in jobs if j.kind in ("teacher", "teacher_eval", "student", "warmstart")]
-    print(f"ETA: {total / 3600:.2f} h for {len(pending)} job(s) ({len(timed) - len(pending)} finished earlier, "
-          f"skipped) at rates measured over {ctx['scale'].eta_steps} steps per architecture "
+    print(f"ETA: {total / 3600:.2f} process-hours, {wall / 3600:.2f} h on {n_proc} process(es), for "
+          f"{len(pending)} job(s) ({len(timed) - len(pending)} finished earlier, skipped; {cut} resuming at "
+          f"their last epoch) at rates measured over {ctx['scale'].eta_steps} steps per architecture "
           f"({len(rates)} timed; BlockSwap plans at the G(N/4) rate, its scoring not included): done about "
           f"{finish}", flush=True)
-    return {"seconds": total, "per_experiment": per_exp,
+    return {"seconds": total, "wall_seconds": wall, "resuming": cut, "per_experiment": per_exp,
             "rates": {json.dumps(k): list(v) for k, v in rates.items()}}
 
 
@@ -1290,7 +1306,8 @@ def _context(args, scale: Scale, out: Path) -> dict:
     ctx = {"scale": scale, "data": str(data), "seed": args.seed, "t0": time.perf_counter(),
            "teacher_path": str(out / "teacher.pt"), "threads": args.threads, "data_id": data_id,
            "image": scale.image if scale.synthetic else 32, "out": str(out),
-           "seeds": tuple(args.seeds) if args.seeds else scale.seeds, "fresh": args.fresh}
+           "seeds": tuple(args.seeds) if args.seeds else scale.seeds, "fresh": args.fresh,
+           "n_proc": args.jobs}
     if args.teacher_checkpoint:
         if not Path(args.teacher_checkpoint).is_file():
             raise SystemExit(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file")

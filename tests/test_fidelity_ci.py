@@ -198,16 +198,19 @@ def test_a_job_killed_mid_run_resumes_at_its_last_epoch(fidelity, tmp_path, monk
     monkeypatch.setattr(fidelity, "_epoch_line", dies_after_epoch_2)
     cut = fidelity.main([*argv, "--out", str(out)])["results"][key]
     assert "Killed" in cut["error_msg"]
+    (folder,) = (out / "jobs").iterdir()
+    sig = json.loads((folder / "job.json").read_text())["sig"]
+    assert fidelity.epochs_done({"out": str(out)}, sig) == 2
     monkeypatch.setattr(fidelity, "_epoch_line", real)
-    capsys.readouterr()
+    assert "0 resuming" in capsys.readouterr().out
     again = fidelity.main([*argv, "--out", str(out)])["results"][key]
     printed = capsys.readouterr().out
+    assert "1 resuming at their last epoch" in printed  # the ETA counts the one epoch left, not three
     assert "epoch 3:" in printed and "epoch 1:" not in printed and "epoch 2:" not in printed  # resumed, not redone
     assert [p["epoch"] for p in again["curve"]] == [1, 2, 3]
     assert again["error"] == pytest.approx(whole["error"], abs=1e-9)  # as if never killed
-    folders = list((out / "jobs").iterdir())
-    assert len(folders) == 1 and json.loads((folders[0] / "job.json").read_text())["key"] == key
-    assert folders[0] == fidelity.job_dir({"out": str(out)}, json.loads((folders[0] / "job.json").read_text())["sig"])
+    assert list((out / "jobs").iterdir()) == [folder] and json.loads((folder / "job.json").read_text())["key"] == key
+    assert folder == fidelity.job_dir({"out": str(out)}, sig)
 
     fidelity.main([*argv, "--out", str(out), "--fresh"])  # --fresh trains from epoch 1 again
     assert "epoch 1:" in capsys.readouterr().out
