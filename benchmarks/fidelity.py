@@ -1049,14 +1049,22 @@ def tables(ctx, results: dict) -> tuple[str, dict]:
     return "\n".join(md), summary
 
 
-def figure(summary: dict, out: Path) -> str | None:
-    """Error vs parameters (log x), Moonshine Figure 3; None when matplotlib is missing."""
+def _pyplot():
+    """matplotlib's pyplot on the file-only Agg backend, or None when matplotlib is not installed."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
+        return None
+    return plt
+
+
+def figure(summary: dict, out: Path) -> str | None:
+    """Error vs parameters (log x), Moonshine Figure 3; None when matplotlib is missing."""
+    plt = _pyplot()
+    if plt is None:
         return None
     r = summary.get("moonshine")
     if not r:
@@ -1106,12 +1114,8 @@ def warmstart_figure(summary: dict, out: Path) -> str | None:
     r = {k: v for k, v in summary.get("warmstart", {}).items() if "error_msg" not in v}
     if not r:
         return None
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    plt = _pyplot()
+    if plt is None:
         return None
     methods = sorted({k.split()[-1] for k in r})
     fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.5), squeeze=False, sharey=True)
