@@ -479,6 +479,8 @@ def _run_job(ctx: dict, job: Job) -> dict:
         warnings.simplefilter("ignore")
         out = RUNNERS[job.kind](ctx, **job.args)
     out["wall"] = time.perf_counter() - t0
+    # the conditions the times were taken in: the ETA of a resumed grid reads only records made alike
+    out["threads"], out["processes"] = torch.get_num_threads(), ctx.get("n_proc", 1)
     return out
 
 
@@ -869,6 +871,8 @@ def call_difference(base: dict | None, method: dict | None, sd: float, paper: fl
     'reproduced'
     >>> call_difference({"error": 8.0, "n": 2}, {"error": 8.1, "n": 2}, 0.2, 1.6)[1:]
     ('undecided', "gain −0.10 is within 2 s.e. (0.40) of zero; a gain of the paper's 1.60 is excluded")
+    >>> call_difference({"error": 8.0, "n": 2}, {"error": 6.0, "n": 1}, 0.2, 1.6)[1]  # one seed of a cell
+    'undecided'
     """
     if not base or not method or "error" not in base or "error" not in method:
         return "not run", "undecided", "a cell has not finished"
@@ -878,6 +882,8 @@ def call_difference(base: dict | None, method: dict | None, sd: float, paper: fl
     ours = f"{base['error']:.2f} → {method['error']:.2f} (gain {d:+.2f} ± {se:.2f})".replace("-", "−")
     if not np.isfinite(se):
         return ours, "undecided", "one seed: no estimate of the noise"
+    if min(n_a, n_b) < 2:  # the pooled s.d. would allow a call, but one seed of a cell is one draw of its mean
+        return ours, "undecided", "a cell has one seed so far; a call needs ≥ 2 in each"
     if d > z * se:
         return ours, "reproduced", f"gain {d:.2f} > {z:g} s.e. ({z * se:.2f})"
     if d < -z * se:
@@ -911,7 +917,12 @@ def call_rho(rho: float, n: int, paper: float, z: float = 1.96) -> tuple[str, st
 
 
 def findings(ctx, cells: dict[str, dict], rho: tuple[float, int] | None = None) -> list[str]:
-    """The table results.md opens with: each finding, ours (mean over seeds), the paper's, and the call."""
+    """The table results.md opens with: each finding, ours (mean over seeds), the paper's, and the call. Every
+    finding of the experiments the run asked for (``ctx["experiments"]``) has its row, undecided while its cells
+    have not finished; without that list, the findings with a finished cell."""
+    asked = ctx.get("experiments")
+    if rho is None and asked is not None and "blockswap" in asked:
+        rho = (float("nan"), 0)  # no plan trained yet
     sd, df = pooled_sd(cells)
     m, p = PAPER["moonshine"], PAPER["blockswap"]
     rows = [
@@ -940,14 +951,15 @@ def findings(ctx, cells: dict[str, dict], rho: tuple[float, int] | None = None) 
           "exceeds 2 s.e. the other way, undecided otherwise.\n",
           "| finding | ours | paper | call | why |", "|---|---|---|---|---|"]
     for title, base, method, paper_text, paper_gain in rows:
-        if base not in cells and method not in cells:
+        if (base.split("/")[0] not in asked) if asked is not None else (base not in cells and method not in cells):
             continue
         ours, call, why = call_difference(cells.get(base), cells.get(method), sd, paper_gain)
         md.append(f"| {title} | {ours} | {paper_text} | **{call}** | {why} |")
     if rho is not None:
         ours, call, why = call_rho(rho[0], rho[1], p["rho_fisher_error_400k"])
+        paper_rho = f"{p['rho_fisher_error_400k']}".replace("-", "−")
         md.append(f"| BlockSwap: the Fisher potential ranks plans (ρ(Fisher, error) < 0) | {ours} | "
-                  f"{p['rho_fisher_error_400k']} | **{call}** | {why} |")
+                  f"{paper_rho} | **{call}** | {why} |")
     md.append("")
     return md
 
@@ -1235,9 +1247,41 @@ def _job_shape(ctx: dict, job: Job) -> tuple[tuple, float, int]:
     return (a["student"], a["method"] != "scratch", a.get("batch")), a.get("epochs") or s.epochs, 0
 
 
+def _rate_key(shape: tuple) -> tuple:
+    """The architecture a job is timed as: a BlockSwap plan at its budget's ``G(N/4)`` rate."""
+    student = shape[0]
+    return ("G(N/4)" if student.startswith("plan:") else student, *shape[1:])
+
+
+def recorded_epoch_seconds(ctx: dict, jobs: list[Job]) -> dict[tuple, float]:
+    """Median seconds per epoch (training and its evaluation, as ``fit`` timed them) of this grid's finished
+    student jobs, by the architecture they are timed as; only records made with this run's ``--jobs`` and
+    ``--threads`` (or records older than those fields). BlockSwap plans are left out: each is its own
+    architecture. A grid resumed across sessions sees these rates, shared cores and all, where a probe of a few
+    steps on an idle machine sees the fastest case (the decide grid's probe was low by 1.7×)."""
+    done = ctx.get("done", {})
+    threads = ctx.get("threads") or torch.get_num_threads()  # what the workers will run with
+    per: dict[tuple, list[float]] = {}
+    seen: set[str] = set()
+    for job in jobs:
+        sig = signature(ctx, job)
+        res = done.get(sig)
+        if sig in seen or not res or job.kind != "student" or job.args["student"].startswith("plan:"):
+            continue
+        seen.add(sig)
+        if res.get("processes", ctx.get("n_proc")) != ctx.get("n_proc") or res.get("threads", threads) != threads:
+            continue
+        shape, epochs, _ = _job_shape(ctx, job)
+        if epochs and res.get("seconds"):
+            per.setdefault(_rate_key(shape), []).append(res["seconds"] / epochs)
+    return {k: float(np.median(v)) for k, v in per.items()}
+
+
 def estimate(ctx: dict, jobs: list[Job]) -> dict:
-    """Seconds each pending job will take at rates measured now (per student architecture, with or without a
-    teacher forward); printed as a table with the total and the finishing time before anything runs."""
+    """Seconds each pending job will take, per student architecture (with or without a teacher forward): at the
+    rate this grid's finished jobs took where there are some (:func:`recorded_epoch_seconds`), else at a rate
+    measured now, scaled by the median ratio of recorded to measured rates (the cores' sharing slows every
+    architecture alike); printed as a table with the total and the finishing time before anything runs."""
     done = ctx.get("done", {})
     pending = [j for j in jobs if signature(ctx, j) not in done and j.kind in ("teacher", "teacher_eval",
                                                                                 "student", "warmstart")]
@@ -1246,6 +1290,19 @@ def estimate(ctx: dict, jobs: list[Job]) -> dict:
     except (FileNotFoundError, OSError, fxswap.FxswapError):  # the teacher job has not run yet: time a random one
         teacher = _layout(ctx, fxswap.models.create_model(ctx["scale"].teacher))
     rates: dict[tuple, tuple] = {}
+    recorded = {} if ctx.get("fresh") else recorded_epoch_seconds(ctx, jobs)
+
+    def rate(key: tuple) -> tuple:
+        if key not in rates:
+            rates[key] = _step_seconds(ctx, teacher, *key)
+        return rates[key]
+
+    def probed_epoch(key: tuple) -> float:
+        step, ev, n_train, n_val = rate(key)
+        return n_train * step + n_val * ev
+
+    # how much slower the grid ran than the probe, where both are known: applied to what has no record yet
+    slowdown = float(np.median([recorded[k] / probed_epoch(k) for k in recorded])) if recorded else 1.0
     per_exp: dict[str, float] = {}
     seen: set[str] = set()
     cut = 0  # jobs killed mid-way: they resume at their last epoch
@@ -1258,14 +1315,12 @@ def estimate(ctx: dict, jobs: list[Job]) -> dict:
         done_epochs = 0 if ctx.get("fresh") else min(epochs, epochs_done(ctx, sig))
         cut += done_epochs > 0
         epochs -= done_epochs
-        student = shape[0]
-        rate_key = ("G(N/4)" if student.startswith("plan:") else student, *shape[1:])  # plans: the budget's rate
-        if rate_key not in rates:
-            rates[rate_key] = _step_seconds(ctx, teacher, *rate_key)
-        step, ev, n_train, n_val = rates[rate_key]
+        key = _rate_key(shape)
+        step, ev, n_train, n_val = rate(key)
+        epoch = recorded[key] if key in recorded else slowdown * probed_epoch(key)
         evals = 2 if job.kind == "warmstart" else 0  # the points after cheapen and after the warm start
         per_exp[job.experiment] = per_exp.get(job.experiment, 0.0) + (
-            epochs * (n_train * step + n_val * ev) + extra * step + (evals + (job.kind == "teacher_eval")) * n_val * ev)
+            epochs * epoch + slowdown * (extra * step + (evals + (job.kind == "teacher_eval")) * n_val * ev))
     total = sum(per_exp.values())
     rows = [(e, sum(1 for j in pending if j.experiment == e), f"{t / 60:.0f}") for e, t in per_exp.items()]
     print(render_table(["experiment", "jobs to run", "est. minutes"], rows), flush=True)
@@ -1276,10 +1331,13 @@ def estimate(ctx: dict, jobs: list[Job]) -> dict:
     print(f"ETA: {total / 3600:.2f} process-hours, {wall / 3600:.2f} h on {n_proc} process(es), for "
           f"{len(pending)} job(s) ({len(timed) - len(pending)} finished earlier, skipped; {cut} resuming at "
           f"their last epoch) at rates measured over {ctx['scale'].eta_steps} steps per architecture "
-          f"({len(rates)} timed; BlockSwap plans at the G(N/4) rate, its scoring not included): done about "
-          f"{finish}", flush=True)
+          f"({len(rates)} timed; BlockSwap plans at the G(N/4) rate, its scoring not included)"
+          + (f", {len(recorded)} architecture(s) at the rate their finished jobs took, the others scaled by "
+             f"that record's {slowdown:.2f}× of the probe" if recorded else "")
+          + f": done about {finish}", flush=True)
     return {"seconds": total, "wall_seconds": wall, "resuming": cut, "per_experiment": per_exp,
-            "rates": {json.dumps(k): list(v) for k, v in rates.items()}}
+            "rates": {json.dumps(k): list(v) for k, v in rates.items()}, "slowdown": slowdown,
+            "recorded_epoch_seconds": {json.dumps(k): v for k, v in recorded.items()}}
 
 
 def file_id(path: Path) -> str:
@@ -1352,6 +1410,7 @@ def run(experiments, args) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     ctx = _context(args, scale, out)
     ctx["report_only"] = args.report_only
+    ctx["experiments"] = tuple(experiments)
     students = [s.strip() for s in args.students.split(";")] if args.students else None
     methods = [m.strip() for m in args.methods.split(",")] if args.methods else None
     print(f"scale {args.scale}: {scale}\ndata {args.data or 'synthetic'}, device {_device()}, jobs {args.jobs}, "
@@ -1365,16 +1424,19 @@ def run(experiments, args) -> dict:
         phase1.append(Job("teacher", "teacher_eval", "teacher_eval"))
     else:
         phase1.append(Job("teacher", "teacher", "teacher"))
+    scored = None  # the BlockSwap scoring's record, when an earlier run finished it: its plans are known
     if "blockswap" in experiments:
         ctx["budget"] = blockswap_budget(ctx)
         phase1.append(Job("blockswap", "blockswap_scoring", "blockswap_scoring",
                           {"budget": ctx["budget"], "samples": scale.blockswap_samples}))
+        scored = ctx["done"].get(signature(ctx, phase1[-1]))
     by_exp = {e: JOBS[e](ctx, students if e == "moonshine" else None, methods if e == "moonshine" else None)
               for e in experiments if e in JOBS}
     eta = None
     if scale.eta_steps and not args.report_only:
-        planned = [j for e in experiments for j in (by_exp.get(e, []) if e != "blockswap"
-                                                      else _placeholder_phase2(ctx))]
+        planned = [j for e in experiments for j in (
+            by_exp.get(e, []) if e != "blockswap"
+            else blockswap_phase2(ctx, scored) if scored and "candidates" in scored else _placeholder_phase2(ctx))]
         if args.without_teacher:
             planned = [j for j in planned if reads_no_teacher(j)]
         eta = estimate(ctx, phase1 + planned)

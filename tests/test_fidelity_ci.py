@@ -234,3 +234,46 @@ def test_findings_are_called_against_the_pooled_seed_noise(fidelity):
     assert "**reproduced**" in rows["BlockSwap: the Fisher potential ranks plans (ρ(Fisher, error) < 0)"]
     assert "(0.14 points, 5 degrees of freedom)" in md
     assert "Warm start" not in md  # neither of its cells ran: no row
+
+    # a run that asked for the warm start and BlockSwap lists their findings, undecided, before any cell ends
+    asked = {"experiments": ("moonshine", "blockswap", "warmstart")}
+    md = "\n".join(fidelity.findings(asked, cells))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    for title in ("Warm start beats scratch after the KD epochs (G(N/4); ours)",
+                  "BlockSwap: its pick beats G(N/4), both AT",
+                  "BlockSwap: the Fisher potential ranks plans (ρ(Fisher, error) < 0)"):
+        assert "**undecided**" in rows[title] and ("not finished" in rows[title] or "fewer than 4" in rows[title])
+    assert "LIT beats KD on the depth-halved student" not in rows  # LIT was not asked for, though a cell ran
+    assert "**reproduced**" in rows["Moonshine: AT beats scratch (G(N/4))"]
+    # a cell with one seed so far is not called, however large its gain over the pooled noise
+    one = {**cells, "moonshine/G(N/4) at": {"error": 5.0, "errors": [5.0], "n": 1}}
+    row = next(r for r in fidelity.findings(asked, one) if r.startswith("| Moonshine: AT beats scratch"))
+    assert "**undecided**" in row and "one seed" in row
+
+
+def test_a_resumed_grids_eta_runs_at_the_rates_its_finished_jobs_took(fidelity, tmp_path, monkeypatch):
+    base = ["moonshine", "--scale", "ci", "--methods", "scratch", "--without-teacher", "--out", str(tmp_path)]
+    fidelity.main([*base, "--students", "G(N/4)", "--seeds", "0"])
+    (row,) = _progress(tmp_path)
+    assert row["processes"] == 1 and row["threads"] >= 1
+
+    def eta_with(**changes):
+        (tmp_path / "progress.jsonl").write_text(json.dumps({**row, **changes}) + "\n")
+        monkeypatch.setattr(fidelity, "run_jobs", lambda ctx, jobs, n: {})  # the ETA alone
+        eta = fidelity.main([*base, "--students", "G(N/4);wrn-10-1", "--seeds", "0", "1"])["eta"]
+        monkeypatch.undo()
+
+        def probed(student):  # the probe's seconds per epoch: training steps + evaluation batches
+            step, ev, n_train, n_val = eta["rates"][json.dumps([student, False, None])]
+            return n_train * step + n_val * ev
+        return eta, probed
+
+    # the finished G(N/4) took 1000 s for its one epoch: its seed-1 twin is planned at that, and the two
+    # wrn-10-1 jobs (no record) at their probe times the record's slowdown over the G(N/4) probe
+    eta, probed = eta_with(seconds=1000.0)
+    assert eta["slowdown"] == pytest.approx(1000.0 / probed("G(N/4)"))
+    assert eta["per_experiment"]["moonshine"] == pytest.approx(1000.0 + 2 * eta["slowdown"] * probed("wrn-10-1"))
+    # a record made with another number of processes says nothing of this run's rates: the probe alone
+    eta, probed = eta_with(seconds=1000.0, processes=2)
+    assert eta["slowdown"] == 1.0 and not eta["recorded_epoch_seconds"]
+    assert eta["per_experiment"]["moonshine"] == pytest.approx(probed("G(N/4)") + 2 * probed("wrn-10-1"))
