@@ -75,7 +75,11 @@ is still training; the later run with ``--teacher-checkpoint`` resumes them.
 
 The ETA printed before the first job replaces this table with rates timed on
 the machine at hand (``eta_steps`` training steps per architecture, with and
-without a teacher forward). Every finished job is appended to
+without a teacher forward). A probe of a few steps on an idle machine sees
+the fastest case (on the first run it was low by 1.7×, two processes sharing
+the cores), so a resumed grid plans each architecture at the seconds per
+epoch its finished jobs took with the same ``--jobs`` and ``--threads``, and
+the others at their probe times that record's slowdown. Every finished job is appended to
 ``<out>/progress.jsonl`` (flushed and fsync'ed) with its *signature* (runner,
 arguments, seed, scale, data file, teacher file, precision); a re-run with
 the same ``--out`` skips every job whose signature finished, so the grid
@@ -169,7 +173,7 @@ class Scale:
     synthetic: bool = False
     seeds: tuple[int, ...] | None = None     # None: one run per cell at --seed; else each cell once per seed
     blockswap_epochs: int | None = None      # the ρ plans' epochs (None: ``epochs``)
-    precision: str = "fp32"                  # "auto": bf16 autocast + channels_last where bf16 is native
+    precision: str = "fp32"                  # "auto": bf16 autocast + channels_last where bf16 is native; "bf16"
     eta_steps: int = 0                       # training steps timed per architecture for the ETA (0: no ETA)
     warmstart_student: str = "G(N/4)"
     warmstart_epochs: int = 1
@@ -256,11 +260,11 @@ def _device() -> torch.device:
 
 
 def _bf16(ctx: dict) -> bool:
-    """bf16 autocast + channels_last: the scale asks for ``auto`` and the device computes bf16 natively."""
-    if ctx["scale"].precision != "auto":
-        return False
+    """bf16 autocast + channels_last: the scale asks for ``bf16``, or for ``auto`` and the device computes bf16
+    natively."""
     if "bf16" not in ctx:  # decided once per run (the answer travels to the worker processes in ctx)
-        ctx["bf16"] = resolve_precision("auto", _device()).name == "bf16"
+        asked = ctx["scale"].precision
+        ctx["bf16"] = asked == "bf16" or (asked == "auto" and resolve_precision("auto", _device()).name == "bf16")
     return ctx["bf16"]
 
 
@@ -484,6 +488,11 @@ def _run_job(ctx: dict, job: Job) -> dict:
     return out
 
 
+# how a grid is run, not what a job computes: the precision it asked for is left out of the signature (what it
+# resolved to, bf16 or not, is in), so `auto` resolved to bf16 and an explicit `bf16` share their records
+RUN_ONLY = ("precision", "eta_steps")
+
+
 def signature(ctx: dict, job: Job) -> str:
     """What decides a job's result: its runner, arguments and seed, the scale, the data and the teacher. Two jobs
     with one signature are one training (the BlockSwap G(N/4)-with-AT row is Moonshine's); a finished job whose
@@ -493,7 +502,26 @@ def signature(ctx: dict, job: Job) -> str:
     # a job that never reads the trained teacher's weights (a student from scratch: cheapen(reinit=True) takes
     # only the architecture; the scoring: a random teacher) keeps its result when the teacher file changes
     teacher_id = None if reads_no_teacher(job) else ctx.get("teacher_id")
-    what = [job.kind, args, seed, asdict(ctx["scale"]), ctx.get("data_id"), teacher_id, ctx.get("bf16")]
+    scale = {k: v for k, v in asdict(ctx["scale"]).items() if k not in RUN_ONLY}
+    what = [job.kind, args, seed, scale, ctx.get("data_id"), teacher_id, _bf16(ctx)]
+    return json.dumps(what, sort_keys=True, default=str)
+
+
+def canonical(sig: str) -> str:
+    """A recorded signature in today's form: the scale's :data:`RUN_ONLY` fields left out and an unresolved
+    precision (``None``, from scales that asked for fp32) read as fp32, so that records made before either change
+    still resume.
+
+    >>> old = json.dumps(["student", {}, 0, {"epochs": 10, "precision": "auto", "eta_steps": 10}, "d", None, True])
+    >>> canonical(old) == json.dumps(["student", {}, 0, {"epochs": 10}, "d", None, True], sort_keys=True)
+    True
+    >>> json.loads(canonical(json.dumps(["student", {}, 0, {"precision": "fp32"}, "d", None, None])))[-1]
+    False
+    """
+    what = json.loads(sig)
+    if isinstance(what, list) and len(what) == 7 and isinstance(what[3], dict):
+        what[3] = {k: v for k, v in what[3].items() if k not in RUN_ONLY}
+        what[6] = bool(what[6])
     return json.dumps(what, sort_keys=True, default=str)
 
 
@@ -549,7 +577,7 @@ def finished(out: Path) -> dict[str, dict]:
         except json.JSONDecodeError:  # a line cut by a kill mid-write
             continue
         if "sig" in row and "error_msg" not in row:
-            done[row["sig"]] = {k: v for k, v in row.items() if k not in ("key", "sig")}
+            done[canonical(row["sig"])] = {k: v for k, v in row.items() if k not in ("key", "sig")}
     return done
 
 
@@ -1504,9 +1532,11 @@ def main(argv=None):
     ap.add_argument("--methods", help="Moonshine only: ','-separated methods (scratch, kd, at, ...)")
     ap.add_argument("--epochs", type=int, help="override the scale's epochs per student")
     ap.add_argument("--teacher-epochs", type=int, help="override the scale's teacher epochs")
-    ap.add_argument("--precision", choices=("auto", "fp32"),
+    ap.add_argument("--precision", choices=("auto", "fp32", "bf16"),
                     help="override the scale's precision (auto: bf16 autocast + channels_last where the CPU "
-                         "computes bf16 natively); fp32 repeats a cell in fp32 to measure what bf16 costs")
+                         "computes bf16 natively); fp32 repeats a cell in fp32 to measure what bf16 costs; bf16 "
+                         "goes on with a grid begun in bf16 on a machine where auto would pick fp32 (a job's "
+                         "signature holds the precision it computes in, not the flag)")
     ap.add_argument("--report-only", action="store_true",
                     help="run nothing: write results.md/results.json from the jobs --out/progress.jsonl records "
                          "as finished (a grid in progress, or one spread over sessions)")

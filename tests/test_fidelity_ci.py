@@ -277,3 +277,18 @@ def test_a_resumed_grids_eta_runs_at_the_rates_its_finished_jobs_took(fidelity, 
     eta, probed = eta_with(seconds=1000.0, processes=2)
     assert eta["slowdown"] == 1.0 and not eta["recorded_epoch_seconds"]
     assert eta["per_experiment"]["moonshine"] == pytest.approx(probed("G(N/4)") + 2 * probed("wrn-10-1"))
+
+
+def test_a_record_resumes_under_the_precision_flag_it_was_computed_in(fidelity, tmp_path):
+    key = "moonshine/G(N/4) scratch"
+    argv = ["moonshine", "--scale", "ci", "--students", "G(N/4)", "--methods", "scratch", "--without-teacher",
+            "--out", str(tmp_path)]
+    first = fidelity.main([*argv, "--precision", "auto"])["results"][key]
+    computed = first["precision"].split("+")[0]  # what auto resolved to on this machine: bf16 or fp32
+    assert computed in ("bf16", "fp32")
+    again = fidelity.main([*argv, "--precision", computed])["results"][key]  # the same computation, asked by name
+    assert again.get("resumed") and again["error"] == first["error"]
+    other = "fp32" if computed == "bf16" else "bf16"
+    third = fidelity.main([*argv, "--precision", other])["results"][key]  # another computation: it runs
+    assert not third.get("resumed") and third["precision"].split("+")[0] == other
+    assert len(_progress(tmp_path)) == 2
