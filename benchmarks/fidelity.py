@@ -1109,17 +1109,22 @@ def figure(summary: dict, out: Path) -> str | None:
     r = summary.get("moonshine")
     if not r:
         return None
-    series = {method: [(v["params"], v["error"], n.rsplit(" ", 1)[0]) for n, v in r.items()
+    series = {method: [(v["params"], v["error"], v.get("se", 0.0), n.rsplit(" ", 1)[0]) for n, v in r.items()
                        if n.endswith(" " + method) and "error" in v] for method in ("scratch", "kd", "at")}
     if not any(series.values()):  # every job failed or none ran yet: no empty plot
         return None
+    from matplotlib.ticker import FuncFormatter
+
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for (method, pts), marker in zip(series.items(), ("o", "s", "^")):
-        if pts:
-            ax.scatter([p[0] for p in pts], [p[1] for p in pts], marker=marker, label=method)
+        if pts:  # mean over seeds ± s.e. (no bar with one seed)
+            ax.errorbar([p[0] for p in pts], [p[1] for p in pts], yerr=[p[2] for p in pts], fmt=marker,
+                        capsize=2, label=method)
             for p in pts:
-                ax.annotate(p[2], (p[0], p[1]), fontsize=6)
+                ax.annotate(p[3], (p[0], p[1]), fontsize=6)
     ax.set_xscale("log")
+    for axis in (ax.xaxis.set_major_formatter, ax.xaxis.set_minor_formatter):
+        axis(FuncFormatter(lambda v, _: f"{v / 1000:g}k"))  # 120k rather than 1.2×10⁵, overlapping
     ax.set_xlabel("parameters")
     ax.set_ylabel("test error %")
     ax.legend()
@@ -1127,7 +1132,7 @@ def figure(summary: dict, out: Path) -> str | None:
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return str(path)
+    return path.name  # results.md lies beside it: a relative link survives a copy of the folder
 
 
 def warmstart_points(res: dict) -> list[tuple[float, float, float]]:
@@ -1157,6 +1162,8 @@ def warmstart_figure(summary: dict, out: Path) -> str | None:
     plt = _pyplot()
     if plt is None:
         return None
+    from matplotlib.ticker import FuncFormatter
+
     methods = sorted({k.split()[-1] for k in r})
     fig, axes = plt.subplots(1, len(methods), figsize=(4.5 * len(methods), 3.5), squeeze=False, sharey=True)
     for ax, method in zip(axes[0], methods):
@@ -1169,13 +1176,15 @@ def warmstart_figure(summary: dict, out: Path) -> str | None:
         ax.set_title(method.upper())
         ax.set_xlabel("epochs (0: after cheapen, 0.5: after the warm start)")
         ax.set_yscale("log")
+        for axis in (ax.yaxis.set_major_formatter, ax.yaxis.set_minor_formatter):
+            axis(FuncFormatter(lambda v, _: f"{v:g}"))  # 20, 30, 40 rather than 2×10¹, 3×10¹
         ax.legend()
     axes[0][0].set_ylabel("test error % (log)")
     path = out / "warmstart_curve.png"
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
-    return str(path)
+    return path.name  # results.md lies beside it: a relative link survives a copy of the folder
 
 
 # ---------------------------------------------------------------------------

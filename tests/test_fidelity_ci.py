@@ -94,7 +94,8 @@ def test_seeds_mean_se_and_resume_job_by_job(fidelity, tmp_path, capsys):
     assert cell["se"] == pytest.approx(abs(errors[0] - errors[1]) / 2)  # s.d./√2 of two values
     md = (tmp_path / "results.md").read_text()
     assert f"{cell['error']:.2f} ± {cell['se']:.2f}" in md and "### Warm start" in md
-    assert (tmp_path / "warmstart_curve.png").stat().st_size > 0 and "![warm-start curve]" in md
+    assert (tmp_path / "warmstart_curve.png").stat().st_size > 0
+    assert "![warm-start curve](warmstart_curve.png)" in md  # relative: results.md lies beside it
     warm = dump["cells"]["warmstart/G(N/4) warm at"]
     pts = fidelity.warmstart_points(warm)  # the plotted points: each the mean over the two seeds' curves
     assert [p[0] for p in pts] == [0.0, 0.5, 1.0]
