@@ -1353,11 +1353,14 @@ def estimate(ctx: dict, jobs: list[Job]) -> dict:
         cut += done_epochs > 0
         epochs -= done_epochs
         key = _rate_key(shape)
-        step, ev, n_train, n_val = rate(key)
         epoch = recorded[key] if key in recorded else slowdown * probed_epoch(key)
-        evals = 2 if job.kind == "warmstart" else 0  # the points after cheapen and after the warm start
-        per_exp[job.experiment] = per_exp.get(job.experiment, 0.0) + (
-            epochs * epoch + slowdown * (extra * step + (evals + (job.kind == "teacher_eval")) * n_val * ev))
+        # test passes outside the epochs: after cheapen and after the warm start, or the teacher's own
+        evals = (2 if job.kind == "warmstart" else 0) + (job.kind == "teacher_eval")
+        side = 0.0
+        if extra or evals:  # a recorded architecture needs no probe unless it has steps outside its epochs
+            step, ev, _, n_val = rate(key)
+            side = slowdown * (extra * step + evals * n_val * ev)
+        per_exp[job.experiment] = per_exp.get(job.experiment, 0.0) + epochs * epoch + side
     total = sum(per_exp.values())
     rows = [(e, sum(1 for j in pending if j.experiment == e), f"{t / 60:.0f}") for e, t in per_exp.items()]
     print(render_table(["experiment", "jobs to run", "est. minutes"], rows), flush=True)
