@@ -251,6 +251,19 @@ def test_findings_are_called_against_the_pooled_seed_noise(fidelity):
     row = next(r for r in fidelity.findings(asked, one) if r.startswith("| Moonshine: AT beats scratch"))
     assert "**undecided**" in row and "one seed" in row
 
+    # a run two experiments share counts once, and a cell whose seeds diverge is left out of the pool
+    same = {**cells["moonshine/G(N/4) at"], "sigs": ["s0", "s1"]}
+    shared = {**cells, "moonshine/G(N/4) at": same, "blockswap/G(N/4) at": same,
+              "lit/lit-student lit": cell(50.0, 46.0)}
+    sd, df, outliers = fidelity.pooled_noise(shared)
+    assert (round(sd, 4), df, outliers) == (0.1414, 5, ["lit/lit-student lit"])
+    md = "\n".join(fidelity.findings({"experiments": ("moonshine", "lit")}, shared))
+    rows = {line.split(" | ")[0].lstrip("| "): line for line in md.splitlines() if line.startswith("| ")}
+    assert "**reproduced**" in rows["Moonshine: AT beats scratch (G(N/4))"]  # the outlier does not set its noise
+    lit = rows["LIT beats KD on the depth-halved student"]  # judged by its own cells: loss 40.9 > 12.7 × 2.0
+    assert "**not reproduced**" in lit and "own spreads" in lit
+    assert "(0.14 points, 5 degrees of freedom)" in md and "lit/lit-student lit is left out" in md
+
 
 def test_a_resumed_grids_eta_runs_at_the_rates_its_finished_jobs_took(fidelity, tmp_path, monkeypatch):
     base = ["moonshine", "--scale", "ci", "--methods", "scratch", "--without-teacher", "--out", str(tmp_path)]
@@ -293,3 +306,26 @@ def test_a_record_resumes_under_the_precision_flag_it_was_computed_in(fidelity, 
     third = fidelity.main([*argv, "--precision", other])["results"][key]  # another computation: it runs
     assert not third.get("resumed") and third["precision"].split("+")[0] == other
     assert len(_progress(tmp_path)) == 2
+
+
+def test_lits_row_trains_on_the_kd_rows_schedule_where_the_scale_sets_one(fidelity, monkeypatch):
+    jobs = {j.name: j for j in fidelity.lit_jobs({"scale": fidelity.SCALES["decide"]}, None, None)}
+    lit, kd = jobs["lit-student lit"], jobs["lit-student kd"]
+    cosine = fidelity.fxswap.distillation.presets.get_preset("cosine")
+    assert (lit.args["finetune_preset"], lit.args["finetune_lr"]) == ("cosine", pytest.approx(cosine.lr / 10))
+    assert "finetune_lr" not in kd.args
+    # at paper scale each row keeps its paper's presets, LIT's fine-tune included
+    assert all("finetune_lr" not in j.args for j in fidelity.lit_jobs({"scale": fidelity.SCALES["paper"]}, None, None))
+    # run_student hands both to LIT's recipe, and its LIT stage trains on the scale's preset, as the KD row
+    seen = []
+    monkeypatch.setattr(fidelity.fxswap, "distill",
+                        lambda *a, **kw: seen.append(kw) or [{"epoch": 1, "val_acc": 0.5, "seconds": 1.0}])
+    monkeypatch.setattr(fidelity, "_teacher", lambda ctx: fidelity.fxswap.models.create_model("wrn-16-1"))
+    monkeypatch.setattr(fidelity, "_loaders", lambda *a, **kw: (None, None))
+    ctx = {"scale": fidelity.SCALES["ci"], "seed": 0, "bf16": False}
+    for job in fidelity.lit_jobs(ctx, None, None):
+        fidelity.run_student(ctx, **job.args)
+    by_method = {kw["method"]: kw for kw in seen}
+    assert by_method["lit"]["preset"] == by_method["kd"]["preset"] == fidelity.SCALES["ci"].preset
+    assert by_method["lit"]["finetune_lr"] == pytest.approx(cosine.lr / 10)
+    assert by_method["lit"]["epochs"] + by_method["lit"]["finetune_epochs"] == by_method["kd"]["epochs"]

@@ -281,6 +281,26 @@ def test_lit_runs_both_stages(tmp_path):
     assert same(before, snapshot(teacher))
 
 
+@needs_distiller
+def test_lit_fine_tunes_on_the_asked_schedule_and_its_options_are_refused_elsewhere():
+    tr, va = loaders(batch=8, n=16)  # 2 steps per epoch
+    teacher = fxswap.models.cifar_resnet(14, num_classes=4)
+    student = fxswap.cheapen(teacher, {"layer*.1": "I"})
+    hist = distill(teacher, student, tr, va, method="lit", epochs=2, finetune_epochs=2, preset="cosine",
+                   lr=0.2, finetune_preset="cosine", finetune_lr=0.03, progress=False)
+    lrs = [(h["stage"], h["lr"]) for h in hist]
+    # cosine over each stage's own steps: epoch 2 of 2 starts halfway, at half its stage's first lr
+    assert lrs == [("lit", pytest.approx(0.2)), ("lit", pytest.approx(0.1)),
+                   ("finetune", pytest.approx(0.03)), ("finetune", pytest.approx(0.015))]
+    # by default the fine-tune is LIT's own (lr 0.01, step), whatever stage 1 ran on
+    hist = distill(teacher, fxswap.cheapen(teacher, {"layer*.1": "I"}), tr, va, method="lit", epochs=1,
+                   finetune_epochs=1, preset="cosine", lr=0.2, progress=False)
+    assert hist[1]["lr"] == pytest.approx(get_preset("lit-finetune").lr)
+    for bad in ({"finetune_lr": 0.01}, {"finetune_preset": "cosine"}):
+        with pytest.raises(DistillError, match="method='lit' only"):
+            distill(teacher, fxswap.cheapen(teacher, "G(N/4)"), tr, va, method="kd", epochs=1, progress=False, **bad)
+
+
 def test_bad_arguments():
     tr, _ = loaders(n=16)
     d = CEDistiller(tiny_cnn())

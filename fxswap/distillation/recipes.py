@@ -27,6 +27,7 @@ from .distiller import Distiller
 from .fitnets import HintStage
 from .lit import LITDistiller
 from .loop import fit
+from .presets import Preset
 
 __all__ = ["METHODS", "distill", "train", "distill_lit", "fitnets_two_stage"]
 
@@ -109,6 +110,9 @@ def distill(
     if teacher is None:
         raise DistillError("distill() needs a teacher; use train() to train a student alone")
     losses = _losses(method)
+    lit_only = sorted(k for k in ("finetune_preset", "finetune_lr", "train_stem_and_head") if k in fit_kwargs)
+    if losses is not None and lit_only:
+        raise DistillError(f"{', '.join(lit_only)}: LIT's options, for method='lit' only (method is {method!r})")
     if losses is None:
         return distill_lit(teacher, student, train_loader, val_loader, epochs=epochs,
                            finetune_epochs=finetune_epochs, **fit_kwargs)
@@ -119,17 +123,32 @@ def distill(
 
 def distill_lit(teacher: nn.Module, student: nn.Module, train_loader, val_loader=None, *, epochs: int,
                 finetune_epochs: int | None = None, train_stem_and_head: bool = False,
+                finetune_preset: str | Preset = "lit-finetune", finetune_lr: float | None = None,
                 **fit_kwargs) -> list[dict[str, Any]]:
     """LIT's two stages (seed 001 §3, appendix A): ``epochs`` of LIT training
-    (:class:`~fxswap.distillation.lit.LITDistiller`, preset ``"lit"``), then
-    ``finetune_epochs`` of KD fine-tuning (preset ``"lit-finetune"``, lr 0.01;
-    default: 75/175 of ``epochs``, the appendix's ratio, rounded). With
+    (:class:`~fxswap.distillation.lit.LITDistiller`, preset ``"lit"`` unless
+    ``preset=`` says otherwise), then ``finetune_epochs`` of KD fine-tuning
+    (``finetune_preset``, default ``"lit-finetune"``: the appendix's lr 0.01;
+    ``finetune_lr`` overrides its lr) for 75/175 of ``epochs`` unless given
+    (the appendix's ratio, rounded). The stage-1 ``preset`` and ``lr`` never
+    reach the fine-tune: LIT fine-tunes at a tenth of its training lr, so a
+    short run on another schedule passes both, e.g. ``preset="cosine",
+    finetune_preset="cosine", finetune_lr=0.01``. With
     ``out_dir`` each stage has its own sub-folder (``lit/``, ``finetune/``)
     and the final ``student_state_dict.pt`` is also written to ``out_dir``; history rows
     carry ``"stage"``. As the reference, the teacher's stem and head are
     copied into the student and held fixed in both stages;
     ``train_stem_and_head=True`` trains the student's own (see
     :class:`~fxswap.distillation.lit.LITDistiller`).
+
+    >>> import torch, fxswap
+    >>> from torch.utils.data import DataLoader, TensorDataset
+    >>> teacher = fxswap.models.wrn(10, 1)
+    >>> data = DataLoader(TensorDataset(torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,))), batch_size=4)
+    >>> hist = distill_lit(teacher, fxswap.cheapen(teacher, "G(N/4)"), data, epochs=2, finetune_epochs=1,
+    ...                    preset="cosine", finetune_preset="cosine", finetune_lr=0.01, progress=False)
+    >>> [(h["stage"], h["lr"]) for h in hist]
+    [('lit', 0.1), ('lit', 0.05), ('finetune', 0.01)]
     """
     if finetune_epochs is None:
         finetune_epochs = int(round(epochs * 75 / 175)) if isinstance(epochs, int) else 0
@@ -142,8 +161,10 @@ def distill_lit(teacher: nn.Module, student: nn.Module, train_loader, val_loader
                   out_dir=None if out is None else Path(out) / "lit", **stage1)
     if finetune_epochs > 0:
         stage2 = {k: v for k, v in fit_kwargs.items() if k not in ("preset", "lr")}
+        if finetune_lr is not None:
+            stage2["lr"] = finetune_lr
         history += fit(lit.finetune(), train_loader, val_loader, epochs=finetune_epochs, stage="finetune",
-                       preset="lit-finetune", out_dir=None if out is None else Path(out) / "finetune", **stage2)
+                       preset=finetune_preset, out_dir=None if out is None else Path(out) / "finetune", **stage2)
     _write_student(out, student, fit_kwargs.get("process_group"))
     return history
 
