@@ -143,3 +143,45 @@ def test_bf16_autocast_runs_and_fits():
     report = warm_start(teacher, student, _loader(), steps=20, lr=3e-3, amp=True, amp_dtype=torch.bfloat16)
     assert all(a < b for b, a in report.blocks.values())
     assert all(p.dtype == torch.float32 for p in student.parameters())
+
+
+def test_recalibration_recomputes_the_blocks_statistics_on_the_students_own_forward():
+    torch.manual_seed(0)
+    data = _loader(64, batch=32)  # two batches, no shuffle: the fit and its batch order are deterministic
+    teacher = _calibrated(fxswap.models.wrn(10, 2), data)
+    fit_only = fxswap.cheapen(teacher, "G(N/4)")
+    recal = copy.deepcopy(fit_only)
+    warm_start(teacher, fit_only, data, steps=40, recalibrate=0)
+    report = warm_start(teacher, recal, data, steps=40, recalibrate=2)
+    assert report.recalibrated == 2 and "recomputed on the student's own forward over 2 batches" in str(report)
+    names = rewritten_blocks(teacher, recal)
+    # the same fit: every parameter equal, and every buffer outside the rewritten blocks
+    a, b = fit_only.state_dict(), recal.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k, _ in fit_only.named_parameters())
+    assert all(torch.equal(a[k], b[k]) for k in a if _outside(names, k))
+    # inside them, each BatchNorm holds the statistics of its input in the student's own forward over both batches
+    # (a cumulative average), those layers normalising by each batch and the rest of the student in eval mode;
+    # computed here independently, by hooks on a copy
+    probe = copy.deepcopy(fit_only).eval()
+    bns = {n: m for n, m in probe.named_modules()
+           if isinstance(m, torch.nn.BatchNorm2d) and not _outside(names, n + ".")}
+    seen = {n: [] for n in bns}
+    hooks = [m.register_forward_pre_hook(lambda m, args, n=n: seen[n].append(args[0].detach()))
+             for n, m in bns.items()]
+    for m in bns.values():
+        m.train()
+    with torch.no_grad():
+        for x, _ in data:
+            probe(x)
+    for h in hooks:
+        h.remove()
+    for n, xs in seen.items():
+        mean = torch.stack([x.mean((0, 2, 3)) for x in xs]).mean(0)
+        var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in xs]).mean(0)
+        assert torch.allclose(b[n + ".running_mean"], mean, atol=1e-5), n
+        assert torch.allclose(b[n + ".running_var"], var, rtol=1e-4, atol=1e-5), n
+    # and on this teacher the recalibrated student's logits are the closer to the teacher's
+    x = data.dataset.tensors[0]
+    with torch.no_grad():
+        gaps = [(s.eval()(x) - teacher(x)).pow(2).mean() for s in (fit_only, recal)]
+    assert gaps[1] < gaps[0]
