@@ -190,7 +190,7 @@ SCALES = {
                 blockswap_candidates=("S", "G(N/4)", "B(2)"), blockswap_trained=2, urban_params=5_000,
                 moonshine_students=("G(N/4)", "wrn-10-1"), urban_methods=("mimic",), synthetic=True,
                 blockswap_fresh=True, lit_batch=8,  # ci exercises the reference's scoring and LIT's own batch
-                eta_steps=2),
+                eta_steps=2, warmstart_starts=("warm", "refit", "kept", "scratch")),
     "cpu": Scale("wrn-16-2", "wrn-16-1", "wrn-10-2", 5000, 2000, 5, 8, blockswap_samples=200,
                  blockswap_trained=6, urban_params=100_000, lit_batch=32),
     # gpu keeps batch 128 for LIT and the shared scoring batch: batch 32 and per-candidate rebuilds would not
@@ -450,26 +450,39 @@ def _val_error(ctx: dict, model: nn.Module, val) -> float:
     return 100 * (1 - r["acc"])
 
 
-def run_warmstart(ctx: dict, student: str, method: str, start: str, epochs: int, steps: int) -> dict:
+#: The grid's warm starts: :func:`fxswap.warm_start`'s ``lr`` and ``recalibrate``, its steps as a multiple of the
+#: scale's ``warmstart_steps``, and the lr the method then trains at as a fraction of the scale preset's (None: the
+#: preset's own). ``warm`` is warm_start as first shipped (lr 1e-3, no BatchNorm recalibration; its records were made
+#: so); ``refit`` is today's warm_start (lr 3e-3, statistics recomputed over 20 batches) for 3× the steps, then the
+#: method at a tenth of the lr, as a fine-tune of a network that is no longer random.
+WARM_STARTS = {"warm": {"lr": 1e-3, "recalibrate": 0, "steps": 1, "train_lr": None},
+               "refit": {"lr": 3e-3, "recalibrate": 20, "steps": 3, "train_lr": 0.1}}
+
+
+def run_warmstart(ctx: dict, student: str, method: str, start: str, epochs: int, steps: int, lr: float = 1e-3,
+                  recalibrate: int = 0, train_lr: float | None = None) -> dict:
     """The curve a user with a trained teacher sees: test error right after ``cheapen``, after
-    :func:`fxswap.warm_start` (``start="warm"``), then after each epoch of ``method``. ``start="kept"``:
-    the teacher's weights kept, no warm start. (The ``scratch`` start is Moonshine's student job:
-    :func:`warmstart_jobs`.)"""
-    if start not in ("warm", "kept"):
-        raise ValueError(f"start must be warm or kept (scratch is a student job), got {start!r}")
+    :func:`fxswap.warm_start` (``steps`` at ``lr``, ``recalibrate`` batches; any ``start`` of
+    :data:`WARM_STARTS`), then after each epoch of ``method`` (at ``train_lr``; None: the preset's).
+    ``start="kept"``: the teacher's weights kept, no warm start. (The ``scratch`` start is Moonshine's student
+    job: :func:`warmstart_jobs`.)"""
+    if start not in (*WARM_STARTS, "kept"):
+        raise ValueError(f"start must be one of {[*WARM_STARTS, 'kept']} (scratch is a student job), got {start!r}")
     teacher = _teacher(ctx)
     torch.manual_seed(ctx["seed"])
     model = _layout(ctx, fxswap.cheapen(teacher, student))
     train, val = _loaders(ctx, ctx["seed"])
     curve = [{"epoch": 0, "stage": "cheapen", "error": _val_error(ctx, model, val)}]
     out: dict = {}
-    if start == "warm":
-        rep = fxswap.warm_start(teacher, model, train, steps=steps, device=_device(), amp=_bf16(ctx))
+    if start != "kept":
+        rep = fxswap.warm_start(teacher, model, train, steps=steps, lr=lr, recalibrate=recalibrate, device=_device(),
+                                amp=_bf16(ctx))
         curve.append({"epoch": 0, "stage": "warm start", "error": _val_error(ctx, model, val),
                       "seconds": rep.seconds})
         out["warm_start"] = {n: list(v) for n, v in rep.blocks.items()}
+    lr_kw = {} if train_lr is None else {"lr": train_lr}
     hist = fxswap.distill(teacher, model, train, val, method=method, epochs=epochs,
-                          **_fit_kwargs(ctx, "moonshine"))
+                          **_fit_kwargs(ctx, "moonshine"), **lr_kw)
     curve += [{"epoch": h["epoch"], "stage": method, "error": 100 * (1 - h["val_acc"])} for h in hist]
     return {**_final(hist), "params": _params(model), "curve": curve, **out}
 
@@ -784,10 +797,17 @@ def warmstart_jobs(ctx, students, methods) -> list[Job]:
         if start == "scratch":
             epochs = None if s.warmstart_epochs == s.epochs else s.warmstart_epochs
             return Job("warmstart", name, "student", {"student": s.warmstart_student, "method": m, "epochs": epochs})
-        return Job("warmstart", name, "warmstart", {"student": s.warmstart_student, "method": m, "start": start,
-                                                    "epochs": s.warmstart_epochs, "steps": s.warmstart_steps})
+        args = {"student": s.warmstart_student, "method": m, "start": start, "epochs": s.warmstart_epochs,
+                "steps": s.warmstart_steps}
+        w = WARM_STARTS.get(start)
+        if w is not None and start != "warm":  # "warm"'s settings are run_warmstart's defaults: its records stand
+            preset = fxswap.distillation.presets.get_preset(_preset(ctx, "moonshine"))
+            args.update(steps=w["steps"] * s.warmstart_steps, lr=w["lr"], recalibrate=w["recalibrate"],
+                        train_lr=None if w["train_lr"] is None else w["train_lr"] * preset.lr)
+        return Job("warmstart", name, "warmstart", args)
 
-    return seeded_jobs(ctx, [job(start, m) for start in s.warmstart_starts for m in (methods or s.warmstart_methods)])
+    starts = ctx.get("starts") or s.warmstart_starts
+    return seeded_jobs(ctx, [job(start, m) for start in starts for m in (methods or s.warmstart_methods)])
 
 
 def spearman(a, b) -> float:
@@ -868,9 +888,11 @@ def warmstart_table(ctx, r: dict) -> list[str]:
 
     md = [f"### Warm start (issue 19, item 4): the {s.warmstart_student} student of the trained teacher, test "
           f"error %, mean ± s.e. over seeds\n",
-          "`warm`: cheapen keeps the teacher's weights, then fxswap.warm_start "
-          f"({s.warmstart_steps} steps); `kept`: the teacher's weights, no warm start; `scratch`: "
-          "cheapen(reinit=True), as the papers.\n",
+          "`warm`: cheapen keeps the teacher's weights, then fxswap.warm_start as first shipped "
+          f"({s.warmstart_steps} steps, lr 1e-3, no BatchNorm recalibration); `refit`: today's warm_start "
+          f"({WARM_STARTS['refit']['steps'] * s.warmstart_steps} steps, lr 3e-3, BatchNorm statistics recomputed on "
+          "the student's own forward), then the method at a tenth of the lr; `kept`: the teacher's weights, no warm "
+          "start; `scratch`: cheapen(reinit=True), as the papers.\n",
           "| start | method | after cheapen | after warm start | " + " | ".join(f"epoch {e}" for e in marks) + " |",
           "|---|---|---:|---:|" + "---:|" * len(marks)]
     for name, res in r.items():
@@ -1546,7 +1568,7 @@ def _context(args, scale: Scale, out: Path) -> dict:
            "teacher_path": str(out / "teacher.pt"), "threads": args.threads, "data_id": data_id,
            "image": scale.image if scale.synthetic else 32, "out": str(out),
            "seeds": tuple(args.seeds) if args.seeds else scale.seeds, "fresh": args.fresh,
-           "n_proc": args.jobs}
+           "n_proc": args.jobs, "starts": _starts(args.starts)}
     if args.teacher_checkpoint:
         if not Path(args.teacher_checkpoint).is_file():
             raise SystemExit(f"--teacher-checkpoint {args.teacher_checkpoint}: no such file")
@@ -1570,6 +1592,21 @@ def _scaled(args) -> Scale:
     if args.precision:
         scale = replace(scale, precision=args.precision)
     return scale
+
+
+def _starts(text: str | None) -> tuple[str, ...] | None:
+    """``--starts``: the warm-start rows to run, checked against the known starts.
+
+    >>> _starts("refit, scratch"), _starts(None)
+    (('refit', 'scratch'), None)
+    """
+    if not text:
+        return None
+    starts = tuple(t.strip() for t in text.split(",") if t.strip())
+    unknown = [t for t in starts if t not in (*WARM_STARTS, "kept", "scratch")]
+    if unknown:
+        raise SystemExit(f"--starts: unknown start(s) {unknown}; known: {', '.join([*WARM_STARTS, 'kept', 'scratch'])}")
+    return starts
 
 
 def _placeholder_phase2(ctx) -> list[Job]:
@@ -1679,6 +1716,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
     ap.add_argument("--students", help="Moonshine only: ';'-separated students (specs or wrn-D-W)")
     ap.add_argument("--methods", help="Moonshine only: ','-separated methods (scratch, kd, at, ...)")
+    ap.add_argument("--starts", help="warmstart only: ','-separated starts (warm, refit, kept, scratch; default "
+                                     "the scale's)")
     ap.add_argument("--epochs", type=int, help="override the scale's epochs per student")
     ap.add_argument("--teacher-epochs", type=int, help="override the scale's teacher epochs")
     ap.add_argument("--precision", choices=("auto", "fp32", "bf16"),

@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from fxswap.distillation.warm_start import WarmStartReport
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "fidelity.py"
 
 
@@ -43,6 +45,7 @@ def test_all_five_experiments_run_at_ci_scale(fidelity, tmp_path):
     assert results["blockswap/G(N/4) at"] == results["moonshine/G(N/4) at"]  # one training, not two
     warm = results["warmstart/G(N/4) warm at"]
     assert [p["stage"] for p in warm["curve"]] == ["cheapen", "warm start", "at"] and warm["warm_start"]
+    assert [p["stage"] for p in results["warmstart/G(N/4) refit kd"]["curve"]] == ["cheapen", "warm start", "kd"]
     progress = (tmp_path / "progress.jsonl").read_text().splitlines()
     assert len(progress) == len(results) + 1  # every finished job left a line (+ the BlockSwap scoring)
 
@@ -329,3 +332,37 @@ def test_lits_row_trains_on_the_kd_rows_schedule_where_the_scale_sets_one(fideli
     assert by_method["lit"]["preset"] == by_method["kd"]["preset"] == fidelity.SCALES["ci"].preset
     assert by_method["lit"]["finetune_lr"] == pytest.approx(cosine.lr / 10)
     assert by_method["lit"]["epochs"] + by_method["lit"]["finetune_epochs"] == by_method["kd"]["epochs"]
+
+
+def test_the_refit_start_runs_todays_warm_start_then_fine_tunes_and_warm_keeps_its_records(fidelity, monkeypatch):
+    s = fidelity.SCALES["decide"]
+    jobs = {j.name: j for j in fidelity.warmstart_jobs({"scale": s, "starts": ("warm", "refit")}, None, ["kd"])}
+    # "warm" keeps the arguments its records were made with, so a resumed grid does not rerun them
+    assert jobs["G(N/4) warm kd"].args == {"student": "G(N/4)", "method": "kd", "start": "warm",
+                                           "epochs": s.warmstart_epochs, "steps": s.warmstart_steps}
+    refit = jobs["G(N/4) refit kd"].args
+    cosine = fidelity.fxswap.distillation.presets.get_preset(s.preset)
+    assert refit["steps"] == 3 * s.warmstart_steps and refit["recalibrate"] > 0
+    assert refit["train_lr"] == pytest.approx(cosine.lr / 10)
+    with pytest.raises(SystemExit, match="unknown start"):
+        fidelity._starts("warm,hot")
+    # run_warmstart hands them on: warm_start's lr and recalibration, then the method at train_lr
+    seen = {}
+
+    def warm_start(*args, **kw):
+        seen["warm"] = kw
+        return WarmStartReport({}, steps=kw["steps"], images=0, seconds=0.0, params=0)
+
+    def distill(*args, **kw):
+        seen["distill"] = kw
+        return [{"epoch": 1, "val_acc": 0.5, "seconds": 1.0}]
+
+    monkeypatch.setattr(fidelity.fxswap, "warm_start", warm_start)
+    monkeypatch.setattr(fidelity.fxswap, "distill", distill)
+    monkeypatch.setattr(fidelity, "_teacher", lambda ctx: fidelity.fxswap.models.create_model("wrn-16-1"))
+    monkeypatch.setattr(fidelity, "_loaders", lambda *a, **kw: (None, None))
+    monkeypatch.setattr(fidelity, "_val_error", lambda *a: 90.0)
+    fidelity.run_warmstart({"scale": fidelity.SCALES["ci"], "seed": 0, "bf16": False}, **refit)
+    assert (seen["warm"]["steps"], seen["warm"]["lr"], seen["warm"]["recalibrate"]) == (
+        refit["steps"], refit["lr"], refit["recalibrate"])
+    assert seen["distill"]["lr"] == pytest.approx(refit["train_lr"])
