@@ -1126,6 +1126,11 @@ def findings(ctx, cells: dict[str, dict], rho: tuple[float, int] | None = None) 
         ("Warm start beats scratch after the AT epochs (G(N/4); ours)", "warmstart/G(N/4) scratch at",
          "warmstart/G(N/4) warm at", "—", None),
     ]
+    refit = [r for r in cells if r.startswith("warmstart/") and " refit " in r]
+    if refit or "refit" in (ctx.get("starts") or ()):
+        rows += [(f"Refit warm start, then a fine-tune at lr/10, beats scratch after the {m.upper()} epochs "
+                  "(G(N/4); ours)", f"warmstart/G(N/4) scratch {m}", f"warmstart/G(N/4) refit {m}", "—", None)
+                 for m in ("kd", "at") if f"warmstart/G(N/4) refit {m}" in refit or not refit]
     left_out = (f" {', '.join(outliers)} {'is' if len(outliers) == 1 else 'are'} left out of the pool: Cochran's "
                 "test finds its seeds' spread far above the others', so a finding with it is judged by the two "
                 "cells' own spreads (Welch)." if outliers else "")
@@ -1644,7 +1649,8 @@ def run(experiments, args) -> dict:
         phase1.append(Job("blockswap", "blockswap_scoring", "blockswap_scoring",
                           {"budget": ctx["budget"], "samples": scale.blockswap_samples}))
         scored = ctx["done"].get(signature(ctx, phase1[-1]))
-    by_exp = {e: JOBS[e](ctx, students if e == "moonshine" else None, methods if e == "moonshine" else None)
+    by_exp = {e: JOBS[e](ctx, students if e == "moonshine" else None,
+                         methods if e in ("moonshine", "warmstart") else None)
               for e in experiments if e in JOBS}
     eta = None
     if scale.eta_steps and not args.report_only:
@@ -1715,7 +1721,7 @@ def main(argv=None):
                     "(default: a re-run skips them, so a grid spans sessions)")
     ap.add_argument("--threads", type=int, default=None, help="torch threads per process")
     ap.add_argument("--students", help="Moonshine only: ';'-separated students (specs or wrn-D-W)")
-    ap.add_argument("--methods", help="Moonshine only: ','-separated methods (scratch, kd, at, ...)")
+    ap.add_argument("--methods", help="Moonshine and warmstart only: ','-separated methods (scratch, kd, at, ...)")
     ap.add_argument("--starts", help="warmstart only: ','-separated starts (warm, refit, kept, scratch; default "
                                      "the scale's)")
     ap.add_argument("--epochs", type=int, help="override the scale's epochs per student")

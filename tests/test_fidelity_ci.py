@@ -366,3 +366,10 @@ def test_the_refit_start_runs_todays_warm_start_then_fine_tunes_and_warm_keeps_i
     assert (seen["warm"]["steps"], seen["warm"]["lr"], seen["warm"]["recalibrate"]) == (
         refit["steps"], refit["lr"], refit["recalibrate"])
     assert seen["distill"]["lr"] == pytest.approx(refit["train_lr"])
+    # its finding has a row once a cell of it exists, judged as every other
+    cell = {"n": 2}
+    cells = {"warmstart/G(N/4) scratch kd": {**cell, "error": 17.0, "errors": [16.9, 17.1]},
+             "warmstart/G(N/4) refit kd": {**cell, "error": 15.0, "errors": [14.9, 15.1]}}
+    md = "\n".join(fidelity.findings({}, cells))
+    assert "| Refit warm start, then a fine-tune at lr/10, beats scratch after the KD epochs" in md
+    assert "**reproduced**" in md and "after the AT epochs" not in md
