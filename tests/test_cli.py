@@ -187,7 +187,7 @@ def test_distill_takes_batch_and_cutout_from_the_preset(extra, batch, cutout, mo
     assert (seen["batch_size"], seen["cutout"]) == (batch, cutout)
 
 
-def test_train_stem_and_head_reaches_lit_and_is_refused_elsewhere(monkeypatch, capsys, tiny_npz):
+def test_lits_options_reach_lit_and_are_refused_elsewhere(monkeypatch, capsys, tiny_npz):
     import fxswap.distillation
 
     seen = {}
@@ -204,6 +204,17 @@ def test_train_stem_and_head_reaches_lit_and_is_refused_elsewhere(monkeypatch, c
     assert seen["train_stem_and_head"] is False  # the reference's frozen stem and head by default
     assert main(DISTILL + ["--data", tiny_npz, "--method", "at", "--train-stem-and-head"]) == 2
     assert "applies to --method lit only" in capsys.readouterr().err
+    # the fine-tune's own schedule, for LIT alone
+    seen.clear()
+    assert main(DISTILL + ["--data", tiny_npz, "--method", "lit", "--finetune-preset", "cosine",
+                           "--finetune-lr", "0.02"]) == 1
+    assert (seen["finetune_preset"], seen["finetune_lr"]) == ("cosine", 0.02)
+    seen.clear()
+    assert main(DISTILL + ["--data", tiny_npz, "--method", "lit"]) == 1
+    assert "finetune_preset" not in seen and "finetune_lr" not in seen  # distill_lit's defaults, LIT's own
+    for flag in (["--finetune-preset", "cosine"], ["--finetune-lr", "0.02"]):
+        assert main(DISTILL + ["--data", tiny_npz, "--method", "kd", *flag]) == 2
+        assert f"{flag[0]} applies to --method lit only" in capsys.readouterr().err
 
 
 def test_distill_warm_start_keeps_the_teacher_weights_and_fits_the_rewritten_blocks(tmp_path, monkeypatch, capsys,

@@ -104,6 +104,11 @@ def add_parsers(subparsers, model: argparse.ArgumentParser | None = None) -> Non
     p.add_argument("--preset", default=None, choices=sorted(PRESETS),
                    help="optimiser + lr schedule (default: moonshine; lit for --method lit)")
     p.add_argument("--lr", type=positive_float, default=None, help="initial lr (default: the preset's)")
+    p.add_argument("--finetune-preset", default=None, choices=sorted(PRESETS),
+                   help="--method lit: the KD fine-tune's preset (default lit-finetune, the paper's step schedule "
+                        "from lr 0.01; --preset and --lr do not reach the fine-tune)")
+    p.add_argument("--finetune-lr", type=positive_float, default=None,
+                   help="--method lit: the fine-tune's initial lr (default: its preset's)")
     p.add_argument("--train-stem-and-head", action="store_true",
                    help="--method lit: train the student's own stem and classifier (default, as lit-code: the "
                         "teacher's are copied in and frozen)")
@@ -320,8 +325,11 @@ def run_distill(args: argparse.Namespace) -> int:
     _make_run_folder(args.out)
     method = _method(args.method)
     preset = args.preset or ("lit" if method == "lit" else "moonshine")
-    if args.train_stem_and_head and method != "lit":
-        raise FxswapError(f"--train-stem-and-head applies to --method lit only (got --method {args.method})")
+    for flag, given in (("--train-stem-and-head", args.train_stem_and_head),
+                        ("--finetune-preset", args.finetune_preset is not None),
+                        ("--finetune-lr", args.finetune_lr is not None)):
+        if given and method != "lit":
+            raise FxswapError(f"{flag} applies to --method lit only (got --method {args.method})")
     chosen = get_preset(preset)
     epochs = args.epochs if args.epochs is not None else chosen.paper_epochs
     # the preset is the paper's recipe: its batch and Cutout come with it unless asked otherwise
@@ -381,6 +389,8 @@ def run_distill(args: argparse.Namespace) -> int:
          f"Cutout {cutout or 'off'})")
     if method == "lit":
         common["train_stem_and_head"] = args.train_stem_and_head
+        common.update({k: v for k, v in (("finetune_preset", args.finetune_preset),
+                                         ("finetune_lr", args.finetune_lr)) if v is not None})
     with noted_warnings():  # --resume's notes (no checkpoint yet, a new lr) as one line each, as they happen
         history = distill(teacher, student, train_loader, val_loader, method=method, epochs=epochs,
                           finetune_epochs=args.finetune_epochs, preset=preset, lr=args.lr,
