@@ -1202,8 +1202,8 @@ def tables(ctx, results: dict) -> tuple[str, dict]:
                   f"{len(scoring.get('candidates', []))} plans scored in {scoring.get('seconds', 0):.0f}s.\n")
         md.append("| quantity | ours | paper (WRN-40-2, 400K) |")
         md.append("|---|---:|---:|")
-        md.append(f"| Spearman ρ(Fisher potential, error), {len(pairs)} plans trained from scratch | {rho:.3f} | "
-                  f"{PAPER['blockswap']['rho_fisher_error_400k']} (100 plans) |")
+        md.append(f"| Spearman ρ(Fisher potential, error), {len(pairs)} plans trained from scratch | "
+                  f"{rho:.3f} | {PAPER['blockswap']['rho_fisher_error_400k']} (100 plans) |".replace("-", "−"))
         md.append(f"| BlockSwap pick, AT: error % | {_cell(r.get('pick at'))} | {PAPER['blockswap']['blockswap_400k']} |")
         md.append(f"| G(N/4) single block type, AT: error % | {_cell(r.get('G(N/4) at'))} | "
                   f"{PAPER['blockswap']['single_type_400k']} (best single type) |")
