@@ -807,7 +807,9 @@ def warmstart_jobs(ctx, students, methods) -> list[Job]:
         return Job("warmstart", name, "warmstart", args)
 
     starts = ctx.get("starts") or s.warmstart_starts
-    return seeded_jobs(ctx, [job(start, m) for start in starts for m in (methods or s.warmstart_methods)])
+    # --methods names Moonshine's rows too: "scratch" there is a start here (the scratch row), not a method
+    chosen = [m for m in methods or () if m != "scratch"] or s.warmstart_methods
+    return seeded_jobs(ctx, [job(start, m) for start in starts for m in chosen])
 
 
 def spearman(a, b) -> float:
