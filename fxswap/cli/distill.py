@@ -213,6 +213,15 @@ def _teacher_weights(args, teacher, train_loader, val_loader, out, common, say) 
               "(random weights), so distillation transfers noise", file=sys.stderr)
 
 
+def _lit_only(args, method) -> None:
+    """LIT's flags with another method: a clear error rather than a flag silently ignored."""
+    for flag, given in (("--train-stem-and-head", args.train_stem_and_head),
+                        ("--finetune-preset", args.finetune_preset is not None),
+                        ("--finetune-lr", args.finetune_lr is not None)):
+        if given and method != "lit":
+            raise FxswapError(f"{flag} applies to --method lit only (got --method {args.method})")
+
+
 def _warm_started(args, teacher, student, num_classes, train_loader, device, out, say=echo) -> nn.Module:
     """``--warm-start``: the student rebuilt from the now-trained teacher without re-initialisation, its
     rewritten blocks fitted to the teacher's (skipped when ``--resume`` finds a student checkpoint)."""
@@ -325,11 +334,7 @@ def run_distill(args: argparse.Namespace) -> int:
     _make_run_folder(args.out)
     method = _method(args.method)
     preset = args.preset or ("lit" if method == "lit" else "moonshine")
-    for flag, given in (("--train-stem-and-head", args.train_stem_and_head),
-                        ("--finetune-preset", args.finetune_preset is not None),
-                        ("--finetune-lr", args.finetune_lr is not None)):
-        if given and method != "lit":
-            raise FxswapError(f"{flag} applies to --method lit only (got --method {args.method})")
+    _lit_only(args, method)
     chosen = get_preset(preset)
     epochs = args.epochs if args.epochs is not None else chosen.paper_epochs
     # the preset is the paper's recipe: its batch and Cutout come with it unless asked otherwise

@@ -129,7 +129,22 @@ def _device_of(model: nn.Module) -> torch.device:
     return p.device if p is not None else torch.device("cpu")
 
 
-def _check(teacher, student, steps, lr) -> None:
+def _block_names(teacher, student, blocks, leaf_modules) -> list[str]:
+    """The blocks to fit: ``blocks`` as given, else those ``cheapen`` rewrote; each a module of both models."""
+    names = list(blocks) if blocks is not None else rewritten_blocks(teacher, student, leaf_modules)
+    if not names:
+        raise DistillError("warm_start: no block of the student differs from the teacher's, so there is nothing "
+                           "to fit; pass a student made by fxswap.cheapen(teacher, plan) with a spec that rewrites "
+                           "blocks (e.g. 'G(N/4)' or 'B(2)'), or blocks=[...] to name them")
+    s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
+    unknown = [n for n in names if n not in s_mods or n not in t_mods]
+    if unknown:
+        raise DistillError(f"warm_start: block(s) {unknown} are not modules of both teacher and student; "
+                           f"rewritten blocks here: {rewritten_blocks(teacher, student, leaf_modules)}")
+    return names
+
+
+def _check(teacher, student, steps, lr, measure_batches=1, recalibrate=0) -> None:
     for who, m in (("teacher", teacher), ("student", student)):
         if not isinstance(m, nn.Module):
             raise DistillError(f"warm_start: the {who} must be an nn.Module, got {type(m).__name__}")
@@ -139,6 +154,10 @@ def _check(teacher, student, steps, lr) -> None:
         raise DistillError(f"warm_start: steps must be an integer >= 1, got {steps!r}")
     if not isinstance(lr, (int, float)) or isinstance(lr, bool) or not (math.isfinite(lr) and lr > 0):
         raise DistillError(f"warm_start: lr must be a positive number, got {lr!r}")
+    if not isinstance(measure_batches, int) or isinstance(measure_batches, bool) or measure_batches < 1:
+        raise DistillError(f"warm_start: measure_batches must be an integer >= 1, got {measure_batches!r}")
+    if not isinstance(recalibrate, int) or isinstance(recalibrate, bool) or recalibrate < 0:
+        raise DistillError(f"warm_start: recalibrate must be an integer >= 0 (batches; 0 = off), got {recalibrate!r}")
 
 
 def _teacher_io(teacher: nn.Module, blocks: dict[str, nn.Module], x: Tensor, autocast) -> dict[str, tuple]:
@@ -251,15 +270,11 @@ def warm_start(teacher: nn.Module, student: nn.Module, loader, *, steps: int = 2
     bf16). Returns a :class:`WarmStartReport`: per block the MSE before and
     after the fit, measured in eval mode on the first ``measure_batches`` batches.
 
-    ``recalibrate``: then, for that many batches, the BatchNorm statistics
-    inside the rewritten blocks are recomputed on the *student's own* forward
-    (the whole student in eval mode but those layers, no gradient; 0 keeps
-    the fit's). The fit feeds each block the teacher's input, so its running
-    statistics describe inputs the student never produces once its blocks
-    are chained; on the 90 %-accurate WRN-16-2 of ``docs/results.md`` with
-    every block ``G(N/4)`` (300 steps, lr 1e-2), recomputing them took the
-    student's test error from 84 % to 66 %. The default lr, 3e-3, is the
-    measured middle: 1e-3 left that student at 91 % after 100 steps.
+    ``recalibrate``: then the rewritten blocks' BatchNorm statistics are
+    recomputed over that many batches of the student's *own* forward (0
+    keeps the fit's, which describe the teacher's inputs): on the 90 %
+    WRN-16-2 with every block ``G(N/4)`` this took the student's test error
+    from 84 % to 66 % (``docs/design.md``, which also says why lr is 3e-3).
 
     >>> import torch, fxswap
     >>> from torch.utils.data import DataLoader, TensorDataset
@@ -275,22 +290,10 @@ def warm_start(teacher: nn.Module, student: nn.Module, loader, *, steps: int = 2
     >>> all(after < before for before, after in report.blocks.values())
     True
     """
-    _check(teacher, student, steps, lr)
-    if not isinstance(measure_batches, int) or isinstance(measure_batches, bool) or measure_batches < 1:
-        raise DistillError(f"warm_start: measure_batches must be an integer >= 1, got {measure_batches!r}")
-    if not isinstance(recalibrate, int) or isinstance(recalibrate, bool) or recalibrate < 0:
-        raise DistillError(f"warm_start: recalibrate must be an integer >= 0 (batches; 0 = off), got {recalibrate!r}")
-    names = list(blocks) if blocks is not None else rewritten_blocks(teacher, student, leaf_modules)
-    if not names:
-        raise DistillError("warm_start: no block of the student differs from the teacher's, so there is nothing "
-                           "to fit; pass a student made by fxswap.cheapen(teacher, plan) with a spec that rewrites "
-                           "blocks (e.g. 'G(N/4)' or 'B(2)'), or blocks=[...] to name them")
+    _check(teacher, student, steps, lr, measure_batches, recalibrate)
+    names = _block_names(teacher, student, blocks, leaf_modules)
     device = torch.device(device) if device is not None else _device_of(student)
-    s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
-    unknown = [n for n in names if n not in s_mods or n not in t_mods]
-    if unknown:
-        raise DistillError(f"warm_start: block(s) {unknown} are not modules of both teacher and student; "
-                           f"rewritten blocks here: {rewritten_blocks(teacher, student, leaf_modules)}")
+    s_mods = dict(student.named_modules())
     t = teacher if _device_of(teacher) == device else copy.deepcopy(teacher).to(device)
     student.to(device)
     t_blocks = {n: dict(t.named_modules())[n] for n in names}
