@@ -210,14 +210,15 @@ def _block_losses(s_blocks: dict[str, nn.Module], io: dict[str, tuple], autocast
 
 
 def _recalibrate(student: nn.Module, s_blocks: dict[str, nn.Module], batches: Iterator[Tensor], n: int,
-                 device: torch.device, autocast) -> None:
+                 device: torch.device, autocast) -> int:
     """The rewritten blocks' BatchNorm running statistics recomputed over ``n`` batches of the student's own
     forward: a cumulative average (``momentum=None``) from reset statistics, every other module in eval mode so
-    that nothing outside the blocks changes. The caller restores the train/eval flags."""
+    that nothing outside the blocks changes. The caller restores the train/eval flags. Returns the batches run
+    (0: the blocks hold no BatchNorm, so the report does not claim a recalibration)."""
     bns = [m for b in s_blocks.values() for m in b.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)
            and m.track_running_stats]
     if not bns:
-        return
+        return 0
     momenta = [m.momentum for m in bns]
     student.eval()
     for m in bns:
@@ -231,6 +232,7 @@ def _recalibrate(student: nn.Module, s_blocks: dict[str, nn.Module], batches: It
     finally:
         for m, mom in zip(bns, momenta):
             m.momentum = mom
+    return n
 
 
 def _measure(s_blocks, held, autocast) -> dict[str, float]:
@@ -337,8 +339,7 @@ def warm_start(teacher: nn.Module, student: nn.Module, loader, *, steps: int = 2
             for p, g in zip(params, grads):
                 p.requires_grad_(g)
         after = _measure(s_blocks, held, autocast)
-        if recalibrate:
-            _recalibrate(student, s_blocks, batches, recalibrate, device, autocast)
+        recalibrated = _recalibrate(student, s_blocks, batches, recalibrate, device, autocast) if recalibrate else 0
     return WarmStartReport({n: (before[n], after[n]) for n in names}, steps=steps, images=images,
                            seconds=time.perf_counter() - t0, params=sum(p.numel() for p in params), history=history,
-                           recalibrated=recalibrate)
+                           recalibrated=recalibrated)
